@@ -1,0 +1,52 @@
+"""hsm_notebook: parameter sweeps from a Jupyter notebook, on this machine, SSH hosts and Slurm.
+
+Names are imported lazily, so ``from hsm_notebook.metrics import log_metrics`` inside a
+job stays cheap (no pandas import).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "ParameterSpace": "core.space",
+    "task_id": "core.space",
+    "Sweep": "core.sweep",
+    "SweepFile": "core.config",
+    "JobState": "core.state",
+    "JobInfo": "core.state",
+    "ResourceSpec": "core.state",
+    "ComputeSourceStats": "core.state",
+    "JobOutcome": "core.state",
+    "JobTemplate": "core.job",
+    "ComputeSource": "core.source",
+    "DistributedJobManager": "core.manager",
+    "SweepStore": "core.store",
+    "LocalComputeSource": "sources.local",
+    "LocalJobManager": "sources.local",
+    "log_metrics": "metrics",
+    "HsmError": "core.errors",
+    "ConfigError": "core.errors",
+    "StoreError": "core.errors",
+    "SweepLockedError": "core.errors",
+    "SourceError": "core.errors",
+    "SubmitError": "core.errors",
+    "CommandError": "core.errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'hsm_notebook' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -1,0 +1,83 @@
+"""``python -m hsm_notebook``: run, resume or inspect a sweep without a notebook."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from .core.errors import HsmError
+from .core.state import JobState
+from .core.sweep import Sweep
+from .examples import SWEEP_YAML
+
+
+def _follow(sweep: Sweep, out=sys.stdout) -> None:
+    """Print a progress line whenever the counts change, until the sweep ends."""
+    last = None
+    while True:
+        finished = sweep._future is None or sweep._future.done()
+        counts = sweep.counts()
+        total = sum(counts.values())
+        done = sum(n for s, n in counts.items() if JobState(s).is_terminal)
+        line = f"{done}/{total} done  " + "  ".join(f"{s}={n}" for s, n in sorted(counts.items()))
+        if line != last:
+            print(line, file=out, flush=True)
+            last = line
+        if finished:
+            sweep.wait()
+            return
+        time.sleep(0.5)
+
+
+def _report(sweep: Sweep, out=sys.stdout) -> int:
+    import pandas as pd
+
+    with pd.option_context("display.width", 160, "display.max_columns", 20, "display.max_rows", 200):
+        results = sweep.results()
+        print(f"\nResults ({len(results)} completed) in {sweep.directory}:", file=out)
+        print(results.drop(columns=["task_id"]).to_string(index=False) if len(results) else "(none)", file=out)
+        failed = sweep.status().query("state != 'COMPLETED'")
+        if len(failed):
+            print(f"\n{len(failed)} task(s) did not complete:", file=out)
+            print(failed[["task_id", "state", "exit_code", "error"]].to_string(index=False), file=out)
+    return 0 if not len(failed) else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hsm_notebook", description=__doc__)
+    sub = parser.add_subparsers(dest="cmd")
+    run = sub.add_parser("run", help="run a sweep file on this machine (default: the bundled example)")
+    run.add_argument("sweep_file", nargs="?", default=str(SWEEP_YAML))
+    run.add_argument("--dir", help="sweep directory (default: ./sweeps/<sweep id>)")
+    run.add_argument("--parallel", type=int, help="jobs at once on this machine")
+    run.add_argument("--command", help="command to run, e.g. 'python train.py' (overrides the file)")
+    attach = sub.add_parser("attach", help="resume a sweep directory and wait for it")
+    attach.add_argument("directory")
+    status = sub.add_parser("status", help="print a sweep's status table")
+    status.add_argument("directory")
+    args = parser.parse_args(argv)
+    try:
+        if args.cmd in (None, "run"):
+            from .sources import LocalComputeSource
+
+            sweep_file = getattr(args, "sweep_file", str(SWEEP_YAML))
+            sources = [LocalComputeSource(max_parallel_jobs=args.parallel)] if getattr(args, "parallel", None) else None
+            sweep = Sweep.from_yaml(sweep_file, sources, directory=getattr(args, "dir", None),
+                                    **({"command": args.command} if getattr(args, "command", None) else {}))
+            print(f"Sweep {sweep.id}: {sweep.counts().get('PENDING', 0)} tasks from {sweep_file}")
+            sweep.start()
+            _follow(sweep)
+            return _report(sweep)
+        if args.cmd == "attach":
+            sweep = Sweep.attach(Path(args.directory))
+            _follow(sweep)
+            return _report(sweep)
+        sweep = Sweep.attach(Path(args.directory), resume=False)
+        print(sweep.status().to_string(index=False))
+        return 0
+    except HsmError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

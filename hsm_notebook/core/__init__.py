@@ -1,0 +1,1 @@
+"""The core: state, errors, parameter space, the ComputeSource ABC, store, manager, Sweep."""

@@ -1,0 +1,69 @@
+"""One background event loop per process, and sync twins built on it.
+
+Why a thread and not the caller's loop: in a Jupyter kernel the caller's loop is
+busy running the cell; ``nest_asyncio`` re-enters it but breaks JupyterLab's
+"Run All" under ipykernel 7 (see ARCHITECTURE.md), and an asyncio task on the
+kernel's loop freezes whenever a cell runs blocking code.  A dedicated daemon
+thread keeps the manager polling, lets widgets update while cells run, and gives
+every coroutine a blocking twin that works the same in a script, in pytest and
+inside a running kernel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from typing import Any, Coroutine, TypeVar
+
+from .errors import HsmError
+
+T = TypeVar("T")
+
+_lock = threading.Lock()
+_loop: asyncio.AbstractEventLoop | None = None
+_thread: threading.Thread | None = None
+
+
+def get_loop() -> asyncio.AbstractEventLoop:
+    """The package's loop, started on first use in a daemon thread named ``hsm-loop``."""
+    global _loop, _thread
+    with _lock:
+        if _loop is None or _thread is None or not _thread.is_alive():
+            loop = asyncio.new_event_loop()
+            ready = threading.Event()
+
+            def serve() -> None:
+                asyncio.set_event_loop(loop)
+                loop.call_soon(ready.set)
+                loop.run_forever()
+
+            _thread = threading.Thread(target=serve, name="hsm-loop", daemon=True)
+            _thread.start()
+            ready.wait()
+            _loop = loop
+        return _loop
+
+
+def in_loop_thread() -> bool:
+    return _thread is not None and threading.current_thread() is _thread
+
+
+def spawn(coro: Coroutine[Any, Any, T]) -> "concurrent.futures.Future[T]":
+    """Run ``coro`` on the package loop; returns at once."""
+    return asyncio.run_coroutine_threadsafe(coro, get_loop())
+
+
+def run_sync(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+    """The blocking twin of a coroutine: works in scripts, pytest and Jupyter cells."""
+    if in_loop_thread():
+        coro.close()
+        raise HsmError("a blocking hsm_notebook call was made from its own event loop; await the async version")
+    return spawn(coro).result(timeout)
+
+
+async def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """Await ``coro`` from any loop (the kernel's, or the package's own)."""
+    if in_loop_thread():
+        return await coro
+    return await asyncio.wrap_future(spawn(coro))

@@ -1,0 +1,97 @@
+"""Sweep files: the reference HSM's ``sweep.yaml`` plus this tool's optional keys."""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from .errors import ConfigError
+from .space import ParameterSpace
+
+_FILE_KEYS = {"sweep", "metadata", "command", "name", "arg_style", "max_parallel_jobs", "env", "wandb_group"}
+
+
+def parse_command(command: Any, field: str = "command") -> tuple[str, ...]:
+    """A command is a list of argv items; a string is split like a shell would (no shell runs)."""
+    if isinstance(command, str):
+        try:
+            command = shlex.split(command)
+        except ValueError as exc:
+            raise ConfigError(f"cannot be split into arguments ({exc})", field) from None
+    if not isinstance(command, (list, tuple)) or not command or not all(isinstance(a, str) for a in command):
+        raise ConfigError(
+            f"must be a non-empty list of strings such as ['python', 'train.py'], got {command!r}", field
+        )
+    if not command[0]:
+        raise ConfigError("the program name (first item) is empty", field)
+    return tuple(command)
+
+
+@dataclass(frozen=True)
+class SweepFile:
+    """What a sweep YAML file says.  Only ``sweep:`` is required.
+
+    ``sweep:`` holds the space (``grid``, ``paired`` as in the reference tool, and
+    ``fixed``, ``exclude``, ``sample``, ``combinations``); ``command``, ``name``,
+    ``arg_style``, ``max_parallel_jobs``, ``env`` and ``wandb_group`` are optional;
+    ``metadata`` is kept as given.
+    """
+
+    space: ParameterSpace
+    command: tuple[str, ...] | None = None
+    name: str | None = None
+    arg_style: str = "hydra"
+    max_parallel_jobs: int | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    wandb_group: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+    @classmethod
+    def load(cls, source: str | Path) -> "SweepFile":
+        """Load from a path, or from YAML text when ``source`` is a string with a newline."""
+        path: Path | None = None
+        if isinstance(source, Path) or "\n" not in str(source):
+            path = Path(source)
+            if not path.is_file():
+                raise ConfigError(f"no such file: {path}; give the path of a sweep YAML file", "sweep file")
+            text = path.read_text()
+        else:
+            text = str(source)
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"is not valid YAML: {exc}", str(path or "sweep file")) from None
+        return cls.from_dict(data, path)
+
+    @classmethod
+    def from_dict(cls, data: Any, path: Path | None = None) -> "SweepFile":
+        if not isinstance(data, Mapping):
+            raise ConfigError("must be a YAML mapping with a 'sweep:' section", str(path or "sweep file"))
+        if "sweep" not in data:
+            if set(data) & {"grid", "paired"}:  # a bare space is accepted too
+                data = {"sweep": data}
+            else:
+                raise ConfigError("has no 'sweep:' section (with grid: and/or paired:)", str(path or "sweep file"))
+        unknown = set(data) - _FILE_KEYS
+        if unknown:
+            raise ConfigError(f"unknown keys {sorted(unknown)}; allowed: {sorted(_FILE_KEYS)}", str(path or "sweep file"))
+        command = parse_command(data["command"]) if data.get("command") is not None else None
+        env = data.get("env") or {}
+        if not isinstance(env, Mapping):
+            raise ConfigError("must be a mapping of NAME: value", "env")
+        return cls(
+            space=ParameterSpace.from_dict(data["sweep"]),
+            command=command,
+            name=data.get("name"),
+            arg_style=data.get("arg_style", "hydra"),
+            max_parallel_jobs=data.get("max_parallel_jobs"),
+            env={str(k): str(v) for k, v in env.items()},
+            wandb_group=data.get("wandb_group"),
+            metadata=data.get("metadata") or {},
+            path=path,
+        )

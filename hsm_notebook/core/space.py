@@ -1,0 +1,346 @@
+"""The parameter space: grid, paired groups, fixed values, filters, sampling.
+
+A space is a product of *factors*.  Each grid key is a factor with one column;
+each paired group is a factor whose columns advance together (zipped); an
+explicit list of combinations is one factor too.  Combination ``i`` is found by
+mixed-radix decomposition of ``i`` over the factor lengths (the last factor
+varies fastest, as in ``itertools.product``), so counting is a product of
+lengths and any combination can be reached without materialising the others.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+import yaml
+
+from .errors import ConfigError
+
+Params = dict[str, Any]
+
+_SPACE_KEYS = {"grid", "paired", "fixed", "exclude", "sample", "combinations"}
+
+
+def task_id(params: Mapping[str, Any]) -> str:
+    """A stable id for one combination: the same in every process, run and machine."""
+    canonical = json.dumps(params, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "", *, leaf: Callable[[Any], bool] | None = None) -> Params:
+    """``{"model": {"width": 1}}`` -> ``{"model.width": 1}``.
+
+    ``leaf`` decides whether a dict is a value rather than a level (never, by default).
+    """
+    out: Params = {}
+    for key, value in d.items():
+        if not isinstance(key, str) or not key:
+            raise ConfigError(f"parameter names must be non-empty strings, got {key!r}", prefix or None)
+        name = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, Mapping) and not (leaf and leaf(value)):
+            out.update(flatten(value, name, leaf=leaf))
+        else:
+            out[name] = value
+    return out
+
+
+def _jsonable(value: Any, field: str) -> Any:
+    """Normalise a value to plain JSON types, or say why it cannot be."""
+    if hasattr(value, "item") and callable(value.item) and not isinstance(value, (list, dict)):
+        value = value.item()  # numpy scalars
+    if isinstance(value, tuple):
+        value = list(value)
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"value {value!r} ({type(value).__name__}) cannot be stored as JSON ({exc}); "
+            "use numbers, strings, booleans, None, or lists/dicts of them",
+            field,
+        ) from None
+    return value
+
+
+@dataclass(frozen=True)
+class _Factor:
+    """Columns that advance together; ``rows`` is a list of value tuples."""
+
+    names: tuple[str, ...]
+    rows: tuple[tuple[Any, ...], ...]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+class ParameterSpace:
+    """What to sweep over.
+
+    >>> space = ParameterSpace(grid={"lr": [1e-3, 1e-2], "model": {"width": [128, 256]}},
+    ...                        paired=[{"seed": [1, 2], "split": ["a", "b"]}],
+    ...                        fixed={"epochs": 3})
+    >>> len(space)
+    8
+    >>> space[0]
+    {'lr': 0.001, 'model.width': 128, 'seed': 1, 'split': 'a', 'epochs': 3}
+
+    ``exclude`` is a list of partial combinations to drop (``{"lr": 0.01, "model.width": 256}``);
+    ``filter`` is a predicate ``params -> bool`` that keeps a combination; ``sample``
+    draws that many combinations at random with ``seed`` (the same ones every time).
+    """
+
+    def __init__(
+        self,
+        grid: Mapping[str, Any] | None = None,
+        paired: Sequence[Mapping[str, Any]] | None = None,
+        fixed: Mapping[str, Any] | None = None,
+        *,
+        combinations: Sequence[Mapping[str, Any]] | None = None,
+        exclude: Sequence[Mapping[str, Any]] | None = None,
+        filter: Callable[[Params], bool] | None = None,  # noqa: A002 - the natural name
+        sample: int | None = None,
+        seed: int = 0,
+    ):
+        self._spec = {
+            "grid": dict(grid or {}),
+            "paired": [dict(g) for g in (paired or [])],
+            "fixed": dict(fixed or {}),
+            "combinations": [dict(c) for c in (combinations or [])],
+            "exclude": [dict(e) for e in (exclude or [])],
+        }
+        self._factors: list[_Factor] = []
+        seen: dict[str, str] = {}
+        self._add_grid(self._spec["grid"], seen)
+        for i, group in enumerate(self._spec["paired"]):
+            self._add_paired(i, group, seen)
+        self._add_combinations(self._spec["combinations"], seen)
+        self._fixed = {k: _jsonable(v, f"fixed.{k}") for k, v in flatten(self._spec["fixed"]).items()}
+        for key in self._fixed:
+            self._claim(key, "fixed", seen)
+        self._exclude = [flatten(e) for e in self._spec["exclude"]]
+        for e in self._exclude:
+            unknown = set(e) - set(seen)
+            if unknown:
+                raise ConfigError(f"names unknown parameters {sorted(unknown)}; known: {sorted(seen)}", "exclude")
+        self._filter = filter
+        if sample is not None and (not isinstance(sample, int) or isinstance(sample, bool) or sample < 1):
+            raise ConfigError(f"must be a whole number >= 1, got {sample!r}", "sample")
+        self._sample, self._seed = sample, seed
+        self._sample_idx: list[int] | None = None
+        self._count: int | None = None
+        self.names: tuple[str, ...] = tuple(seen)
+
+    # -- construction ---------------------------------------------------------------
+    @staticmethod
+    def _claim(key: str, where: str, seen: dict[str, str]) -> None:
+        if key in seen:
+            raise ConfigError(f"parameter given twice (in {seen[key]} and in {where}); keep one", key)
+        seen[key] = where
+
+    def _add_grid(self, grid: Mapping[str, Any], seen: dict[str, str]) -> None:
+        for key, values in flatten(grid).items():
+            field = f"grid.{key}"
+            values = self._values(values, field, hint="for a single value use fixed:")
+            self._claim(key, "grid", seen)
+            self._factors.append(_Factor((key,), tuple((v,) for v in values)))
+
+    def _add_paired(self, i: int, group: Mapping[str, Any], seen: dict[str, str]) -> None:
+        if group and all(isinstance(v, Mapping) for v in group.values()):
+            # The reference tool's form: ``- group_name: {a: [...], b: [...]}``.
+            merged: dict[str, Any] = {}
+            for sub in group.values():
+                merged.update(flatten(sub))
+        else:
+            merged = flatten(group)
+        if not merged:
+            raise ConfigError("is an empty group; give at least one parameter with a list of values", f"paired[{i}]")
+        cols = {k: self._values(v, f"paired[{i}].{k}") for k, v in merged.items()}
+        lengths = {k: len(v) for k, v in cols.items()}
+        if len(set(lengths.values())) > 1:
+            raise ConfigError(
+                f"values of a paired group are zipped, so every list needs the same length; got {lengths}",
+                f"paired[{i}]",
+            )
+        for key in cols:
+            self._claim(key, f"paired[{i}]", seen)
+        names = tuple(cols)
+        self._factors.append(_Factor(names, tuple(zip(*(cols[n] for n in names)))))
+
+    def _add_combinations(self, combos: Sequence[Mapping[str, Any]], seen: dict[str, str]) -> None:
+        if not combos:
+            return
+        flat = [flatten(c) for c in combos]
+        names = tuple(dict.fromkeys(k for c in flat for k in c))
+        for key in names:
+            self._claim(key, "combinations", seen)
+        rows = []
+        for j, c in enumerate(flat):
+            rows.append(tuple(_jsonable(c.get(n), f"combinations[{j}].{n}") for n in names))
+        self._factors.append(_Factor(names, tuple(rows)))
+
+    @staticmethod
+    def _values(values: Any, field: str, hint: str = "") -> list[Any]:
+        if isinstance(values, range):
+            values = list(values)
+        if isinstance(values, tuple):
+            values = list(values)
+        if not isinstance(values, list):
+            raise ConfigError(
+                f"must be a list of values such as [0.1, 0.01], got {values!r}" + (f" ({hint})" if hint else ""),
+                field,
+            )
+        if not values:
+            raise ConfigError("is an empty list; give at least one value", field)
+        return [_jsonable(v, field) for v in values]
+
+    # -- size and access --------------------------------------------------------------
+    @property
+    def total(self) -> int:
+        """Combinations before exclude/filter/sample: an instant product of lengths."""
+        return math.prod(len(f) for f in self._factors) if (self._factors or self._fixed) else 0
+
+    def _filtered(self) -> bool:
+        return bool(self._exclude) or self._filter is not None
+
+    def __len__(self) -> int:
+        if self._count is None:
+            if self._sample is not None:
+                self._count = len(self._sample_indices())
+            elif self._filtered():
+                self._count = sum(1 for _ in self._iter_indices())
+            else:
+                self._count = self.total
+        return self._count
+
+    def _combo(self, index: int) -> Params:
+        params: Params = {}
+        for factor in reversed(self._factors):
+            index, r = divmod(index, len(factor))
+            params.update(zip(factor.names, factor.rows[r]))
+        ordered = {n: params[n] for n in self.names if n in params}
+        ordered.update(self._fixed)
+        return ordered
+
+    def _keep(self, params: Params) -> bool:
+        for pattern in self._exclude:
+            if all(params.get(k) == v for k, v in pattern.items()):
+                return False
+        return self._filter is None or bool(self._filter(params))
+
+    def _iter_indices(self) -> Iterator[int]:
+        if self._sample is not None:
+            yield from self._sample_indices()
+            return
+        for i in range(self.total):
+            if not self._filtered() or self._keep(self._combo(i)):
+                yield i
+
+    def _sample_indices(self) -> list[int]:
+        if self._sample_idx is None:
+            rng, total, chosen, tried = random.Random(self._seed), self.total, set(), set()
+            while len(chosen) < self._sample and len(tried) < total:
+                i = rng.randrange(total)
+                if i in tried:
+                    continue
+                tried.add(i)
+                if self._keep(self._combo(i)):
+                    chosen.add(i)
+            self._sample_idx = sorted(chosen)
+        return self._sample_idx
+
+    def __iter__(self) -> Iterator[Params]:
+        for i in self._iter_indices():
+            yield self._combo(i)
+
+    def __getitem__(self, n: int) -> Params:
+        if self._sample is not None:
+            return self._combo(self._sample_indices()[n])
+        if self._filtered():
+            if n < 0:
+                n += len(self)
+            for k, params in enumerate(self):
+                if k == n:
+                    return params
+            raise IndexError(n)
+        if not -self.total <= n < self.total:
+            raise IndexError(n)
+        return self._combo(n % self.total)
+
+    def take(self, n: int) -> list[Params]:
+        """The first ``n`` combinations (lazy: a huge space is not expanded)."""
+        return list(itertools.islice(self, n))
+
+    def preview(self, n: int = 5) -> "Any":
+        """The first ``n`` combinations as a small DataFrame, with their task ids."""
+        import pandas as pd
+
+        rows = self.take(n)
+        return pd.DataFrame(rows, index=pd.Index([task_id(p) for p in rows], name="task_id"))
+
+    def with_ids(self) -> Iterator[tuple[str, Params]]:
+        for params in self:
+            yield task_id(params), params
+
+    def __repr__(self) -> str:
+        return f"ParameterSpace({len(self)} combinations of {list(self.names)})"
+
+    # -- files ---------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """The space as plain data (``filter`` callables cannot be saved and are left out)."""
+        out = {k: v for k, v in self._spec.items() if v}
+        if self._sample is not None:
+            out["sample"] = {"n": self._sample, "seed": self._seed}
+        return out
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        text = yaml.safe_dump({"sweep": self.to_dict()}, sort_keys=False)
+        if path is not None:
+            from .store import atomic_write
+
+            atomic_write(Path(path), text)
+        return text
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], filter: Callable[[Params], bool] | None = None) -> "ParameterSpace":  # noqa: A002
+        """Build from ``{grid:, paired:, fixed:, exclude:, sample:, combinations:}``."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"must be a mapping with keys {sorted(_SPACE_KEYS)}, got {type(data).__name__}", "sweep")
+        unknown = set(data) - _SPACE_KEYS
+        if unknown:
+            raise ConfigError(f"unknown keys {sorted(unknown)}; allowed: {sorted(_SPACE_KEYS)}", "sweep")
+        sample = data.get("sample")
+        n, seed = (sample.get("n"), sample.get("seed", 0)) if isinstance(sample, Mapping) else (sample, 0)
+        paired = data.get("paired") or []
+        if not isinstance(paired, list) or not all(isinstance(g, Mapping) for g in paired):
+            raise ConfigError("must be a list of groups, each a mapping of name -> list of values", "paired")
+        for key in ("grid", "fixed"):
+            if data.get(key) is not None and not isinstance(data[key], Mapping):
+                raise ConfigError(f"must be a mapping of name -> values, got {data[key]!r}", key)
+        return cls(
+            grid=data.get("grid"),
+            paired=paired,
+            fixed=data.get("fixed"),
+            combinations=data.get("combinations"),
+            exclude=data.get("exclude"),
+            filter=filter,
+            sample=n,
+            seed=seed,
+        )
+
+    @classmethod
+    def from_yaml(cls, source: str | Path) -> "ParameterSpace":
+        """Read a space from a YAML file (or YAML text), in this tool's or the reference HSM's format."""
+        from .config import SweepFile
+
+        return SweepFile.load(source).space
+
+
+def space_from_rows(rows: Iterable[Mapping[str, Any]]) -> ParameterSpace:
+    """An explicit list of combinations as a space."""
+    return ParameterSpace(combinations=list(rows))

@@ -1,0 +1,101 @@
+"""The core data model: job states and the frozen records passed between layers."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Mapping
+
+
+class JobState(enum.StrEnum):
+    """The life of one job (one attempt of one task).
+
+    ``PENDING`` waits in hsm_notebook's own queue; ``SUBMITTING`` is recorded in
+    the ledger *before* a source is asked to start the job, so that a crash in
+    between is visible on reattach; ``QUEUED`` waits in a source's queue (a
+    scheduler's, or a free slot); ``LOST`` means the job's fate cannot be known
+    (its host vanished, its wrapper was killed): it never counts as success.
+    """
+
+    PENDING = "PENDING"
+    SUBMITTING = "SUBMITTING"
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    LOST = "LOST"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in _TERMINAL
+
+    @property
+    def is_active(self) -> bool:
+        """Started on a source and not finished yet."""
+        return self in _ACTIVE
+
+
+_TERMINAL = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED, JobState.LOST})
+_ACTIVE = frozenset({JobState.SUBMITTING, JobState.QUEUED, JobState.RUNNING})
+
+#: States after which a task is worth running again by ``Sweep.complete()``.
+RERUNNABLE = frozenset({JobState.PENDING, JobState.FAILED, JobState.CANCELLED, JobState.LOST})
+
+
+@dataclass(frozen=True)
+class ResourceSpec:
+    """What one job needs.  Local and SSH sources read ``gpus``; Slurm renders all."""
+
+    walltime: str | None = None  # "HH:MM:SS" or "D-HH:MM:SS"
+    cpus: int | None = None
+    mem: str | None = None  # "4G", "500M"
+    gpus: int | None = None
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class JobInfo:
+    """One job as a source sees it (the reference API's record, with a typed state)."""
+
+    job_id: str
+    job_name: str
+    params: dict[str, Any]
+    source_name: str
+    status: JobState = JobState.PENDING
+    submit_time: datetime | None = None
+    start_time: datetime | None = None
+    complete_time: datetime | None = None
+    task_dir: str | None = None
+
+
+@dataclass
+class ComputeSourceStats:
+    """Counters a source keeps about itself (shown per source in the panel)."""
+
+    name: str
+    source_type: str
+    max_parallel_jobs: int
+    active_jobs: int = 0
+    completed_jobs: int = 0
+    failed_jobs: int = 0
+    total_submitted: int = 0
+    health_status: str = "unknown"
+    last_health_check: datetime | None = None
+    average_job_duration: float | None = None  # seconds
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """What the manager learns about a job that reached a terminal state."""
+
+    state: JobState
+    exit_code: int | None = None
+    error: str | None = None
+    metrics: Mapping[str, Any] | None = None
+    start_time: float | None = None  # epoch seconds, when the source knows them
+    end_time: float | None = None

@@ -1,0 +1,294 @@
+"""``Sweep``: the one object users touch.
+
+Create one from a space, a command and sources; ``start()`` returns at once and
+the sweep runs on the package's background loop; ``wait()``/``run()`` block;
+``status()`` and ``results()`` are DataFrames read from the ledger at any time,
+from any thread; ``Sweep.attach(dir)`` picks a sweep up after a restart.
+Every method that does I/O on the loop has an ``*_async`` twin for ``await``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import datetime as dt
+import os
+import secrets
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+import pandas as pd
+
+from . import _loop
+from .config import SweepFile, parse_command
+from .errors import ConfigError, HsmError
+from .frames import results_frame, status_frame
+from .job import STDERR_FILE, STDOUT_FILE, JobTemplate, tail
+from .manager import DistributedJobManager
+from .source import ComputeSource
+from .space import ParameterSpace
+from .state import RERUNNABLE, JobState
+from .store import SweepStore
+
+
+def _source_types() -> dict[str, type]:
+    from ..sources import LocalComputeSource
+
+    return {"local": LocalComputeSource}
+
+
+def rebuild_source(description: Mapping[str, Any]) -> ComputeSource:
+    """A built-in source from its ``describe()`` record (used by ``attach``)."""
+    kwargs = dict(description)
+    kind = kwargs.pop("type")
+    cls = _source_types().get(kind)
+    if cls is None:
+        raise ConfigError(
+            f"the sweep used a {kind!r} source named {kwargs.get('name')!r}, which cannot be rebuilt "
+            "automatically; pass it again: Sweep.attach(dir, sources=[...])",
+            "sources",
+        )
+    return cls(**kwargs)
+
+
+class Sweep:
+    """A parameter sweep stored in a directory, run on one or more compute sources.
+
+    >>> sweep = Sweep(ParameterSpace(grid={"lr": [0.1, 0.01]}), ["python", "train.py"])  # doctest: +SKIP
+    >>> sweep.run().results()                                                          # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        space: ParameterSpace,
+        command: Sequence[str] | str,
+        sources: Optional[Sequence[ComputeSource]] = None,
+        *,
+        directory: str | Path | None = None,
+        name: Optional[str] = None,
+        arg_style: str = "hydra",
+        workdir: str | Path | None = None,
+        env: Optional[Mapping[str, str]] = None,
+        wandb_group: Optional[str] = None,
+        poll_interval: float = 1.0,
+        strategy: str = "least_loaded",
+    ):
+        if not isinstance(space, ParameterSpace):
+            raise ConfigError(f"must be a ParameterSpace, got {type(space).__name__}", "space")
+        workdir = Path(workdir or Path.cwd()).absolute()
+        if not workdir.is_dir():
+            raise ConfigError(f"{workdir} is not a directory", "workdir")
+        template = JobTemplate(parse_command(command), arg_style, str(workdir), dict(env or {}))
+        sources = self._check_sources(sources, template)
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        sweep_id = f"{name + '-' if name else ''}{stamp}-{secrets.token_hex(2)}"
+        directory = Path(directory) if directory else default_sweeps_dir() / sweep_id
+        record = {
+            "sweep_id": sweep_id, "name": name, "created": dt.datetime.now().isoformat(timespec="seconds"),
+            "space": space.to_dict(), "job": template.to_dict(), "wandb_group": wandb_group,
+            "sources": [s.describe() for s in sources], "poll_interval": poll_interval, "strategy": strategy,
+        }
+        store = SweepStore.create(directory, record, space.with_ids())
+        self._init(store, sources, record)
+
+    @staticmethod
+    def _check_sources(sources: Optional[Sequence[ComputeSource]], template: JobTemplate) -> list[ComputeSource]:
+        if sources is None:
+            from ..sources import LocalComputeSource
+
+            sources = [LocalComputeSource()]
+        if isinstance(sources, ComputeSource):
+            sources = [sources]
+        sources = list(sources)
+        if not sources or not all(isinstance(s, ComputeSource) for s in sources):
+            raise ConfigError("must be a list of ComputeSource objects, e.g. [LocalComputeSource()]", "sources")
+        names = [s.name for s in sources]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"each source needs its own name, got {names}", "sources")
+        for s in sources:
+            s.validate(template)
+        return sources
+
+    def _init(self, store: SweepStore, sources: list[ComputeSource], record: Mapping[str, Any]) -> None:
+        self.store = store
+        self.sources = sources
+        self.id: str = record["sweep_id"]
+        self.template = JobTemplate.from_dict(record["job"])
+        self._record = dict(record)
+        self._manager: DistributedJobManager | None = None
+        self._future: concurrent.futures.Future | None = None
+
+    # -- other ways in ---------------------------------------------------------------------
+    @classmethod
+    def from_yaml(
+        cls, path: str | Path, sources: Optional[Sequence[ComputeSource]] = None, **kwargs: Any
+    ) -> "Sweep":
+        """A sweep from a YAML file (``command:`` may be given in the file or as ``command=``)."""
+        spec = SweepFile.load(path)
+        command = kwargs.pop("command", None) or spec.command
+        if command is None:
+            raise ConfigError("no command: add 'command: [python, train.py]' to the file or pass command=", "command")
+        if sources is None and spec.max_parallel_jobs is not None:
+            from ..sources import LocalComputeSource
+
+            sources = [LocalComputeSource(max_parallel_jobs=spec.max_parallel_jobs)]
+        kwargs.setdefault("name", spec.name)
+        kwargs.setdefault("arg_style", spec.arg_style)
+        kwargs.setdefault("env", spec.env)
+        kwargs.setdefault("wandb_group", spec.wandb_group)
+        if spec.path is not None:
+            kwargs.setdefault("workdir", spec.path.parent)
+        return cls(spec.space, command, sources, **kwargs)
+
+    @classmethod
+    def attach(
+        cls, directory: str | Path, sources: Optional[Sequence[ComputeSource]] = None, *, resume: bool = True
+    ) -> "Sweep":
+        """Reopen a sweep after a restart.  With ``resume`` (the default) it re-adopts the jobs
+        still running and finishes the sweep in the background; ``resume=False`` only reads."""
+        store = SweepStore.open(Path(directory))
+        record = store.record()
+        if sources is None:
+            sources = [rebuild_source(d) for d in record.get("sources", [])]
+        self = cls.__new__(cls)
+        self._init(store, cls._check_sources(sources, JobTemplate.from_dict(record["job"])), record)
+        if resume and not self.done:
+            self.start()
+        return self
+
+    # -- running ---------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self._future is not None and not self._future.done()
+
+    @property
+    def directory(self) -> Path:
+        return self.store.directory
+
+    def start(self) -> "Sweep":
+        """Run the sweep in the background and return at once (also inside a Jupyter cell)."""
+        if self.running:
+            return self
+        self.store.acquire()
+        self._manager = DistributedJobManager(
+            self.sources, self.store, self.template, self.id,
+            wandb_group=self._record.get("wandb_group"),
+            poll_interval=self._record.get("poll_interval", 1.0),
+            strategy=self._record.get("strategy", "least_loaded"),
+        )
+        self._future = _loop.spawn(self._drive(self._manager))
+        return self
+
+    async def _drive(self, manager: DistributedJobManager) -> None:
+        try:
+            await manager.run()
+        finally:
+            self.store.close()
+            self.store.release()
+
+    def wait(self, timeout: Optional[float] = None) -> "Sweep":
+        """Block until the sweep's tasks have all ended; re-raises what stopped the manager."""
+        if self._future is not None:
+            try:
+                self._future.result(timeout)
+            except concurrent.futures.TimeoutError:
+                raise TimeoutError(f"sweep {self.id} still running after {timeout} s; it goes on in the background") from None
+        return self
+
+    async def wait_async(self) -> "Sweep":
+        if self._future is not None:
+            await asyncio.wrap_future(self._future)
+        return self
+
+    def run(self) -> "Sweep":
+        """``start()`` then ``wait()``."""
+        return self.start().wait()
+
+    async def run_async(self) -> "Sweep":
+        return await self.start().wait_async()
+
+    def complete(self, sources: Optional[Sequence[ComputeSource]] = None) -> "Sweep":
+        """Run again only the tasks that are missing, failed, cancelled or lost; returns at once.
+
+        ``sources`` replaces the sources for this run (start on a laptop, finish elsewhere)."""
+        if self.running:
+            if sources is not None:
+                raise HsmError("the sweep is running; wait() for it or cancel() it before changing sources")
+            _loop.run_sync(self._requeue())
+            return self
+        if sources is not None:
+            self.sources = self._check_sources(sources, self.template)
+            self._record["sources"] = [s.describe() for s in self.sources]
+            self.store.update_record(sources=self._record["sources"])
+        self.store.reset(RERUNNABLE)
+        self.store.close()
+        return self.start()
+
+    async def _requeue(self) -> None:
+        assert self._manager is not None
+        self.store.reset(RERUNNABLE)
+        self._manager._queue.clear()
+        self._manager._cursor, self._manager._exhausted = -1, False
+        self._manager.notify()
+
+    def cancel(self, task_id: str | Iterable[str] | None = None) -> int:
+        """Cancel one task, several, or (no argument) the whole sweep; returns how many."""
+        ids = [task_id] if isinstance(task_id, str) else (list(task_id) if task_id is not None else None)
+        if not self.running:
+            if not self.store.in_flight():
+                n = self.store.cancel_pending(ids)
+                self.store.close()
+                return n
+            self.start()  # jobs from an earlier controller are still out there: adopt them first
+        return _loop.run_sync(self._cancel(ids))
+
+    async def cancel_async(self, task_id: str | Iterable[str] | None = None) -> int:
+        if not self.running:
+            return await asyncio.to_thread(self.cancel, task_id)
+        ids = [task_id] if isinstance(task_id, str) else (list(task_id) if task_id is not None else None)
+        return await _loop.run_async(self._cancel(ids))
+
+    async def _cancel(self, ids: Optional[list[str]]) -> int:
+        return await self._manager.cancel(ids) if self._manager is not None else 0
+
+    # -- reading -----------------------------------------------------------------------------
+    def status(self) -> pd.DataFrame:
+        """One row per task: state, source, parameters, times, exit code, last error line."""
+        return status_frame(self.store)
+
+    def results(self) -> pd.DataFrame:
+        """Parameters and metrics of the completed tasks."""
+        return results_frame(self.store)
+
+    def counts(self) -> dict[str, int]:
+        """Number of tasks in each state."""
+        return self.store.counts()
+
+    @property
+    def done(self) -> bool:
+        """True when no task is waiting or running."""
+        return all(JobState(s).is_terminal for s in self.counts())
+
+    def logs(self, task_id: str, stream: str = "stderr", lines: int = 20) -> str:
+        """The last lines of a task's stdout or stderr (its latest attempt)."""
+        if stream not in ("stdout", "stderr"):
+            raise ConfigError("must be 'stdout' or 'stderr'", "stream")
+        with contextlib.closing(self.store.reader()) as conn:
+            row = conn.execute("SELECT job_name FROM tasks WHERE task_id=?", (task_id,)).fetchone()
+        if row is None:
+            raise ConfigError(f"no task {task_id!r} in sweep {self.id}", "task_id")
+        if row["job_name"] is None:
+            return ""
+        name = STDOUT_FILE if stream == "stdout" else STDERR_FILE
+        return tail(self.directory / "tasks" / row["job_name"] / name, lines)
+
+    def __repr__(self) -> str:
+        counts = self.counts()
+        total = sum(counts.values())
+        parts = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        return f"<Sweep {self.id}: {total} tasks ({parts}) in {self.directory}>"
+
+
+def default_sweeps_dir() -> Path:
+    return Path(os.environ.get("HSM_SWEEPS_DIR", Path.cwd() / "sweeps"))

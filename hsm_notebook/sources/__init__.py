@@ -1,0 +1,5 @@
+"""Compute sources: one module per backend."""
+
+from .local import LocalComputeSource, LocalJobManager
+
+__all__ = ["LocalComputeSource", "LocalJobManager"]

@@ -1,0 +1,267 @@
+"""``LocalComputeSource``: jobs as detached processes on this machine.
+
+Each job runs under the contract's ``sh`` wrapper in its own session (process
+group), so it outlives the controller (a restarted kernel re-adopts it through
+the pid and exit-code files in its job dir) and can be stopped as a group.
+Completion is event driven where Linux offers ``pidfd_open``: the loop is woken
+the moment a job exits, so no slot idles until the next poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from ..core.errors import ConfigError, SubmitError
+from ..core.job import CANCEL_FILE, EXIT_CODE_FILE, PID_FILE, WRAPPER, JobTemplate, write_params
+from ..core.source import ComputeSource
+from ..core.state import JobState
+
+_PYTHON_NAMES = ("python", "python3")
+
+
+def pid_alive(pid: int, marker: str | None = None) -> bool:
+    """True if ``pid`` runs and is not a zombie (and, on Linux, has ``marker`` in its argv)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
+                return False
+        if marker is not None:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                return marker.encode() in f.read()
+        return True
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc (macOS): fall back to signal 0
+        try:
+            os.kill(pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+
+
+class LocalJobManager:
+    """Starts, inspects and stops detached job processes; knows nothing of sweeps."""
+
+    def __init__(self, cancel_grace: float = 5.0):
+        self.cancel_grace = cancel_grace
+        self._procs: dict[Path, subprocess.Popen] = {}
+
+    def start(self, job_dir: Path, argv: List[str], env: Dict[str, str], cwd: str | None) -> int:
+        job_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            proc = subprocess.Popen(
+                ["/bin/sh", "-c", WRAPPER, "hsm-job", str(job_dir), *argv],
+                cwd=cwd, env={**os.environ, **env}, start_new_session=True,
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+        except OSError as exc:
+            raise SubmitError(f"cannot start {argv[0]!r} in {cwd}: {exc}") from exc
+        self._procs[job_dir] = proc
+        return proc.pid
+
+    def watch(self, job_dir: Path, loop: asyncio.AbstractEventLoop, on_exit) -> bool:
+        """Call ``on_exit()`` on the loop when the job's wrapper exits (Linux pidfd)."""
+        proc = self._procs.get(job_dir)
+        if proc is None or not hasattr(os, "pidfd_open"):
+            return False
+        try:
+            fd = os.pidfd_open(proc.pid)
+        except OSError:
+            return False
+
+        def ready() -> None:
+            loop.remove_reader(fd)
+            os.close(fd)
+            proc.poll()  # reap now: no zombie left behind
+            on_exit()
+
+        loop.add_reader(fd, ready)
+        return True
+
+    def state(self, job_dir: Path) -> JobState:
+        if (job_dir / EXIT_CODE_FILE).exists():
+            proc = self._procs.pop(job_dir, None)
+            if proc is not None:
+                proc.poll()
+            cancelled = (job_dir / CANCEL_FILE).exists()
+            rc = (job_dir / EXIT_CODE_FILE).read_text().strip()
+            if rc == "0":
+                return JobState.COMPLETED
+            return JobState.CANCELLED if cancelled else JobState.FAILED
+        proc = self._procs.get(job_dir)
+        if proc is not None and proc.poll() is None:
+            return JobState.RUNNING
+        pid = self._read_pid(job_dir)
+        if pid is not None and proc is None and pid_alive(pid, str(job_dir)):
+            return JobState.RUNNING
+        if (job_dir / EXIT_CODE_FILE).exists():  # finished between the two checks
+            return self.state(job_dir)
+        if (job_dir / CANCEL_FILE).exists():
+            return JobState.CANCELLED
+        return JobState.LOST
+
+    @staticmethod
+    def _read_pid(job_dir: Path) -> Optional[int]:
+        try:
+            return int((job_dir / PID_FILE).read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    async def stop(self, job_dir: Path) -> bool:
+        """TERM the job's process group, then KILL it after the grace period."""
+        pid = self._read_pid(job_dir)
+        proc = self._procs.get(job_dir)
+        pid = pid if pid is not None else (proc.pid if proc else None)
+        if pid is None or (job_dir / EXIT_CODE_FILE).exists():
+            return False
+        (job_dir / CANCEL_FILE).touch()
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(pid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + self.cancel_grace
+            while time.monotonic() < deadline and pid_alive(pid):
+                if proc is not None:
+                    proc.poll()
+                await asyncio.sleep(0.05)
+            if not pid_alive(pid):
+                break
+        if proc is not None:
+            proc.poll()
+        return True
+
+
+class LocalComputeSource(ComputeSource):
+    """This machine.  ``max_parallel_jobs`` defaults to the number of cores.
+
+    ``gpus`` (ids such as ``[0, 1]``) with ``gpus_per_job`` pins each job to its own
+    GPUs through ``CUDA_VISIBLE_DEVICES``; then at most ``len(gpus) // gpus_per_job``
+    jobs run at once.  A command starting with ``python``/``python3`` runs with
+    ``python`` (default: this kernel's own interpreter, ``sys.executable``).
+    """
+
+    def __init__(
+        self,
+        name: str = "local",
+        max_parallel_jobs: Optional[int] = None,
+        *,
+        gpus: Optional[List[int]] = None,
+        gpus_per_job: int = 1,
+        python: Optional[str] = None,
+        cancel_grace: float = 5.0,
+    ):
+        slots = max_parallel_jobs if max_parallel_jobs is not None else (os.cpu_count() or 1)
+        if gpus is not None:
+            if not isinstance(gpus_per_job, int) or gpus_per_job < 1:
+                raise ConfigError(f"must be a whole number >= 1, got {gpus_per_job!r}", "gpus_per_job")
+            if len(gpus) < gpus_per_job:
+                raise ConfigError(f"{len(gpus)} GPU(s) listed but {gpus_per_job} needed per job", "gpus")
+            slots = min(slots, len(gpus) // gpus_per_job) if isinstance(slots, int) else slots
+        super().__init__(name, "local", slots)
+        self.gpus, self.gpus_per_job = (list(gpus) if gpus is not None else None), gpus_per_job
+        self.python = python or sys.executable
+        self.jobs = LocalJobManager(cancel_grace)
+        self._free_gpus: list[int] = list(self.gpus or [])
+        self._job_gpus: dict[str, list[int]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def describe(self) -> Dict[str, Any]:
+        return {**super().describe(), "gpus": self.gpus, "gpus_per_job": self.gpus_per_job, "python": self.python}
+
+    def validate(self, template: JobTemplate) -> None:
+        cmd = self._argv0(template.command)
+        workdir = Path(template.workdir or ".")
+        if os.sep in cmd[0]:
+            path = Path(cmd[0]) if os.path.isabs(cmd[0]) else workdir / cmd[0]
+            if not os.access(path, os.X_OK):
+                raise ConfigError(f"{cmd[0]!r} is not an executable file (seen from {workdir})", "command")
+        elif shutil.which(cmd[0], path=template.env.get("PATH", os.environ.get("PATH"))) is None:
+            raise ConfigError(f"program {cmd[0]!r} not found on PATH; give its full path", "command")
+        if template.command[0] in _PYTHON_NAMES and len(cmd) > 1 and cmd[1].endswith(".py"):
+            script = Path(cmd[1]) if os.path.isabs(cmd[1]) else workdir / cmd[1]
+            if not script.is_file():
+                raise ConfigError(f"script {cmd[1]!r} not found in {workdir}; check workdir or the path", "command")
+
+    def _argv0(self, argv) -> list[str]:
+        argv = list(argv)
+        if argv and argv[0] in _PYTHON_NAMES:
+            argv[0] = self.python
+        return argv
+
+    async def setup(self, sweep_dir: Path, sweep_id: str) -> bool:
+        self._loop = asyncio.get_running_loop()
+        (Path(sweep_dir) / "tasks").mkdir(parents=True, exist_ok=True)
+        self.stats.health_status = "healthy"
+        return True
+
+    async def submit_job(
+        self, params: Dict[str, Any], job_name: str, sweep_id: str, wandb_group: Optional[str] = None
+    ) -> str:
+        job_dir = self.job_dir(job_name)
+        job_dir.mkdir(parents=True, exist_ok=True)
+        write_params(job_dir, params)
+        argv, env = self.job_command(params, job_name, sweep_id, wandb_group, str(job_dir))
+        if self.gpus is not None:
+            if len(self._free_gpus) < self.gpus_per_job:
+                raise SubmitError("no free GPU (all pinned to running jobs)", self.name)
+            mine = [self._free_gpus.pop(0) for _ in range(self.gpus_per_job)]
+            self._job_gpus[job_name] = mine
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, mine))
+        self.jobs.start(job_dir, self._argv0(argv), env, self.template.workdir if self.template else None)
+        self.track(job_name, job_name, params, job_dir)
+        if self._loop is not None:
+            self.jobs.watch(job_dir, self._loop, self.notify)
+        return job_name
+
+    async def recover_job(self, job_name: str) -> Optional[str]:
+        job_dir = self.job_dir(job_name)
+        deadline = time.monotonic() + 2.0  # a wrapper started just before a crash writes its pid within ms
+        while not (job_dir / PID_FILE).exists():
+            if not job_dir.exists() or time.monotonic() > deadline:
+                return None
+            await asyncio.sleep(0.05)
+        return job_name
+
+    async def get_job_status(self, job_id: str) -> str:
+        return self.jobs.state(self.job_dir(job_id))
+
+    async def poll(self, job_ids: List[str]) -> Dict[str, JobState]:
+        states = {j: self.jobs.state(self.job_dir(j)) for j in job_ids}
+        for job_id, state in states.items():
+            if state.is_terminal and job_id in self._job_gpus:
+                self._free_gpus.extend(self._job_gpus.pop(job_id))
+        return states
+
+    async def cancel_job(self, job_id: str) -> bool:
+        return await self.jobs.stop(self.job_dir(job_id))
+
+    async def collect_results(self, job_ids: Optional[List[str]] = None) -> bool:
+        return True  # the job dirs are already here
+
+    async def health_check(self) -> Dict[str, Any]:
+        load1, _, _ = os.getloadavg()
+        disk = shutil.disk_usage(self.sweep_dir or ".")
+        free_gb = disk.free / 1e9
+        status, reason = "healthy", None
+        if free_gb < 1:
+            status, reason = "degraded", f"only {free_gb:.2f} GB free on the sweep's disk"
+        self.stats.health_status = status
+        return {
+            "status": status, "reason": reason, "slots": self.max_parallel_jobs,
+            "free_slots": self.available_slots, "load_1m": load1, "cpus": os.cpu_count(),
+            "disk_free_gb": round(free_gb, 2), "gpus": self.gpus,
+        }
+
+    async def cleanup(self):
+        return None
