@@ -1,0 +1,58 @@
+"""Shared fixtures.  Servers (sshd, Slurm, JupyterLab) are started once per session
+by the fixtures that need them; a missing server fails the test loudly."""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+#: A job script used across tests: writes metrics, can fail, sleep or append to a file.
+JOB = textwrap.dedent(
+    '''
+    import json, os, sys, time
+    args = dict(a.split("=", 1) for a in sys.argv[1:])
+    if "append" in args:
+        with open(args["append"], "a") as f:
+            f.write(os.environ["HSM_TASK_ID"] + "\\n")
+    time.sleep(float(args.get("sleep", 0)))
+    if args.get("argv_out"):
+        with open(os.path.join(os.environ["HSM_TASK_DIR"], "argv.json"), "w") as f:
+            json.dump({"argv": sys.argv[1:], "env": {k: v for k, v in os.environ.items() if k.startswith(("HSM_", "WANDB_"))}}, f)
+    code = int(args.get("exit", 0))
+    if os.path.exists(args.get("fail_flag", "/nonexistent/flag")):
+        code = 4
+    if code:
+        print("something went wrong in task", args.get("x"), file=sys.stderr)
+        sys.exit(code)
+    if args.get("bad_metrics") == "true":
+        open(os.path.join(os.environ["HSM_TASK_DIR"], "metrics.json"), "w").write("{not json")
+    else:
+        from hsm_notebook.metrics import log_metrics
+        log_metrics(score=float(args.get("x", 0)) * 2, name="t" + args.get("x", "0"))
+    '''
+)
+
+
+@pytest.fixture()
+def workdir(tmp_path: Path) -> Path:
+    """A project folder holding ``job.py``; sweeps go under it."""
+    (tmp_path / "job.py").write_text(JOB)
+    return tmp_path
+
+
+@pytest.fixture(autouse=True)
+def _sweeps_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HSM_SWEEPS_DIR", str(tmp_path / "sweeps"))
+
+
+@pytest.fixture(scope="session")
+def python() -> str:
+    return sys.executable
+
+
+def pytest_report_header(config) -> str:
+    return f"hsm_notebook tests on {os.uname().nodename}, python {sys.version.split()[0]}"

@@ -1,0 +1,81 @@
+"""Exactly once across a crash: SIGKILL the controller mid-sweep, attach from a new process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from hsm_notebook import Sweep, SweepLockedError
+
+CONTROLLER = textwrap.dedent(
+    """
+    import sys, time
+    from hsm_notebook import LocalComputeSource, ParameterSpace, Sweep
+    workdir, shared, directory = sys.argv[1:4]
+    space = ParameterSpace(grid={"x": list(range(40))}, fixed={"append": shared, "sleep": 0.3})
+    sweep = Sweep(space, ["python", "job.py"], [LocalComputeSource(max_parallel_jobs=4)],
+                  workdir=workdir, directory=directory, poll_interval=0.2)
+    print("started", flush=True)
+    sweep.run()
+    print("finished", flush=True)
+    """
+)
+
+ATTACH = textwrap.dedent(
+    """
+    import sys
+    from hsm_notebook import Sweep
+    sweep = Sweep.attach(sys.argv[1])
+    sweep.wait(timeout=240)
+    print(sorted(sweep.counts().items()))
+    """
+)
+
+
+def _lines(path):
+    return path.read_text().splitlines() if path.exists() else []
+
+
+@pytest.mark.parametrize("kill_after", [0, 9, 27])
+def test_sigkill_then_attach_runs_every_task_exactly_once(workdir, kill_after):
+    shared = workdir / "appended.txt"
+    directory = workdir / "sweeps" / f"crash-{kill_after}"
+    (workdir / "controller.py").write_text(CONTROLLER)
+    (workdir / "attach.py").write_text(ATTACH)
+    proc = subprocess.Popen([sys.executable, "controller.py", str(workdir), str(shared), str(directory)],
+                            cwd=workdir, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "started"
+        deadline = time.monotonic() + 60
+        while len(_lines(shared)) < kill_after or not (directory / "tasks").exists():
+            assert time.monotonic() < deadline and proc.poll() is None, "controller ended before the kill point"
+            time.sleep(0.02)
+        with pytest.raises(SweepLockedError, match="being driven by pid"):
+            Sweep.attach(directory)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    before = len(_lines(shared))
+    assert before < 40, "the sweep finished before the kill: nothing was tested"
+    with sqlite3.connect(directory / "ledger.sqlite") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    out = subprocess.run([sys.executable, "attach.py", str(directory)], cwd=workdir,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[('COMPLETED', 40)]"
+    ids = _lines(shared)
+    assert len(ids) == 40 and len(set(ids)) == 40, f"{len(ids)} runs for {len(set(ids))} tasks"
+    with sqlite3.connect(directory / "ledger.sqlite") as db:
+        earlier = db.execute("SELECT a.job_name, a.state, a.error FROM attempts a JOIN tasks t USING (task_id) "
+                             "WHERE a.attempt < t.attempt").fetchall()
+    for job_name, state, error in earlier:  # only attempts that never started may be followed by another
+        assert (state, error) == ("LOST", "controller stopped before the job started")
+        assert not (directory / "tasks" / job_name / "pid").exists()
+    assert len(Sweep.attach(directory, resume=False).results()) == 40
