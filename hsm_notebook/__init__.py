@@ -50,3 +50,10 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted([*globals(), *_EXPORTS])
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext hsm_notebook``: registers the ``%hsm`` magic."""
+    from .ui.magic import register
+
+    register(ipython)

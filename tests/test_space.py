@@ -158,3 +158,8 @@ def test_bad_yaml_is_a_config_error(tmp_path, text, words):
     with pytest.raises(ConfigError, match=None) as err:
         SweepFile.load(path)
     assert words in str(err.value)
+
+
+def test_yaml_reads_exponent_floats_as_numbers(tmp_path):
+    (tmp_path / "s.yaml").write_text("sweep:\n  grid:\n    lr: [1e-3, 3e-4, 1.5E+2, .5, 10]\n")
+    assert [p["lr"] for p in ParameterSpace.from_yaml(tmp_path / "s.yaml")] == [0.001, 0.0003, 150.0, 0.5, 10]

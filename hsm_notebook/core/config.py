@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,25 @@ import yaml
 
 from .errors import ConfigError
 from .space import ParameterSpace
+
+class YamlLoader(yaml.SafeLoader):
+    """Safe YAML, with YAML 1.2 floats: ``1e-3`` is 0.001, not the string "1e-3"."""
+
+
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                    |[-+]?\.(?:inf|Inf|INF)
+                    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str):
+    return yaml.load(text, Loader=YamlLoader)  # noqa: S506 - a SafeLoader subclass
+
 
 _FILE_KEYS = {"sweep", "metadata", "command", "name", "arg_style", "max_parallel_jobs", "env", "wandb_group"}
 
@@ -63,7 +83,7 @@ class SweepFile:
         else:
             text = str(source)
         try:
-            data = yaml.safe_load(text)
+            data = load_yaml(text)
         except yaml.YAMLError as exc:
             raise ConfigError(f"is not valid YAML: {exc}", str(path or "sweep file")) from None
         return cls.from_dict(data, path)

@@ -75,3 +75,85 @@ def results_frame(store: SweepStore) -> pd.DataFrame:
             record[f"metrics.{key}" if key in record else key] = value
         records.append(record)
     return pd.DataFrame.from_records(records).infer_objects()
+
+
+#: Columns the status page can be sorted by, besides any parameter name.
+_SORTABLE = {"idx", "task_id", "source", "state", "attempt", "submit_time", "start_time", "end_time", "exit_code"}
+
+
+def ledger_version(store: SweepStore) -> tuple[int, int]:
+    """Changes whenever any task changes: (last event number, number of tasks)."""
+    with contextlib.closing(store.reader()) as conn:
+        seq = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+        n = conn.execute("SELECT COUNT(*) FROM tasks").fetchone()[0]
+    return seq, n
+
+
+def counts_by_source(store: SweepStore) -> dict[str | None, dict[str, int]]:
+    """``{source: {state: n}}``; tasks never submitted count under ``None``."""
+    out: dict[str | None, dict[str, int]] = {}
+    with contextlib.closing(store.reader()) as conn:
+        for source, state, n in conn.execute("SELECT source, state, COUNT(*) FROM tasks GROUP BY source, state"):
+            out.setdefault(source, {})[state] = n
+    return out
+
+
+def status_page(
+    store: SweepStore,
+    *,
+    state: str | None = None,
+    source: str | None = None,
+    sort: str = "idx",
+    ascending: bool = True,
+    offset: int = 0,
+    limit: int = 25,
+) -> tuple[pd.DataFrame, int]:
+    """One page of the status table, filtered and sorted in SQL: its cost grows with
+    ``limit``, not with the number of tasks.  Returns (page, rows matching the filter)."""
+    where, args = [], []
+    if state:
+        where.append("state = ?")
+        args.append(state)
+    if source:
+        where.append("source = ?")
+        args.append(source)
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    if sort in _SORTABLE:
+        order = sort
+    else:
+        order = "json_extract(params, ?)"
+        args_order = [f'$."{sort}"']
+    direction = "ASC" if ascending else "DESC"
+    with contextlib.closing(store.reader()) as conn:
+        total = conn.execute(f"SELECT COUNT(*) FROM tasks {clause}", args).fetchone()[0]
+        query = (f"SELECT task_id, job_name, source, state, params, attempt, start_time, end_time, exit_code, "
+                 f"error, detail FROM tasks {clause} ORDER BY {order} {direction}, idx LIMIT ? OFFSET ?")
+        params = args + (args_order if sort not in _SORTABLE else []) + [limit, offset]
+        rows = conn.execute(query, params).fetchall()
+    now = time.time()
+    records = []
+    for r in rows:
+        start, end = r["start_time"], r["end_time"]
+        duration = (end or now) - start if start and (end or r["state"] == JobState.RUNNING) else None
+        records.append({"task_id": r["task_id"], "source": r["source"], "state": r["state"],
+                        **json.loads(r["params"]), "attempt": r["attempt"],
+                        "duration_s": round(duration, 1) if duration is not None else None,
+                        "exit_code": r["exit_code"], "error": r["error"] or r["detail"]})
+    return pd.DataFrame.from_records(records), total
+
+
+def task_history(store: SweepStore, task_id: str) -> pd.DataFrame:
+    """Every recorded transition of one task, oldest first."""
+    with contextlib.closing(store.reader()) as conn:
+        rows = conn.execute(
+            "SELECT time, attempt, state, source, job_id, detail FROM events WHERE task_id=? ORDER BY seq", (task_id,)
+        ).fetchall()
+    df = pd.DataFrame.from_records([dict(r) for r in rows], columns=["time", "attempt", "state", "source", "job_id", "detail"])
+    df["time"] = _times(df["time"].tolist())
+    return df
+
+
+def time_span(store: SweepStore) -> tuple[float | None, float | None]:
+    """(first submission, last end) over all tasks, epoch seconds."""
+    with contextlib.closing(store.reader()) as conn:
+        return tuple(conn.execute("SELECT MIN(submit_time), MAX(end_time) FROM tasks").fetchone())

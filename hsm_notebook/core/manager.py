@@ -208,6 +208,12 @@ class DistributedJobManager:
                     self.store.finish(tid, attempt, outcome)
                     source.update_job_status(job_id, outcome.state)
 
+    def requeue(self) -> None:
+        """Tasks were put back to PENDING in the ledger: read the queue again from the start."""
+        self._queue.clear()
+        self._cursor, self._exhausted = -1, False
+        self.notify()
+
     # -- control -----------------------------------------------------------------------
     async def cancel(self, task_ids: Optional[Iterable[str]] = None) -> int:
         """Cancel queued and running tasks (all when ``task_ids`` is None)."""

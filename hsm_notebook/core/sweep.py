@@ -13,6 +13,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import datetime as dt
+import json
 import os
 import secrets
 from pathlib import Path
@@ -23,7 +24,15 @@ import pandas as pd
 from . import _loop
 from .config import SweepFile, parse_command
 from .errors import ConfigError, HsmError
-from .frames import results_frame, status_frame
+from .frames import (
+    counts_by_source,
+    ledger_version,
+    results_frame,
+    status_frame,
+    status_page,
+    task_history,
+    time_span,
+)
 from .job import STDERR_FILE, STDOUT_FILE, JobTemplate, tail
 from .manager import DistributedJobManager
 from .source import ComputeSource
@@ -118,6 +127,7 @@ class Sweep:
         self._record = dict(record)
         self._manager: DistributedJobManager | None = None
         self._future: concurrent.futures.Future | None = None
+        self._param_names: list[str] | None = None
 
     # -- other ways in ---------------------------------------------------------------------
     @classmethod
@@ -212,25 +222,35 @@ class Sweep:
         """Run again only the tasks that are missing, failed, cancelled or lost; returns at once.
 
         ``sources`` replaces the sources for this run (start on a laptop, finish elsewhere)."""
+        return self._rerun(RERUNNABLE, sources)
+
+    def retry_failed(self) -> "Sweep":
+        """Run again the FAILED and LOST tasks; returns at once."""
+        return self._rerun((JobState.FAILED, JobState.LOST), None)
+
+    def _rerun(self, states: Iterable[JobState], sources: Optional[Sequence[ComputeSource]]) -> "Sweep":
+        states = tuple(states)
         if self.running:
             if sources is not None:
                 raise HsmError("the sweep is running; wait() for it or cancel() it before changing sources")
-            _loop.run_sync(self._requeue())
-            return self
+            if _loop.run_sync(self._requeue(states)):
+                return self
+            self.wait()  # the manager ended just now: start a new one below
         if sources is not None:
             self.sources = self._check_sources(sources, self.template)
             self._record["sources"] = [s.describe() for s in self.sources]
             self.store.update_record(sources=self._record["sources"])
-        self.store.reset(RERUNNABLE)
+        self.store.reset(states)
         self.store.close()
         return self.start()
 
-    async def _requeue(self) -> None:
-        assert self._manager is not None
-        self.store.reset(RERUNNABLE)
-        self._manager._queue.clear()
-        self._manager._cursor, self._manager._exhausted = -1, False
-        self._manager.notify()
+    async def _requeue(self, states: tuple[JobState, ...]) -> bool:
+        """Put tasks back in the running manager's queue; False if it has already ended."""
+        if self._manager is None or not self._manager.running:
+            return False
+        self.store.reset(states)
+        self._manager.requeue()
+        return True
 
     def cancel(self, task_id: str | Iterable[str] | None = None) -> int:
         """Cancel one task, several, or (no argument) the whole sweep; returns how many."""
@@ -270,18 +290,60 @@ class Sweep:
         """True when no task is waiting or running."""
         return all(JobState(s).is_terminal for s in self.counts())
 
+    def page(self, **query: Any) -> tuple[pd.DataFrame, int]:
+        """One page of the status table filtered and sorted in the ledger (see ``frames.status_page``)."""
+        return status_page(self.store, **query)
+
+    def store_version(self) -> tuple[int, int]:
+        """Changes whenever the ledger changes (cheap: for refresh loops)."""
+        return ledger_version(self.store)
+
+    def time_span(self) -> tuple[Optional[float], Optional[float]]:
+        """(first submission, last end) over all tasks, epoch seconds."""
+        return time_span(self.store)
+
+    @property
+    def param_names(self) -> list[str]:
+        """The parameter names, in the space's order."""
+        if self._param_names is None:
+            with contextlib.closing(self.store.reader()) as conn:
+                row = conn.execute("SELECT params FROM tasks ORDER BY idx LIMIT 1").fetchone()
+            self._param_names = list(json.loads(row["params"])) if row else []
+        return self._param_names
+
+    def counts_by_source(self) -> dict[str | None, dict[str, int]]:
+        return counts_by_source(self.store)
+
+    def history(self, task_id: str) -> pd.DataFrame:
+        """Every state a task went through, with times, attempts and sources."""
+        return task_history(self.store, task_id)
+
+    def panel(self) -> "Any":
+        """The notebook panel of this sweep (an ipywidgets view; displaying it shows it)."""
+        from ..ui import SweepPanel
+
+        return SweepPanel(self)
+
+    def task(self, task_id: str) -> dict[str, Any]:
+        """One task's row: params, state, source, attempt, exit code, error, metrics."""
+        with contextlib.closing(self.store.reader()) as conn:
+            row = conn.execute("SELECT * FROM tasks WHERE task_id=?", (task_id,)).fetchone()
+        if row is None:
+            raise ConfigError(f"no task {task_id!r} in sweep {self.id}; copy an id from status()", "task_id")
+        info = dict(row)
+        info["params"] = json.loads(info["params"])
+        info["metrics"] = json.loads(info["metrics"]) if info["metrics"] else None
+        return info
+
     def logs(self, task_id: str, stream: str = "stderr", lines: int = 20) -> str:
         """The last lines of a task's stdout or stderr (its latest attempt)."""
         if stream not in ("stdout", "stderr"):
             raise ConfigError("must be 'stdout' or 'stderr'", "stream")
-        with contextlib.closing(self.store.reader()) as conn:
-            row = conn.execute("SELECT job_name FROM tasks WHERE task_id=?", (task_id,)).fetchone()
-        if row is None:
-            raise ConfigError(f"no task {task_id!r} in sweep {self.id}", "task_id")
-        if row["job_name"] is None:
+        job_name = self.task(task_id)["job_name"]
+        if job_name is None:
             return ""
         name = STDOUT_FILE if stream == "stdout" else STDERR_FILE
-        return tail(self.directory / "tasks" / row["job_name"] / name, lines)
+        return tail(self.directory / "tasks" / job_name / name, lines)
 
     def __repr__(self) -> str:
         counts = self.counts()

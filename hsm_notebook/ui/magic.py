@@ -1,0 +1,44 @@
+"""``%load_ext hsm_notebook`` then ``%hsm [sweep.yaml | sweep dir]`` opens the panel."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+from ..core.config import SweepFile
+from ..core.errors import HsmError
+from .panel import SweepPanel
+
+
+def open_panel(arg: str = "") -> Optional[SweepPanel]:
+    """``""`` -> an empty panel; a sweep directory -> that sweep, resumed;
+    a YAML file -> a panel filled from it, ready to launch."""
+    words = shlex.split(arg)
+    if not words:
+        return SweepPanel()
+    path = Path(words[0]).expanduser()
+    if path.is_dir():
+        return SweepPanel.attach(path)
+    spec = SweepFile.load(path)
+    panel = SweepPanel()
+    editor = panel.editor
+    editor.mode.value = "YAML"
+    editor.yaml.value = path.read_text()
+    if spec.command:
+        editor.command.value = shlex.join(spec.command)
+    editor.workdir.value = str(path.parent.absolute())
+    return panel
+
+
+def register(ipython: Any) -> None:
+    def hsm(line: str) -> Optional[SweepPanel]:
+        """%hsm [sweep.yaml | sweep directory]: open the sweep panel."""
+        try:
+            return open_panel(line)
+        except HsmError as exc:
+            print(f"hsm: {exc}", file=sys.stderr)
+            return None
+
+    ipython.register_magic_function(hsm, magic_kind="line", magic_name="hsm")

@@ -1,0 +1,243 @@
+"""``SweepPanel``: the notebook view of a sweep.  A thin view: it owns no sweep state.
+
+Every button is one call in the Python API (``Sweep(...).start()``, ``cancel()``,
+``retry_failed()``, ``complete()``); every number shown is read from the ledger.
+A refresh thread (not a task on the kernel's loop, which freezes while a cell runs
+blocking code) updates the widgets at most ``1 / refresh_interval`` times a second,
+and only when the ledger changed, so a 10,000-task sweep does not flood the front end.
+"""
+
+from __future__ import annotations
+
+import html
+import threading
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import ipywidgets as w
+
+from ..core.errors import HsmError
+from ..core.source import ComputeSource
+from ..core.state import RERUNNABLE, JobState
+from ..core.sweep import Sweep
+from ..sources import LocalComputeSource
+from .detail_view import DetailView
+from .html import CSS
+from .params_editor import ParamsEditor
+from .results_view import ResultsView
+from .sources_view import SourcesView
+from .status_view import StatusView
+
+TABS = ("Sources", "Parameters", "Status", "Job detail", "Results")
+
+
+class SweepPanel:
+    """Launch, watch and collect a sweep from widgets.
+
+    ``SweepPanel()`` starts from an empty form; ``SweepPanel(sweep)`` (or ``sweep.panel()``)
+    shows an existing sweep; ``SweepPanel.attach(dir)`` reopens one after a kernel restart.
+    """
+
+    def __init__(
+        self,
+        sweep: Optional[Sweep] = None,
+        *,
+        sources: Optional[Sequence[ComputeSource]] = None,
+        refresh_interval: float = 0.5,
+        directory: str | Path | None = None,
+    ):
+        self.sweep = sweep
+        self.directory = directory
+        self.refresh_interval = refresh_interval
+        self._lock = threading.RLock()
+        self._version: Any = None
+        self._results_version: Any = None
+        self._stop = threading.Event()
+        self.refreshes = 0
+
+        self.header = w.HTML()
+        self.message = w.HTML()
+        self.message.add_class("hsm-message")
+        self.launch_button = self._button("Launch", "play", "success", "hsm-launch", self.launch)
+        self.cancel_button = self._button("Cancel", "stop", "danger", "hsm-cancel", self.cancel)
+        self.retry_button = self._button("Retry failed", "redo", "warning", "hsm-retry", self.retry_failed)
+        self.complete_button = self._button("Complete missing", "forward", "", "hsm-complete", self.complete)
+
+        self.editor = ParamsEditor(on_change=self._update_buttons)
+        chosen = list(sweep.sources) if sweep else list(sources or [LocalComputeSource()])
+        self.sources_view = SourcesView(chosen, report=self.show_error)
+        self.health_button = self._button("Check health", "heartbeat", "", "hsm-health", self.check_health)
+        self.status_view = StatusView(on_query_change=lambda: self._guarded(self.refresh, True))
+        self.detail_view = DetailView()
+        self.detail_view.task.observe(lambda _: self._guarded(self._show_detail), "value")
+        self.detail_view.lines.observe(lambda _: self._guarded(self._show_detail), "value")
+        self.results_view = ResultsView()
+
+        self.tabs = w.Tab(children=[
+            w.VBox([self.sources_view.widget, self.health_button]), self.editor.widget,
+            self.status_view.widget, self.detail_view.widget, self.results_view.widget,
+        ])
+        for i, title in enumerate(TABS):
+            self.tabs.set_title(i, title)
+        self.tabs.observe(lambda _: self._guarded(self.refresh, True), "selected_index")
+        buttons = w.HBox([self.launch_button, self.cancel_button, self.retry_button, self.complete_button])
+        self.widget = w.VBox([w.HTML(CSS), self.header, buttons, self.message, self.tabs])
+        self.widget.add_class("hsm-panel")
+        if sweep is not None:
+            self._bind(sweep)
+        else:
+            self.tabs.selected_index = 1
+        self._guarded(self.refresh, True)
+        self._thread = threading.Thread(target=self._refresh_loop, name="hsm-panel-refresh", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def attach(cls, directory: str | Path, sources: Optional[Sequence[ComputeSource]] = None, **kwargs: Any) -> "SweepPanel":
+        """The panel of an existing sweep directory, resumed (after a kernel restart)."""
+        return cls(Sweep.attach(directory, sources), **kwargs)
+
+    # -- display ----------------------------------------------------------------------
+    def _repr_mimebundle_(self, **kwargs: Any):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    def close(self) -> None:
+        """Stop refreshing and close the widgets (the sweep itself goes on)."""
+        self._stop.set()
+        self.widget.close()
+
+    # -- actions (each one call in the Python API) ----------------------------------------
+    def launch(self) -> None:
+        if self.sweep is None:
+            workdir = self.editor.workdir.value.strip() or None
+            sweep = Sweep(self.editor.space(), self.editor.command_argv(), self.sources_view.sources,
+                          workdir=workdir, directory=self.directory)
+            self._bind(sweep)
+        self.sweep.start()
+        self.tabs.selected_index = 2
+        self.say(f"Launched {self.sweep.counts().get('PENDING', 0)} tasks.")
+
+    def cancel(self) -> None:
+        n = self._need_sweep().cancel()
+        self.say(f"Cancelled {n} task(s).")
+
+    def retry_failed(self) -> None:
+        self._need_sweep().retry_failed()
+        self.say("Failed and lost tasks are queued again.")
+
+    def complete(self) -> None:
+        self._need_sweep().complete()
+        self.say("Missing, failed, cancelled and lost tasks are queued again.")
+
+    def check_health(self) -> None:
+        from ..core import _loop
+
+        async def check(source: ComputeSource) -> dict:
+            try:
+                return await source.health_check()
+            except Exception as exc:  # noqa: BLE001 - shown as the source's health
+                return {"status": "unhealthy", "reason": f"{type(exc).__name__}: {exc}"}
+
+        def done(name: str, future) -> None:
+            self.sources_view.health[name] = future.result()
+            self.sources_view.render()
+
+        for source in self.sources_view.sources:
+            _loop.spawn(check(source)).add_done_callback(lambda f, n=source.name: done(n, f))
+
+    # -- plumbing -------------------------------------------------------------------------
+    def _need_sweep(self) -> Sweep:
+        if self.sweep is None:
+            raise HsmError("nothing launched yet: fill in Parameters and press Launch")
+        return self.sweep
+
+    def _bind(self, sweep: Sweep) -> None:
+        self.sweep = sweep
+        self.editor.show_space(sweep._record.get("space", {}), sweep.template.command)
+        self.sources_view.lock()
+        self.header.value = (f"<b>Sweep {html.escape(sweep.id)}</b> · "
+                             f"<code>{html.escape(str(sweep.directory))}</code>")
+        self.tabs.selected_index = 2
+
+    def _button(self, label: str, icon: str, style: str, css: str, action) -> w.Button:
+        button = w.Button(description=label, icon=icon, button_style=style)
+        button.add_class(css)
+        button.on_click(lambda _: self._guarded(action))
+        return button
+
+    def _guarded(self, action, *args: Any) -> None:
+        """The UI boundary: whatever goes wrong is shown in the panel, in words."""
+        try:
+            action(*args)
+        except Exception as exc:  # noqa: BLE001 - never let an error kill the panel
+            self.show_error(exc)
+        finally:
+            try:
+                self._update_buttons()
+            except Exception as exc:  # noqa: BLE001
+                self.show_error(exc)
+
+    def say(self, text: str) -> None:
+        self.message.value = f"<span style='color:#264'>{html.escape(text)}</span>"
+
+    def show_error(self, exc: BaseException) -> None:
+        text = str(exc) if isinstance(exc, HsmError) else f"{type(exc).__name__}: {exc}"
+        self.message.value = f"<span class='hsm-error' style='color:#b00'>⚠ {html.escape(text)}</span>"
+
+    def _update_buttons(self) -> None:
+        if self.sweep is None:
+            try:
+                self.editor.space()
+                self.editor.command_argv()
+                ok = bool(self.sources_view.sources)
+            except HsmError:
+                ok = False
+            self.launch_button.disabled = not ok
+            for b in (self.cancel_button, self.retry_button, self.complete_button):
+                b.disabled = True
+            return
+        counts = self.sweep.counts()
+        running = self.sweep.running
+        self.launch_button.disabled = running or not counts.get(JobState.PENDING, 0)
+        self.cancel_button.disabled = not running
+        self.retry_button.disabled = not (counts.get(JobState.FAILED, 0) + counts.get(JobState.LOST, 0))
+        self.complete_button.disabled = running or not sum(counts.get(s, 0) for s in RERUNNABLE)
+
+    def refresh(self, force: bool = False) -> None:
+        """Bring every section up to date with the ledger (cheap when nothing changed)."""
+        with self._lock:
+            if self.sweep is None:
+                return
+            version = (self.sweep.store_version(), self.sweep.running)
+            if not force and version == self._version:
+                return
+            self._version = version
+            sweep = self.sweep
+            names = list(sweep.param_names)
+            self.status_view.set_choices([s.name for s in sweep.sources], names)
+            self.status_view.show(sweep)
+            if self.status_view.rows is not None and not self.status_view.rows.empty:
+                self.detail_view.set_choices(list(self.status_view.rows["task_id"]))
+            if self.tabs.selected_index == 4 and (force or version[0] != self._results_version):
+                self._results_version = version[0]
+                self.results_view.show(sweep.results(), names)
+            if self.tabs.selected_index == 3:
+                self._show_detail()
+            self.refreshes += 1
+            self._update_buttons()
+
+    def _show_detail(self) -> None:
+        if self.sweep is not None:
+            self.detail_view.show(self.sweep)
+
+    def _refresh_loop(self) -> None:
+        last_forced = 0.0
+        while not self._stop.wait(self.refresh_interval):
+            try:
+                now = time.monotonic()
+                force = self.sweep is not None and self.sweep.running and now - last_forced > 1.0
+                if force:
+                    last_forced = now  # once a second while running, for the elapsed time
+                self.refresh(force)
+            except Exception as exc:  # noqa: BLE001 - the refresher must outlive any one error
+                self.show_error(exc)

@@ -1,0 +1,115 @@
+"""The Sources section: which compute sources the sweep uses, their slots and health.
+
+Each source type is a small *form* class registered in ``FORMS``; adding a type
+(SSH, Slurm) is one new form, nothing else changes here.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Type
+
+import ipywidgets as w
+
+from ..core.errors import ConfigError
+from ..core.source import ComputeSource
+from ..sources import LocalComputeSource
+from .html import esc
+
+
+class SourceForm:
+    """Widgets to describe one source of a type, and ``build()`` to make it."""
+
+    kind = "?"
+
+    def __init__(self) -> None:
+        self.widget = w.VBox()
+
+    def build(self) -> ComputeSource:
+        raise NotImplementedError
+
+
+class LocalForm(SourceForm):
+    kind = "this machine"
+
+    def __init__(self) -> None:
+        import os
+
+        self.name = w.Text(value="local", description="Name")
+        self.slots = w.BoundedIntText(value=os.cpu_count() or 1, min=1, max=4096, description="Slots")
+        self.gpus = w.Text(value="", placeholder="e.g. 0, 1 (optional)", description="GPUs")
+        self.widget = w.VBox([self.name, self.slots, self.gpus])
+
+    def build(self) -> ComputeSource:
+        gpus = None
+        if self.gpus.value.strip():
+            try:
+                gpus = [int(g) for g in self.gpus.value.replace(" ", "").split(",") if g]
+            except ValueError:
+                raise ConfigError(f"must be GPU numbers separated by commas, got {self.gpus.value!r}", "gpus") from None
+        return LocalComputeSource(self.name.value.strip(), int(self.slots.value), gpus=gpus)
+
+
+#: Source types offered in the panel, by label.  Later issues register SSH and Slurm forms.
+FORMS: Dict[str, Type[SourceForm]] = {LocalForm.kind: LocalForm}
+
+
+class SourcesView:
+    """The chosen sources with their health; add and remove them before launch."""
+
+    def __init__(self, sources: List[ComputeSource], report: Callable[[Exception], None]):
+        self.sources = list(sources)
+        self._report = report
+        self.health: dict[str, dict] = {}
+        self.list_html = w.HTML()
+        self.list_html.add_class("hsm-sources")
+        self.kind = w.Dropdown(options=list(FORMS), description="Add")
+        self.form_box = w.VBox()
+        self.add_button = w.Button(description="Add source", icon="plus")
+        self.remove = w.Dropdown(options=[], description="Remove")
+        self.remove_button = w.Button(description="Remove", icon="trash")
+        self.add_button.on_click(lambda _: self._guard(self._add))
+        self.remove_button.on_click(lambda _: self._guard(self._remove))
+        self.kind.observe(lambda _: self._new_form(), "value")
+        self._new_form()
+        self.editor = w.VBox([w.HBox([self.kind, self.add_button]), self.form_box,
+                              w.HBox([self.remove, self.remove_button])])
+        self.widget = w.VBox([self.list_html, self.editor])
+        self.render()
+
+    def _guard(self, action: Callable[[], None]) -> None:
+        try:
+            action()
+        except Exception as exc:  # noqa: BLE001 - the UI boundary: shown in the panel
+            self._report(exc)
+
+    def _new_form(self) -> None:
+        self.form = FORMS[self.kind.value]()
+        self.form_box.children = [self.form.widget]
+
+    def _add(self) -> None:
+        source = self.form.build()
+        if source.name in {s.name for s in self.sources}:
+            raise ConfigError(f"a source named {source.name!r} is already in the list; give another name", "name")
+        self.sources.append(source)
+        self.render()
+
+    def _remove(self) -> None:
+        self.sources = [s for s in self.sources if s.name != self.remove.value]
+        self.render()
+
+    def lock(self) -> None:
+        """After launch the sources are fixed for this run."""
+        self.editor.layout.display = "none"
+
+    def render(self) -> None:
+        rows = []
+        for s in self.sources:
+            h = self.health.get(s.name, {})
+            status = h.get("status", "not checked")
+            color = {"healthy": "#080", "degraded": "#a60", "unhealthy": "#c00"}.get(status, "#888")
+            reason = h.get("reason") or ""
+            rows.append(f"<tr><td>{esc(s.name)}</td><td>{esc(s.source_type)}</td><td>{s.max_parallel_jobs}</td>"
+                        f"<td style='color:{color}'>{esc(status)}</td><td>{esc(reason)}</td></tr>")
+        self.list_html.value = ("<table><tr><th>source</th><th>type</th><th>slots</th><th>health</th><th></th></tr>"
+                                + "".join(rows) + "</table>")
+        self.remove.options = [s.name for s in self.sources]

@@ -1,0 +1,190 @@
+"""Widget logic in pytest: fill the fields, click the buttons, read what the panel shows."""
+
+from __future__ import annotations
+
+import html
+import time
+
+import pytest
+
+from hsm_notebook import LocalComputeSource, ParameterSpace, Sweep
+from hsm_notebook.ui import SweepPanel
+from hsm_notebook.ui.magic import open_panel
+from hsm_notebook.ui.params_editor import parse_values, rows_to_space
+from hsm_notebook.core.errors import ConfigError
+
+
+@pytest.fixture()
+def panels():
+    made = []
+    yield made
+    for p in made:
+        p.close()
+
+
+def _msg(panel):
+    return html.unescape(panel.message.value)
+
+
+def _fill(panel, rows):
+    for (name, values, kind), (n, v, k) in zip(rows, panel.editor.rows):
+        n.value, v.value, k.value = name, values, kind
+
+
+def _until(cond, timeout=60):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("text, values", [
+    ("0.1, 0.01", [0.1, 0.01]), ("range(1, 4)", [1, 2, 3]), ("range(3)", [0, 1, 2]),
+    ("range(0, 10, 5)", [0, 5]), ("[a, 'b c']", ["a", "b c"]), ("64", [64]),
+    ("relu, tanh", ["relu", "tanh"]), ("true, null", [True, None]), ("1e-3", [0.001]),
+])
+def test_values_are_typed_the_quick_way(text, values):
+    assert parse_values(text) == values
+
+
+def test_rows_make_a_space_with_paired_groups_and_fixed_values():
+    space = rows_to_space([("lr", "0.1, 0.01", "grid"), ("seed", "1, 2, 3", "paired A"),
+                           ("split", "a, b, c", "paired A"), ("epochs", "5", "fixed"), ("", "", "grid")])
+    assert len(space) == 6 and space[0] == {"lr": 0.1, "seed": 1, "split": "a", "epochs": 5}
+
+
+def test_launch_from_the_form_runs_a_real_sweep(workdir, panels, tmp_path):
+    panel = SweepPanel(sources=[LocalComputeSource(max_parallel_jobs=3)], refresh_interval=0.1,
+                       directory=tmp_path / "s")
+    panels.append(panel)
+    panel.editor.command.value = "python job.py"
+    panel.editor.workdir.value = str(workdir)
+    _fill(panel, [("x", "range(1, 6)", "grid"), ("exit", "0, 3", "grid")])
+    assert "<b>10</b> combinations" in panel.editor.count.value
+    assert not panel.launch_button.disabled and panel.cancel_button.disabled
+    panel.launch_button.click()
+    assert panel.sweep is not None and "Launched 10 tasks" in _msg(panel)
+    panel.sweep.wait(timeout=60)
+    _until(lambda: "hsm-done'>10<" in panel.status_view.summary.value and panel.cancel_button.disabled)
+    assert panel.status_view.progress.value == 10 and panel.status_view.progress.max == 10
+    assert "COMPLETED 5" in panel.status_view.summary.value and "FAILED 5" in panel.status_view.summary.value
+    assert panel.status_view.table.value.count("data-state='COMPLETED'") == 5
+    assert not panel.retry_button.disabled and panel.launch_button.disabled and panel.cancel_button.disabled
+    # filter by state, sort by a parameter
+    panel.status_view.state_filter.value = "FAILED"
+    assert panel.status_view.table.value.count("data-state='FAILED'") == 5
+    assert "data-state='COMPLETED'" not in panel.status_view.table.value
+    panel.status_view.sort.value = "x"
+    panel.status_view.descending.value = True
+    assert list(panel.status_view.rows["x"]) == [5, 4, 3, 2, 1]
+    # job detail of a failed task
+    failed = panel.status_view.rows["task_id"].iloc[0]
+    panel.tabs.selected_index = 3
+    panel.detail_view.task.value = failed
+    assert "something went wrong in task 5" in panel.detail_view.body.value
+    assert "SUBMITTING" in panel.detail_view.body.value and "exit code 3" in panel.detail_view.body.value
+    # results and the plot
+    panel.tabs.selected_index = 4
+    assert panel.results_view.table.value.count("<tr>") == 6  # header + 5
+    assert panel.results_view.metric.value == "score" and panel.results_view.param.value == "x"
+    assert panel.results_view.image.value[:4] == b"\x89PNG"
+
+
+def test_cancel_and_retry_buttons(workdir, panels):
+    sweep = Sweep(ParameterSpace(grid={"x": list(range(6)), "sleep": [30]}), ["python", "job.py"],
+                  [LocalComputeSource(max_parallel_jobs=2)], workdir=workdir, poll_interval=0.1)
+    panel = sweep.panel()
+    panels.append(panel)
+    assert not panel.launch_button.disabled and panel.cancel_button.disabled
+    panel.launch_button.click()
+    _until(lambda: sweep.counts().get("RUNNING", 0) == 2)
+    panel.refresh(True)
+    assert not panel.cancel_button.disabled and panel.launch_button.disabled
+    panel.cancel_button.click()
+    sweep.wait(timeout=60)
+    assert sweep.counts() == {"CANCELLED": 6} and "Cancelled" in _msg(panel)
+    panel.refresh(True)
+    assert not panel.complete_button.disabled and panel.retry_button.disabled
+
+
+@pytest.mark.parametrize("rows, command, words", [
+    ([("lr", "", "grid")], "python job.py", "no values"),
+    ([("lr", "[1, 2", "grid")], "python job.py", "not a valid YAML list"),
+    ([("lr", "1", "grid"), ("lr", "2", "grid")], "python job.py", "given twice"),
+    ([("", "1, 2", "grid")], "python job.py", "no parameter name"),
+    ([("a", "1, 2", "paired A"), ("b", "1", "paired A")], "python job.py", "same length"),
+    ([("a", "1, 2", "fixed")], "python job.py", "takes one value"),
+    ([("a", "1", "grid")], "", "non-empty list"),
+    ([("a", "1", "grid")], "python 'unclosed", "cannot be split"),
+])
+def test_bad_input_is_shown_next_to_the_field_and_launch_is_disabled(workdir, panels, rows, command, words):
+    panel = SweepPanel(refresh_interval=0.1)
+    panels.append(panel)
+    panel.editor.workdir.value = str(workdir)
+    panel.editor.command.value = command
+    _fill(panel, rows)
+    assert words in html.unescape(panel.editor.count.value) and "hsm-error" in panel.editor.count.value
+    assert panel.launch_button.disabled
+    panel.launch_button.click()  # clicked anyway (click() ignores disabled): reported, not raised
+    assert words in _msg(panel) and "hsm-error" in _msg(panel)
+    assert panel.sweep is None
+
+
+def test_errors_at_launch_and_in_sources_are_shown_in_words(workdir, panels, tmp_path):
+    panel = SweepPanel(refresh_interval=0.1, directory=tmp_path / "d")
+    panels.append(panel)
+    panel.editor.workdir.value = str(workdir)
+    panel.editor.command.value = "python missing_script.py"
+    _fill(panel, [("x", "1, 2", "grid")])
+    panel.launch_button.click()
+    assert "script 'missing_script.py' not found" in _msg(panel) and panel.sweep is None
+    form = panel.sources_view.form
+    form.name.value = "local"
+    panel.sources_view.add_button.click()
+    assert "already in the list" in _msg(panel)
+    form.name.value, form.gpus.value = "gpu-box", "0, x"
+    panel.sources_view.add_button.click()
+    assert "must be GPU numbers" in _msg(panel)
+    form.gpus.value = "0, 1"
+    panel.sources_view.add_button.click()
+    assert [s.name for s in panel.sources_view.sources] == ["local", "gpu-box"]
+    panel.check_health()
+    _until(lambda: len(panel.sources_view.health) == 2)
+    assert panel.sources_view.list_html.value.count("healthy") == 2
+
+
+def test_a_broken_metrics_file_does_not_break_the_panel(workdir, panels):
+    sweep = Sweep(ParameterSpace(grid={"x": [1, 2]}, fixed={"bad_metrics": "true"}), ["python", "job.py"],
+                  workdir=workdir, poll_interval=0.1).run()
+    panel = sweep.panel()
+    panels.append(panel)
+    panel.tabs.selected_index = 4
+    assert "hsm-error" not in _msg(panel) and "2</b> completed" in panel.results_view.table.value
+    panel.tabs.selected_index = 3
+    panel.detail_view.task.value = "nonexistent"
+    assert "no task 'nonexistent'" in html.unescape(panel.detail_view.body.value)
+
+
+def test_attach_and_the_magic_show_an_existing_sweep(workdir, panels, tmp_path):
+    sweep = Sweep(ParameterSpace(grid={"x": [1, 2, 3]}), ["python", "job.py"], workdir=workdir, poll_interval=0.1).run()
+    panel = open_panel(str(sweep.directory))
+    panels.append(panel)
+    assert panel.sweep.id == sweep.id and "hsm-done'>3<" in panel.status_view.summary.value
+    assert panel.editor.yaml.disabled and "x:" in panel.editor.yaml.value
+    (tmp_path / "s.yaml").write_text("command: [python, job.py]\nsweep:\n  grid:\n    x: [1, 2]\n")
+    from_file = open_panel(str(tmp_path / "s.yaml"))
+    panels.append(from_file)
+    assert "<b>2</b> combinations" in from_file.editor.count.value and from_file.sweep is None
+    empty = open_panel("")
+    panels.append(empty)
+    assert empty.sweep is None and empty.launch_button.disabled
+    with pytest.raises(ConfigError):
+        open_panel(str(tmp_path / "nope.yaml"))
+
+
+def test_the_load_ext_magic_is_registered():
+    from IPython.testing.globalipapp import start_ipython
+
+    ip = start_ipython()
+    ip.run_line_magic("load_ext", "hsm_notebook")
+    assert "hsm" in ip.magics_manager.magics["line"]
