@@ -188,3 +188,17 @@ def test_the_load_ext_magic_is_registered():
     ip = start_ipython()
     ip.run_line_magic("load_ext", "hsm_notebook")
     assert "hsm" in ip.magics_manager.magics["line"]
+
+
+def test_a_source_that_fails_setup_is_reported_in_the_panel(workdir, panels):
+    class BrokenSetup(LocalComputeSource):
+        async def setup(self, sweep_dir, sweep_id):
+            raise RuntimeError("disk not mounted")
+
+    sweep = Sweep(ParameterSpace(grid={"x": [1]}), ["python", "job.py"], [BrokenSetup("broken")], workdir=workdir)
+    panel = sweep.panel()
+    panels.append(panel)
+    panel.launch_button.click()
+    _until(lambda: "disk not mounted" in _msg(panel))
+    assert "[broken] setup failed: disk not mounted" in _msg(panel)
+    assert not panel.launch_button.disabled  # still usable: can try again

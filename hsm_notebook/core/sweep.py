@@ -173,6 +173,13 @@ class Sweep:
         return self._future is not None and not self._future.done()
 
     @property
+    def error(self) -> Optional[BaseException]:
+        """What stopped the last run of the manager, if it failed (None while running or after success)."""
+        if self._future is None or not self._future.done() or self._future.cancelled():
+            return None
+        return self._future.exception()
+
+    @property
     def directory(self) -> Path:
         return self.store.directory
 

@@ -67,6 +67,8 @@ def kv(pairs: Iterable[tuple[str, Any]]) -> str:
 def duration(seconds: float | None) -> str:
     if seconds is None or seconds != seconds:
         return "–"
+    if seconds < 10:
+        return f"{seconds:.1f}s"
     seconds = int(seconds)
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)

@@ -55,6 +55,7 @@ class SweepPanel:
         self._results_version: Any = None
         self._stop = threading.Event()
         self.refreshes = 0
+        self._shown_error: Optional[BaseException] = None
 
         self.header = w.HTML()
         self.message = w.HTML()
@@ -113,9 +114,10 @@ class SweepPanel:
             sweep = Sweep(self.editor.space(), self.editor.command_argv(), self.sources_view.sources,
                           workdir=workdir, directory=self.directory)
             self._bind(sweep)
+        pending = self.sweep.counts().get(JobState.PENDING, 0)
         self.sweep.start()
         self.tabs.selected_index = 2
-        self.say(f"Launched {self.sweep.counts().get('PENDING', 0)} tasks.")
+        self.say(f"Launched {pending} tasks.")
 
     def cancel(self) -> None:
         n = self._need_sweep().cancel()
@@ -225,6 +227,9 @@ class SweepPanel:
                 self._show_detail()
             self.refreshes += 1
             self._update_buttons()
+            if sweep.error is not None and sweep.error is not self._shown_error:
+                self._shown_error = sweep.error
+                self.show_error(sweep.error)
 
     def _show_detail(self) -> None:
         if self.sweep is not None:

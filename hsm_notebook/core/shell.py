@@ -1,0 +1,56 @@
+"""One way to run a command, here or on a remote host: ``Shell.run(script)``.
+
+Sources (SSH, Slurm) build a POSIX shell script with every variable part quoted by
+``shlex.quote`` and hand it to a shell: ``LocalShell`` runs ``/bin/sh -c`` here,
+``sources.ssh_connection.RemoteShell`` feeds a persistent remote ``sh`` over SSH.
+Both return a :class:`CommandResult` and raise :class:`CommandError` on failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+from dataclasses import dataclass
+from typing import Optional, Protocol, Sequence
+
+from .errors import CommandError
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    script: str
+    exit_code: Optional[int]
+    stdout: str
+    stderr: str = ""
+
+
+class Shell(Protocol):
+    async def run(self, script: str, *, check: bool = True, timeout: Optional[float] = None) -> CommandResult: ...
+
+
+def join(argv: Sequence[str]) -> str:
+    """argv as one shell word list: every item arrives literally."""
+    return shlex.join([str(a) for a in argv])
+
+
+class LocalShell:
+    """``/bin/sh -c script`` on this machine."""
+
+    def __init__(self, source: Optional[str] = None, env: Optional[dict] = None):
+        self.source, self.env = source, env
+
+    async def run(self, script: str, *, check: bool = True, timeout: Optional[float] = None) -> CommandResult:
+        proc = await asyncio.create_subprocess_exec(
+            "/bin/sh", "-c", script, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=self.env,
+        )
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        except asyncio.TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise CommandError([script], None, "", f"timed out after {timeout} s", self.source) from None
+        result = CommandResult(script, proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
+        if check and result.exit_code != 0:
+            raise CommandError([script], result.exit_code, result.stdout, result.stderr, self.source)
+        return result
