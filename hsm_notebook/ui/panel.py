@@ -210,6 +210,11 @@ class SweepPanel:
         with self._lock:
             if self.sweep is None:
                 return
+            error = self.sweep.error
+            if error is not None and error is not self._shown_error:
+                self._shown_error = error
+                self.show_error(error)
+                self._update_buttons()
             version = (self.sweep.store_version(), self.sweep.running)
             if not force and version == self._version:
                 return
@@ -227,9 +232,6 @@ class SweepPanel:
                 self._show_detail()
             self.refreshes += 1
             self._update_buttons()
-            if sweep.error is not None and sweep.error is not self._shown_error:
-                self._shown_error = sweep.error
-                self.show_error(sweep.error)
 
     def _show_detail(self) -> None:
         if self.sweep is not None:
