@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.servers.fixtures"]
+
 #: A job script used across tests: writes metrics, can fail, sleep or append to a file.
 JOB = textwrap.dedent(
     '''

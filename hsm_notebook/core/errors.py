@@ -41,6 +41,10 @@ class SourceError(HsmError):
         super().__init__(f"[{source}] {message}" if source else message)
 
 
+class ConnectError(SourceError):
+    """The source cannot be reached right now (host down, connection lost, refused)."""
+
+
 class SubmitError(SourceError):
     """A job could not be submitted."""
 

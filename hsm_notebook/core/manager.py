@@ -14,10 +14,11 @@ import asyncio
 import collections
 import json
 import logging
+import time
 from typing import Iterable, Optional, Sequence
 
 from . import dispatch
-from .errors import ConfigError, SourceError
+from .errors import ConfigError, ConnectError, SourceError
 from .job import JobTemplate
 from .source import ComputeSource, to_state
 from .state import JobOutcome, JobState
@@ -61,6 +62,8 @@ class DistributedJobManager:
         self._wake: asyncio.Event | None = None
         self._recovered = asyncio.Event()  # set once in-flight jobs are re-adopted (or run() failed)
         self.running = False
+        self.revive_interval = 5.0
+        self._last_revive = 0.0
 
     # -- the main loop -------------------------------------------------------------------
     async def run(self) -> None:
@@ -160,7 +163,13 @@ class DistributedJobManager:
             attempt, job_name = self.store.begin_attempt(tid, source.name)
             try:
                 job_id = await source.submit_job(params, job_name, self.sweep_id, self.wandb_group)
-            except Exception as exc:  # noqa: BLE001 - any source failure becomes the task's error
+            except ConnectError as exc:  # the source is unreachable: the task waits for another chance
+                source.stats.health_status = "unhealthy"
+                self.store.finish(tid, attempt, JobOutcome(JobState.LOST, error=f"{source.name} unreachable: {exc}"))
+                self.store.reset([JobState.LOST], [tid])
+                self.requeue()
+                return
+            except Exception as exc:  # noqa: BLE001 - any other source failure becomes the task's error
                 self.store.finish(tid, attempt, JobOutcome(JobState.FAILED, error=f"submission to {source.name} failed: {exc}"))
                 return
             self.store.set_state(tid, attempt, JobState.QUEUED, job_id=job_id)
@@ -172,42 +181,56 @@ class DistributedJobManager:
 
     # -- polling -----------------------------------------------------------------------
     async def _poll(self) -> None:
-        for source in self.sources.values():
-            ids = list(source.active_jobs)
-            if not ids:
-                continue
-            try:
-                states = await source.poll(ids)
-            except Exception as exc:  # noqa: BLE001 - a failed poll is retried next round
-                log.warning("polling %s failed: %s", source.name, exc)
-                continue
-            finished: dict[str, JobState] = {}
-            changed: list[tuple[str, JobState]] = []
-            for job_id, raw in states.items():
-                state = to_state(raw)
-                if state.is_terminal:
-                    finished[job_id] = state
-                elif job_id in source.active_jobs and source.active_jobs[job_id].status != state:
-                    changed.append((job_id, state))
-            outcomes = {}
-            if finished:
-                try:
-                    await source.collect_results(list(finished))
-                except Exception as exc:  # noqa: BLE001 - collect is retried next round
-                    log.warning("collecting from %s failed: %s", source.name, exc)
-                    finished = {}
-                for job_id, state in finished.items():
-                    outcomes[job_id] = await source.outcome(job_id, state)
-            with self.store.transaction():
-                for job_id, state in changed:
-                    tid, attempt = self._active[(source.name, job_id)]
-                    self.store.set_state(tid, attempt, state)
-                    source.update_job_status(job_id, state)
-                for job_id, outcome in outcomes.items():
-                    tid, attempt = self._active.pop((source.name, job_id))
-                    self.store.finish(tid, attempt, outcome)
-                    source.update_job_status(job_id, outcome.state)
+        """One round: every source with active jobs is asked once, all sources at the same time."""
+        await asyncio.gather(*(self._poll_source(s) for s in self.sources.values() if s.active_jobs))
+        await self._revive()
 
+    async def _revive(self) -> None:
+        """Ask unhealthy idle sources for their health now and then, so they can come back."""
+        now = time.monotonic()
+        if now - self._last_revive < self.revive_interval:
+            return
+        self._last_revive = now
+        idle = [s for s in self.sources.values() if s.stats.health_status == "unhealthy" and not s.active_jobs]
+        for source, health in zip(idle, await asyncio.gather(*(s.health_check() for s in idle), return_exceptions=True)):
+            if isinstance(health, dict):
+                source.stats.health_status = health.get("status", "unknown")
+
+    async def _poll_source(self, source: ComputeSource) -> None:
+        ids = list(source.active_jobs)
+        try:
+            states = await source.poll(ids)
+        except Exception as exc:  # noqa: BLE001 - a failed poll is retried next round
+            log.warning("polling %s failed: %s", source.name, exc)
+            return
+        finished: dict[str, JobState] = {}
+        changed: list[tuple[str, JobState]] = []
+        for job_id, raw in states.items():
+            state = to_state(raw)
+            if state.is_terminal:
+                finished[job_id] = state
+            elif job_id in source.active_jobs and source.active_jobs[job_id].status != state:
+                changed.append((job_id, state))
+        outcomes = {}
+        if finished:
+            try:
+                await source.collect_results(list(finished))
+            except Exception as exc:  # noqa: BLE001 - collect is retried next round
+                log.warning("collecting from %s failed: %s", source.name, exc)
+                finished = {}
+            for job_id, state in finished.items():
+                outcomes[job_id] = await source.outcome(job_id, state)
+        with self.store.transaction():
+            for job_id, state in changed:
+                tid, attempt = self._active[(source.name, job_id)]
+                self.store.set_state(tid, attempt, state)
+                source.update_job_status(job_id, state)
+            for job_id, outcome in outcomes.items():
+                tid, attempt = self._active.pop((source.name, job_id))
+                self.store.finish(tid, attempt, outcome)
+                source.update_job_status(job_id, outcome.state)
+
+    # -- control -----------------------------------------------------------------------
     def requeue(self) -> None:
         """Tasks were put back to PENDING in the ledger: read the queue again from the start."""
         self._queue.clear()

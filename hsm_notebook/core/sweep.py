@@ -42,9 +42,9 @@ from .store import SweepStore
 
 
 def _source_types() -> dict[str, type]:
-    from ..sources import LocalComputeSource
+    from ..sources import LocalComputeSource, SSHComputeSource
 
-    return {"local": LocalComputeSource}
+    return {"local": LocalComputeSource, "ssh": SSHComputeSource}
 
 
 def rebuild_source(description: Mapping[str, Any]) -> ComputeSource:

@@ -1,5 +1,6 @@
 """Compute sources: one module per backend."""
 
 from .local import LocalComputeSource, LocalJobManager
+from .ssh import RemoteJobManager, SSHComputeSource
 
-__all__ = ["LocalComputeSource", "LocalJobManager"]
+__all__ = ["LocalComputeSource", "LocalJobManager", "RemoteJobManager", "SSHComputeSource"]

@@ -21,12 +21,8 @@ from typing import Any, Optional, Sequence
 
 import asyncssh
 
-from ..core.errors import CommandError, SourceError
+from ..core.errors import CommandError, ConnectError, SourceError
 from ..core.shell import CommandResult
-
-
-class ConnectError(SourceError):
-    """The host cannot be reached or refuses us; the message says what to check."""
 
 
 @dataclass(frozen=True)
@@ -65,7 +61,8 @@ class SSHConnection:
 
     @property
     def alive(self) -> bool:
-        return self._conn is not None and self._proc is not None and not self._proc.stdout.at_eof()
+        return (self._conn is not None and not self._conn.is_closed() and self._proc is not None
+                and not self._proc.stdout.at_eof() and not self._proc.is_closing())
 
     # -- connecting ----------------------------------------------------------------------
     def _options(self) -> dict[str, Any]:
@@ -172,7 +169,11 @@ class SSHConnection:
         assert self._proc is not None
         marker = f"__HSM_{self._token}_{next(self._counter)}__"
         # stdin from /dev/null: a command must never read the protocol's own input
-        self._proc.stdin.write(f"{{\n{script}\n}} </dev/null 2>&1\nprintf '\\n%s %d\\n' {marker} \"$?\"\n")
+        try:
+            self._proc.stdin.write(f"{{\n{script}\n}} </dev/null 2>&1\nprintf '\\n%s %d\\n' {marker} \"$?\"\n")
+        except (asyncssh.Error, OSError) as exc:  # BrokenPipeError: the channel closed under us
+            await self.close()
+            raise ConnectError(f"connection to {self.target.label} lost: {exc}", self.source) from None
         lines: list[str] = []
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:

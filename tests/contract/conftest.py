@@ -8,9 +8,16 @@ from __future__ import annotations
 
 import pytest
 
-from hsm_notebook import LocalComputeSource
+from hsm_notebook import LocalComputeSource, SSHComputeSource
 
-KINDS = ["local"]
+KINDS = ["local", "ssh"]
+
+
+def ssh_source(host, name="src", slots=4, **kwargs) -> SSHComputeSource:
+    """An SSH source for a test host (tests.servers.sshd.SSHHost)."""
+    return SSHComputeSource(host.host, name, slots, port=host.port, username=host.user,
+                            client_keys=[str(host.client_key)], known_hosts=str(host.known_hosts),
+                            cancel_grace=2.0, keepalive_interval=1.0, **kwargs)
 
 
 @pytest.fixture(params=KINDS)
@@ -18,4 +25,7 @@ def make_source(request):
     kind = request.param
     if kind == "local":
         return lambda name="src", slots=4: LocalComputeSource(name, slots, cancel_grace=2.0)
+    if kind == "ssh":
+        host = request.getfixturevalue("ssh_host")
+        return lambda name="src", slots=4: ssh_source(host, name, slots)
     raise AssertionError(f"no factory for source kind {kind!r}")

@@ -1,0 +1,364 @@
+"""``SSHComputeSource``: jobs on a remote machine over one asyncssh connection.
+
+Nothing is installed on the remote: jobs run under the same ``sh`` wrapper as on
+the local source, started detached (``setsid``) so they outlive the connection
+and the kernel.  All commands of a polling round, a submission or a cancel go to
+one persistent remote shell (see ``ssh_connection``): one round trip, no new
+channel, no login-shell start.  Finished jobs' folders come back over SFTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import logging
+import posixpath
+import shlex
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from .. import metrics as metrics_module
+from ..core.errors import SourceError, SubmitError
+from ..core.job import WRAPPER, JobTemplate
+from ..core.shell import join
+from ..core.source import ComputeSource
+from ..core.state import JobOutcome, JobState
+from .ssh_connection import SSHConnection, SSHTarget
+from .sync import DEFAULT_EXCLUDE, sync_project
+
+log = logging.getLogger(__name__)
+
+_PYTHON_NAMES = ("python", "python3")
+_REMOTE_INIT = '"""Job-side helpers of hsm_notebook, uploaded by SSHComputeSource."""\n'
+#: Per job: "<name> <code> [exit code]"; X=exited, R=running, L=gone without exit code, Q=not started yet.
+_POLL = r"""cd {tasks} 2>/dev/null || exit 0
+for j in {jobs}; do
+  c=""; [ -f "$j/cancelled" ] && c=" C"
+  if [ -f "$j/exit_code" ]; then echo "$j X $(cat "$j/exit_code")$c"
+  elif [ -f "$j/pid" ]; then p=$(cat "$j/pid")
+    if kill -0 "$p" 2>/dev/null && ! grep -q ') Z ' "/proc/$p/stat" 2>/dev/null; then echo "$j R$c"
+    elif [ -f "$j/exit_code" ]; then echo "$j X $(cat "$j/exit_code")$c"
+    else echo "$j L$c"; fi
+  else echo "$j Q$c"; fi
+done"""
+
+
+class RemoteJobManager:
+    """Starts, inspects, stops and fetches detached jobs on one host; knows nothing of sweeps."""
+
+    def __init__(self, conn: SSHConnection, tasks_dir: str, workdir: str, setsid: str, cancel_grace: float,
+                 pythonpath: str):
+        self.conn, self.tasks_dir, self.workdir = conn, tasks_dir, workdir
+        self.setsid, self.cancel_grace, self.pythonpath = setsid, cancel_grace, pythonpath
+
+    def start_script(self, job_name: str, argv: Sequence[str], env: Dict[str, str], params: Dict[str, Any]) -> str:
+        d = posixpath.join(self.tasks_dir, job_name)
+        env_words = join(["env", *(f"{k}={v}" for k, v in env.items())])
+        return (f"d={shlex.quote(d)}; umask 077; mkdir -p \"$d\" && printf '%s' {shlex.quote(json.dumps(params))} "
+                f"> \"$d/params.json\" && cd {shlex.quote(self.workdir)} && "
+                f"(PYTHONPATH={shlex.quote(self.pythonpath)}${{PYTHONPATH:+:$PYTHONPATH}}; export PYTHONPATH; "
+                f"{env_words} {self.setsid} /bin/sh -c {shlex.quote(WRAPPER)} hsm-job \"$d\" {join(argv)} "
+                f">/dev/null 2>&1 </dev/null &) && echo started")
+
+    async def start(self, job_name: str, argv: Sequence[str], env: Dict[str, str], params: Dict[str, Any]) -> None:
+        result = await self.conn.run(self.start_script(job_name, argv, env, params), check=False)
+        if result.exit_code != 0 or "started" not in result.stdout:
+            raise SubmitError(f"could not start {job_name} on {self.conn.target.label}: "
+                              f"{result.stdout.strip()[-300:] or f'exit code {result.exit_code}'}", self.conn.source)
+
+    async def states(self, job_names: Sequence[str]) -> Dict[str, tuple[str, Optional[int], bool]]:
+        """One remote command for all jobs: ``{name: (code, exit code, cancelled)}``."""
+        script = _POLL.format(tasks=shlex.quote(self.tasks_dir), jobs=" ".join(shlex.quote(j) for j in job_names))
+        out = (await self.conn.run(script)).stdout
+        states = {}
+        for line in out.splitlines():
+            parts = line.split()
+            if len(parts) >= 2 and parts[0] in job_names:
+                cancelled = parts[-1] == "C"
+                rc = int(parts[2]) if parts[1] == "X" and len(parts) > 2 and parts[2].lstrip("-").isdigit() else None
+                states[parts[0]] = (parts[1], rc, cancelled)
+        return states
+
+    async def stop(self, job_name: str) -> bool:
+        d = shlex.quote(posixpath.join(self.tasks_dir, job_name))
+        result = await self.conn.run(
+            f"d={d}; [ -f \"$d/exit_code\" ] && exit 3; touch \"$d/cancelled\"; p=$(cat \"$d/pid\" 2>/dev/null) || exit 4; "
+            f"kill -TERM -\"$p\" 2>/dev/null || kill -TERM \"$p\" 2>/dev/null; "
+            f"(sleep {self.cancel_grace}; kill -KILL -\"$p\" 2>/dev/null) >/dev/null 2>&1 </dev/null &",
+            check=False)
+        return result.exit_code == 0
+
+    async def fetch(self, job_name: str, local_dir: Path) -> None:
+        sftp = await self.conn.sftp()
+        local_dir.mkdir(parents=True, exist_ok=True)
+        await sftp.mget(posixpath.join(self.tasks_dir, job_name, "*"), str(local_dir), preserve=True, recurse=True)
+
+
+class SSHComputeSource(ComputeSource):
+    """A remote machine over SSH.  ``host`` may be an ``~/.ssh/config`` alias.
+
+    Host keys are checked against ``known_hosts`` (default ``~/.ssh/known_hosts``);
+    ``trust_new_host=True`` records the key of a host seen for the first time (never a
+    changed one).  ``python`` replaces a leading ``python``/``python3`` in the command.
+    The working directory (the sweep's ``workdir``) is synced to
+    ``<remote_root>/projects/<name>-<hash>`` and jobs run there.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        name: Optional[str] = None,
+        max_parallel_jobs: int = 1,
+        *,
+        port: Optional[int] = None,
+        username: Optional[str] = None,
+        client_keys: Optional[List[str]] = None,
+        known_hosts: Optional[str] = None,
+        trust_new_host: bool = False,
+        remote_root: str = "~/.hsm_notebook",
+        python: str = "python3",
+        sync: bool = True,
+        sync_exclude: Sequence[str] = DEFAULT_EXCLUDE,
+        sync_include: Optional[Sequence[str]] = None,
+        use_rsync: bool = True,
+        gpus: Optional[List[int]] = None,
+        gpus_per_job: int = 1,
+        min_free_mb: int = 100,
+        keepalive_interval: float = 2.0,
+        give_up_after: float = 120.0,
+        cancel_grace: float = 5.0,
+    ):
+        super().__init__(name or host, "ssh", max_parallel_jobs)
+        self.target = SSHTarget(host, port, username, list(client_keys) if client_keys else None, known_hosts,
+                                trust_new_host, keepalive_interval=keepalive_interval)
+        self.remote_root, self.python, self.sync = remote_root, python, sync
+        self.sync_exclude, self.sync_include, self.use_rsync = tuple(sync_exclude), sync_include, use_rsync
+        self.gpus, self.gpus_per_job, self.min_free_mb = gpus, gpus_per_job, min_free_mb
+        self.give_up_after, self.cancel_grace = give_up_after, cancel_grace
+        self.conn = SSHConnection(self.target, self.name)
+        self.jobs: Optional[RemoteJobManager] = None
+        self.facts: Dict[str, Any] = {}
+        self._queued_since: Dict[str, float] = {}
+        self._unreachable_since: Optional[float] = None
+        self._free_gpus: List[int] = []
+        self._job_gpus: Dict[str, List[int]] = {}
+        self.poll_rounds = 0
+        self._lost_reasons: Dict[str, str] = {}
+
+    def describe(self) -> Dict[str, Any]:
+        t = self.target
+        return {**super().describe(), "host": t.host, "port": t.port, "username": t.username,
+                "client_keys": t.client_keys, "known_hosts": t.known_hosts, "remote_root": self.remote_root,
+                "python": self.python, "sync": self.sync, "sync_exclude": list(self.sync_exclude),
+                "sync_include": self.sync_include, "use_rsync": self.use_rsync, "gpus": self.gpus,
+                "gpus_per_job": self.gpus_per_job, "keepalive_interval": t.keepalive_interval,
+                "give_up_after": self.give_up_after, "cancel_grace": self.cancel_grace}
+
+    def _argv(self, argv: List[str]) -> List[str]:
+        return [self.python, *argv[1:]] if argv and argv[0] in _PYTHON_NAMES else argv
+
+    # -- setup -------------------------------------------------------------------------
+    async def setup(self, sweep_dir: Path, sweep_id: str) -> bool:
+        await self.conn.connect()
+        template = self.template or JobTemplate(("true",))
+        program = self._argv(list(template.command))[0]
+        root = self.remote_root
+        facts = (await self.conn.run(
+            f"cd; echo \"home=$PWD\"; command -v setsid >/dev/null && echo setsid=yes; "
+            f"command -v rsync >/dev/null && echo rsync=yes; command -v nvidia-smi >/dev/null && echo nvidia=yes; "
+            f"command -v {shlex.quote(program)} >/dev/null && echo program=yes; "
+            f"{shlex.quote(self.python)} -c 'import sys; print(\"python=%d.%d\" % sys.version_info[:2])' 2>/dev/null")).stdout
+        self.facts = dict(line.split("=", 1) for line in facts.splitlines() if "=" in line)
+        home = self.facts.get("home", "")
+        self.root = home + root[1:] if root.startswith("~") else root
+        if self.facts.get("program") != "yes" and "/" not in program:
+            raise SourceError(f"program {program!r} not found on {self.target.label} (PATH of a non-interactive "
+                              "shell); install it there or give its full path", self.name)
+        if program == self.python and "python" not in self.facts:
+            raise SourceError(f"{self.python!r} does not run on {self.target.label}; set python=... to an "
+                              "interpreter there", self.name)
+        sweep_root = posixpath.join(self.root, "sweeps", sweep_id)
+        await self.conn.run(f"umask 077; mkdir -p {shlex.quote(sweep_root)}/tasks")
+        avail = (await self.conn.run(f"df -Pk {shlex.quote(sweep_root)} | tail -n 1")).stdout.split()
+        free_mb = int(avail[3]) // 1024 if len(avail) > 3 and avail[3].isdigit() else None
+        if free_mb is not None and free_mb < self.min_free_mb:
+            raise SourceError(f"only {free_mb} MB free under {self.root} on {self.target.label} "
+                              f"(min_free_mb={self.min_free_mb}); free some space or set remote_root", self.name)
+        workdir = sweep_root
+        if self.sync and template.workdir:
+            local = Path(template.workdir)
+            tag = hashlib.sha1(f"{local.absolute()}".encode()).hexdigest()[:8]
+            workdir = posixpath.join(self.root, "projects", f"{local.name or 'project'}-{tag}")
+            self.facts["sync"] = await sync_project(
+                self.conn, local, workdir, exclude=self.sync_exclude, include=self.sync_include,
+                use_rsync=self.use_rsync and self.facts.get("rsync") == "yes")
+        setsid = "setsid" if self.facts.get("setsid") == "yes" else "nohup"
+        lib = await self._upload_helpers()
+        self.jobs = RemoteJobManager(self.conn, posixpath.join(sweep_root, "tasks"), workdir, setsid,
+                                     self.cancel_grace, lib)
+        if self.gpus is None and self.facts.get("nvidia") == "yes":
+            out = (await self.conn.run("nvidia-smi --query-gpu=index --format=csv,noheader", check=False)).stdout
+            self.gpus = [int(x) for x in out.split() if x.isdigit()] or None
+        self._free_gpus = list(self.gpus or [])
+        if self.gpus:
+            self.max_parallel_jobs = min(self.max_parallel_jobs, max(1, len(self.gpus) // self.gpus_per_job))
+        self.stats.health_status = "healthy"
+        return True
+
+    async def _upload_helpers(self) -> str:
+        """Put ``hsm_notebook.metrics`` (stdlib only) on the remote, so jobs can ``log_metrics``
+        without installing anything there.  Returns the folder to add to PYTHONPATH."""
+        lib = posixpath.join(self.root, "lib")
+        pkg = shlex.quote(posixpath.join(lib, "hsm_notebook"))
+        source = Path(metrics_module.__file__).read_text()
+        await self.conn.run(f"mkdir -p {pkg} && printf '%s' {shlex.quote(_REMOTE_INIT)} > {pkg}/__init__.py && "
+                            f"printf '%s' {shlex.quote(source)} > {pkg}/metrics.py")
+        return lib
+
+    async def _ensure(self) -> None:
+        """Reconnect after a drop, with backoff inside the caller's polling rhythm."""
+        if self.conn.alive:
+            return
+        if self.jobs is None:
+            raise SourceError("not set up", self.name)
+        await self.conn.connect()
+        self._unreachable_since = None
+        self.stats.health_status = "healthy"
+
+    # -- jobs --------------------------------------------------------------------------
+    async def submit_job(self, params: Dict[str, Any], job_name: str, sweep_id: str,
+                         wandb_group: Optional[str] = None) -> str:
+        await self._ensure()
+        assert self.jobs is not None
+        remote_dir = posixpath.join(self.jobs.tasks_dir, job_name)
+        argv, env = self.job_command(params, job_name, sweep_id, wandb_group, remote_dir)
+        if self.gpus:
+            if len(self._free_gpus) < self.gpus_per_job:
+                raise SubmitError("no free GPU (all pinned to running jobs)", self.name)
+            mine = [self._free_gpus.pop(0) for _ in range(self.gpus_per_job)]
+            self._job_gpus[job_name] = mine
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, mine))
+        await self.jobs.start(job_name, self._argv(argv), env, params)
+        self.track(job_name, job_name, params, self.job_dir(job_name))
+        return job_name
+
+    async def recover_job(self, job_name: str) -> Optional[str]:
+        await self._ensure()
+        assert self.jobs is not None
+        code = (await self.jobs.states([job_name])).get(job_name, ("Q", None, False))[0]
+        return job_name if code != "Q" else None
+
+    async def get_job_status(self, job_id: str) -> str:
+        return (await self.poll([job_id]))[job_id]
+
+    async def poll(self, job_ids: List[str]) -> Dict[str, JobState]:
+        try:
+            await self._ensure()
+            assert self.jobs is not None
+            raw = await self.jobs.states(job_ids)
+        except SourceError as exc:
+            now = time.monotonic()
+            self._unreachable_since = self._unreachable_since or now
+            self.stats.health_status = "unhealthy"
+            if now - self._unreachable_since < self.give_up_after:
+                raise
+            log.warning("giving up on %s after %.0f s: %s", self.name, now - self._unreachable_since, exc)
+            return {j: JobState.LOST for j in job_ids}
+        self.poll_rounds += 1
+        states = {}
+        now = time.monotonic()
+        for job_id in job_ids:
+            code, rc, cancelled = raw.get(job_id, ("Q", None, False))
+            if code == "X":
+                state = JobState.COMPLETED if rc == 0 else (JobState.CANCELLED if cancelled else JobState.FAILED)
+            elif code == "R":
+                state = JobState.RUNNING
+            elif code == "L":
+                state = JobState.CANCELLED if cancelled else JobState.LOST
+                if state == JobState.LOST:
+                    self._lost_reasons[job_id] = await self._disk_note()
+            else:  # not started yet: give the remote a while, then it is lost
+                first = self._queued_since.setdefault(job_id, now)
+                state = JobState.QUEUED if now - first < 60 else JobState.LOST
+            if state != JobState.QUEUED:
+                self._queued_since.pop(job_id, None)
+            if state.is_terminal and job_id in self._job_gpus:
+                self._free_gpus.extend(self._job_gpus.pop(job_id))
+            states[job_id] = state
+        return states
+
+    async def _disk_note(self) -> str:
+        """Why a wrapper may have died without writing its exit code: a full disk is the usual one."""
+        assert self.jobs is not None
+        out = (await self.conn.run(f"df -Pk {shlex.quote(self.jobs.tasks_dir)} | tail -n 1", check=False)).stdout.split()
+        if len(out) > 3 and out[3].isdigit() and int(out[3]) < 1024:
+            return f"the remote disk is full ({out[3]} KB free under {self.root}); free space, then retry"
+        return ""
+
+    async def outcome(self, job_id: str, state: JobState) -> JobOutcome:
+        outcome = await super().outcome(job_id, state)
+        note = self._lost_reasons.pop(job_id, "")
+        if note and outcome.state == JobState.LOST:
+            return dataclasses.replace(outcome, error="; ".join(filter(None, [outcome.error, note])))
+        return outcome
+
+    async def cancel_job(self, job_id: str) -> bool:
+        await self._ensure()
+        assert self.jobs is not None
+        return await self.jobs.stop(job_id)
+
+    async def collect_results(self, job_ids: Optional[List[str]] = None) -> bool:
+        if not self.conn.alive and self._unreachable_since is not None and \
+                time.monotonic() - self._unreachable_since >= self.give_up_after:
+            return False  # the host is given up: nothing can be fetched
+        await self._ensure()
+        assert self.jobs is not None
+        names = job_ids if job_ids is not None else list(self.completed_jobs)
+        sem = asyncio.Semaphore(8)
+
+        async def one(name: str) -> None:
+            async with sem:
+                await self.jobs.fetch(name, self.job_dir(name))
+
+        await asyncio.gather(*(one(n) for n in names))
+        return True
+
+    async def health_check(self) -> Dict[str, Any]:
+        t0 = time.monotonic()
+        try:
+            if not self.conn.alive:
+                await self.conn.connect()
+            root = getattr(self, "root", None) or "."
+            out = (await self.conn.run(
+                f"cat /proc/loadavg 2>/dev/null; df -Pk {shlex.quote(root)} 2>/dev/null | tail -n 1; "
+                "nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv,noheader,nounits 2>/dev/null",
+                check=False, timeout=15)).stdout.splitlines()
+        except SourceError as exc:
+            self.stats.health_status = "unhealthy"
+            return {"status": "unhealthy", "reason": str(exc), "slots": self.max_parallel_jobs}
+        latency = time.monotonic() - t0
+        load = float(out[0].split()[0]) if out and out[0].split() else None
+        disk = out[1].split() if len(out) > 1 else []
+        free_gb = int(disk[3]) / 1e6 if len(disk) > 3 and disk[3].isdigit() else None
+        gpus = [dict(zip(("index", "util", "mem_mb"), map(str.strip, l.split(",")))) for l in out[2:] if "," in l]
+        status, reason = "healthy", None
+        if free_gb is not None and free_gb * 1000 < self.min_free_mb:
+            status, reason = "degraded", f"only {free_gb * 1000:.0f} MB free on the remote"
+        elif latency > 2:
+            status, reason = "degraded", f"slow: {latency:.1f} s round trip"
+        self.stats.health_status = status
+        return {"status": status, "reason": reason, "slots": self.max_parallel_jobs, "free_slots": self.available_slots,
+                "latency_ms": round(latency * 1e3, 1), "load_1m": load, "disk_free_gb": free_gb, "gpus": gpus}
+
+    async def cleanup(self, remove_remote: bool = False):
+        """Close the connection; with ``remove_remote``, delete the remote sweep dir, but only
+        when every job of this source succeeded and was collected."""
+        if remove_remote and self.jobs is not None and self.conn.alive:
+            done = list(self.completed_jobs.values())
+            if self.active_jobs or any(i.status != JobState.COMPLETED for i in done):
+                raise SourceError("not removing the remote sweep dir: some jobs did not succeed or still run", self.name)
+            await self.conn.run(f"rm -rf {shlex.quote(posixpath.dirname(self.jobs.tasks_dir))}")
+        await self.conn.close()
