@@ -28,15 +28,20 @@ EXIT_CODE_FILE = "exit_code"
 PID_FILE = "pid"
 CANCEL_FILE = "cancelled"
 
-#: ``sh -c WRAPPER hsm-job JOB_DIR CMD ARG...``.  ``exec 3>&-`` etc. are not needed:
-#: all three streams are redirected so the wrapper never holds the caller's pipes.
+#: ``sh -c WRAPPER hsm-job JOB_DIR CMD ARG...``.  All three streams are redirected so the
+#: wrapper never holds the caller's pipes.  With ``HSM_EVENTS`` set, the wrapper appends the
+#: job's name to that file when it ends: a remote watcher turns that into a wake-up.
 WRAPPER = (
-    'd=$1; shift; '
-    'echo $$ > "$d/pid.tmp" && mv "$d/pid.tmp" "$d/pid"; '
+    'd=$1; shift; echo $$ > "$d/pid"; '
     '"$@" > "$d/stdout.log" 2> "$d/stderr.log" < /dev/null; '
-    'rc=$?; echo $rc > "$d/exit_code.tmp" && mv "$d/exit_code.tmp" "$d/exit_code"'
+    'echo $? > "$d/exit_code"; '
+    '[ -z "$HSM_EVENTS" ] || echo "${d##*/}" >> "$HSM_EVENTS"'
 )
+# pid and exit_code are written with one small write() each (no temp file + mv: that cost an
+# extra process per file per job); readers treat an empty file as not written yet.
 
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -70,6 +75,9 @@ class JobTemplate:
     env: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for key in self.env:
+            if not _ENV_NAME.match(key):
+                raise ConfigError(f"{key!r} is not a valid environment variable name (letters, digits, _)", "env")
         if self.arg_style not in ARG_STYLES:
             raise ConfigError(f"must be one of {ARG_STYLES}, got {self.arg_style!r}", "arg_style")
 

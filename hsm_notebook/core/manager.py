@@ -63,6 +63,8 @@ class DistributedJobManager:
         self._recovered = asyncio.Event()  # set once in-flight jobs are re-adopted (or run() failed)
         self.running = False
         self.revive_interval = 5.0
+        self._uncollected: dict[str, dict[str, JobState]] = {}
+        self._collecting: dict[str, asyncio.Task] = {}
         self._last_revive = 0.0
 
     # -- the main loop -------------------------------------------------------------------
@@ -182,7 +184,8 @@ class DistributedJobManager:
     # -- polling -----------------------------------------------------------------------
     async def _poll(self) -> None:
         """One round: every source with active jobs is asked once, all sources at the same time."""
-        await asyncio.gather(*(self._poll_source(s) for s in self.sources.values() if s.active_jobs))
+        await asyncio.gather(*(self._poll_source(s) for s in self.sources.values()
+                               if s.active_jobs or self._uncollected.get(s.name)))
         await self._revive()
 
     async def _revive(self) -> None:
@@ -204,31 +207,43 @@ class DistributedJobManager:
             log.warning("polling %s failed: %s", source.name, exc)
             return
         finished: dict[str, JobState] = {}
-        changed: list[tuple[str, JobState]] = []
-        for job_id, raw in states.items():
-            state = to_state(raw)
-            if state.is_terminal:
-                finished[job_id] = state
-            elif job_id in source.active_jobs and source.active_jobs[job_id].status != state:
-                changed.append((job_id, state))
-        outcomes = {}
-        if finished:
+        with self.store.transaction():
+            for job_id, raw in states.items():
+                state = to_state(raw)
+                if job_id not in source.active_jobs:
+                    continue
+                if state.is_terminal:
+                    finished[job_id] = state
+                    source.update_job_status(job_id, state)  # its slot is free from now on
+                elif source.active_jobs[job_id].status != state:
+                    tid, attempt = self._active[(source.name, job_id)]
+                    self.store.set_state(tid, attempt, state)
+                    source.update_job_status(job_id, state)
+        self._uncollected.setdefault(source.name, {}).update(finished)
+        todo = self._uncollected[source.name]
+        if todo and source.name not in self._collecting:
+            batch = dict(todo)
+            todo.clear()
+            self._collecting[source.name] = asyncio.get_running_loop().create_task(self._collect(source, batch))
+
+    async def _collect(self, source: ComputeSource, finished: dict[str, JobState]) -> None:
+        """Bring finished jobs' files home and record their outcomes, off the dispatch path:
+        new jobs start while the finished ones are collected."""
+        try:
             try:
                 await source.collect_results(list(finished))
             except Exception as exc:  # noqa: BLE001 - collect is retried next round
                 log.warning("collecting from %s failed: %s", source.name, exc)
-                finished = {}
-            for job_id, state in finished.items():
-                outcomes[job_id] = await source.outcome(job_id, state)
-        with self.store.transaction():
-            for job_id, state in changed:
-                tid, attempt = self._active[(source.name, job_id)]
-                self.store.set_state(tid, attempt, state)
-                source.update_job_status(job_id, state)
-            for job_id, outcome in outcomes.items():
-                tid, attempt = self._active.pop((source.name, job_id))
-                self.store.finish(tid, attempt, outcome)
-                source.update_job_status(job_id, outcome.state)
+                self._uncollected[source.name].update(finished)
+                return
+            outcomes = {job_id: await source.outcome(job_id, state) for job_id, state in finished.items()}
+            with self.store.transaction():
+                for job_id, outcome in outcomes.items():
+                    tid, attempt = self._active.pop((source.name, job_id))
+                    self.store.finish(tid, attempt, outcome)
+        finally:
+            del self._collecting[source.name]
+            self.notify()
 
     # -- control -----------------------------------------------------------------------
     def requeue(self) -> None:

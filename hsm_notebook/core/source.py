@@ -217,7 +217,7 @@ def read_outcome(job_dir: Path, state: JobState) -> JobOutcome:
     exit_code: int | None = None
     try:
         exit_code = int((job_dir / EXIT_CODE_FILE).read_text().strip())
-    except (FileNotFoundError, ValueError):
+    except (FileNotFoundError, ValueError):  # absent, or empty while being written
         pass
     errors: list[str] = []
     if state in (JobState.FAILED, JobState.LOST):

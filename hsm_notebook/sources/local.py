@@ -88,23 +88,29 @@ class LocalJobManager:
         loop.add_reader(fd, ready)
         return True
 
+    @staticmethod
+    def _exit_code(job_dir: Path) -> Optional[str]:
+        try:
+            return (job_dir / EXIT_CODE_FILE).read_text().strip() or None  # empty: being written
+        except FileNotFoundError:
+            return None
+
     def state(self, job_dir: Path) -> JobState:
-        if (job_dir / EXIT_CODE_FILE).exists():
+        rc = self._exit_code(job_dir)
+        if rc is not None:
             proc = self._procs.pop(job_dir, None)
             if proc is not None:
                 proc.poll()
-            cancelled = (job_dir / CANCEL_FILE).exists()
-            rc = (job_dir / EXIT_CODE_FILE).read_text().strip()
             if rc == "0":
                 return JobState.COMPLETED
-            return JobState.CANCELLED if cancelled else JobState.FAILED
+            return JobState.CANCELLED if (job_dir / CANCEL_FILE).exists() else JobState.FAILED
         proc = self._procs.get(job_dir)
         if proc is not None and proc.poll() is None:
             return JobState.RUNNING
         pid = self._read_pid(job_dir)
         if pid is not None and proc is None and pid_alive(pid, str(job_dir)):
             return JobState.RUNNING
-        if (job_dir / EXIT_CODE_FILE).exists():  # finished between the two checks
+        if self._exit_code(job_dir) is not None:  # finished between the two checks
             return self.state(job_dir)
         if (job_dir / CANCEL_FILE).exists():
             return JobState.CANCELLED
@@ -227,7 +233,7 @@ class LocalComputeSource(ComputeSource):
     async def recover_job(self, job_name: str) -> Optional[str]:
         job_dir = self.job_dir(job_name)
         deadline = time.monotonic() + 2.0  # a wrapper started just before a crash writes its pid within ms
-        while not (job_dir / PID_FILE).exists():
+        while self.jobs._read_pid(job_dir) is None:
             if not job_dir.exists() or time.monotonic() > deadline:
                 return None
             await asyncio.sleep(0.05)

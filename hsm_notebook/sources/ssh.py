@@ -10,7 +10,11 @@ channel, no login-shell start.  Finished jobs' folders come back over SFTP.
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
+import io
+import os
+import tarfile
 import hashlib
 import json
 import logging
@@ -22,7 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from .. import metrics as metrics_module
 from ..core.errors import SourceError, SubmitError
-from ..core.job import WRAPPER, JobTemplate
+from ..core.job import PARAMS_FILE, WRAPPER, JobTemplate, write_params
 from ..core.shell import join
 from ..core.source import ComputeSource
 from ..core.state import JobOutcome, JobState
@@ -34,16 +38,18 @@ log = logging.getLogger(__name__)
 _PYTHON_NAMES = ("python", "python3")
 _REMOTE_INIT = '"""Job-side helpers of hsm_notebook, uploaded by SSHComputeSource."""\n'
 #: Per job: "<name> <code> [exit code]"; X=exited, R=running, L=gone without exit code, Q=not started yet.
-_POLL = r"""cd {tasks} 2>/dev/null || exit 0
-for j in {jobs}; do
+# No `exit` in any script: they run inside the persistent shell, which must survive them.
+_POLL = r"""if cd {tasks} 2>/dev/null; then for j in {jobs}; do
   c=""; [ -f "$j/cancelled" ] && c=" C"
-  if [ -f "$j/exit_code" ]; then echo "$j X $(cat "$j/exit_code")$c"
-  elif [ -f "$j/pid" ]; then p=$(cat "$j/pid")
-    if kill -0 "$p" 2>/dev/null && ! grep -q ') Z ' "/proc/$p/stat" 2>/dev/null; then echo "$j R$c"
-    elif [ -f "$j/exit_code" ]; then echo "$j X $(cat "$j/exit_code")$c"
-    else echo "$j L$c"; fi
+  rc=""; [ -f "$j/exit_code" ] && read rc < "$j/exit_code"
+  if [ -n "$rc" ]; then echo "$j X $rc$c"
+  elif [ -s "$j/pid" ]; then read p < "$j/pid"; st=""
+    [ -r "/proc/$p/stat" ] && read st < "/proc/$p/stat" 2>/dev/null
+    if kill -0 "$p" 2>/dev/null && case "$st" in *") Z "*) false;; *) true;; esac; then echo "$j R$c"
+    else rc=""; [ -f "$j/exit_code" ] && read rc < "$j/exit_code"
+      if [ -n "$rc" ]; then echo "$j X $rc$c"; else echo "$j L$c"; fi; fi
   else echo "$j Q$c"; fi
-done"""
+done; fi"""
 
 
 class RemoteJobManager:
@@ -53,20 +59,26 @@ class RemoteJobManager:
                  pythonpath: str):
         self.conn, self.tasks_dir, self.workdir = conn, tasks_dir, workdir
         self.setsid, self.cancel_grace, self.pythonpath = setsid, cancel_grace, pythonpath
+        self.tar = False  # set when the host has tar and base64
+        self.events = posixpath.join(posixpath.dirname(tasks_dir), "events")
 
-    def start_script(self, job_name: str, argv: Sequence[str], env: Dict[str, str], params: Dict[str, Any]) -> str:
-        d = posixpath.join(self.tasks_dir, job_name)
-        env_words = join(["env", *(f"{k}={v}" for k, v in env.items())])
-        return (f"d={shlex.quote(d)}; umask 077; mkdir -p \"$d\" && printf '%s' {shlex.quote(json.dumps(params))} "
-                f"> \"$d/params.json\" && cd {shlex.quote(self.workdir)} && "
-                f"(PYTHONPATH={shlex.quote(self.pythonpath)}${{PYTHONPATH:+:$PYTHONPATH}}; export PYTHONPATH; "
-                f"{env_words} {self.setsid} /bin/sh -c {shlex.quote(WRAPPER)} hsm-job \"$d\" {join(argv)} "
-                f">/dev/null 2>&1 </dev/null &) && echo started")
+    def start_script(self, jobs: Sequence[tuple[str, Sequence[str], Dict[str, str]]]) -> str:
+        """One script that starts every job in ``jobs`` ((name, argv, env), ...) detached."""
+        dirs = [posixpath.join(self.tasks_dir, name) for name, _, _ in jobs]
+        lines = [f"umask 077; if mkdir -p {' '.join(shlex.quote(d) for d in dirs)}; then "
+                 f"PYTHONPATH={shlex.quote(self.pythonpath)}${{PYTHONPATH:+:$PYTHONPATH}}; export PYTHONPATH"]
+        for d, (_, argv, env) in zip(dirs, jobs):
+            assigns = " ".join(f"{k}={shlex.quote(v)}" for k, v in {**env, "HSM_EVENTS": self.events}.items())
+            lines.append(f"(cd {shlex.quote(self.workdir)} && {assigns} {self.setsid} /bin/sh -c {shlex.quote(WRAPPER)} "
+                         f"hsm-job {shlex.quote(d)} {join(argv)} >/dev/null 2>&1 </dev/null &)")
+        lines.append("echo started; fi")
+        return "\n".join(lines)
 
-    async def start(self, job_name: str, argv: Sequence[str], env: Dict[str, str], params: Dict[str, Any]) -> None:
-        result = await self.conn.run(self.start_script(job_name, argv, env, params), check=False)
+    async def start(self, jobs: Sequence[tuple[str, Sequence[str], Dict[str, str]]]) -> None:
+        result = await self.conn.run(self.start_script(jobs), check=False)
         if result.exit_code != 0 or "started" not in result.stdout:
-            raise SubmitError(f"could not start {job_name} on {self.conn.target.label}: "
+            names = ", ".join(name for name, _, _ in jobs)
+            raise SubmitError(f"could not start {names} on {self.conn.target.label}: "
                               f"{result.stdout.strip()[-300:] or f'exit code {result.exit_code}'}", self.conn.source)
 
     async def states(self, job_names: Sequence[str]) -> Dict[str, tuple[str, Optional[int], bool]]:
@@ -83,18 +95,58 @@ class RemoteJobManager:
         return states
 
     async def stop(self, job_name: str) -> bool:
+        """TERM the job's process group, KILL it after the grace period (a detached timer)."""
         d = shlex.quote(posixpath.join(self.tasks_dir, job_name))
-        result = await self.conn.run(
-            f"d={d}; [ -f \"$d/exit_code\" ] && exit 3; touch \"$d/cancelled\"; p=$(cat \"$d/pid\" 2>/dev/null) || exit 4; "
-            f"kill -TERM -\"$p\" 2>/dev/null || kill -TERM \"$p\" 2>/dev/null; "
-            f"(sleep {self.cancel_grace}; kill -KILL -\"$p\" 2>/dev/null) >/dev/null 2>&1 </dev/null &",
-            check=False)
-        return result.exit_code == 0
+        out = (await self.conn.run(
+            f"d={d}; if [ -s \"$d/exit_code\" ]; then echo finished\n"
+            f"elif [ -s \"$d/pid\" ]; then touch \"$d/cancelled\"; read p < \"$d/pid\"\n"
+            f"  kill -TERM -\"$p\" 2>/dev/null || kill -TERM \"$p\" 2>/dev/null\n"
+            f"  ( (sleep {self.cancel_grace}; kill -KILL -\"$p\" 2>/dev/null) >/dev/null 2>&1 </dev/null & ); echo stopping\n"
+            f"else touch \"$d/cancelled\"; echo stopping; fi", check=False)).stdout
+        return "stopping" in out
 
-    async def fetch(self, job_name: str, local_dir: Path) -> None:
+    async def fetch(self, job_names: Sequence[str], local_dirs: Sequence[Path]) -> None:
+        """Every file of the given job dirs: one ``tar | base64`` through the remote shell when the
+        host has both (two processes per batch, no per-file round trips), else SFTP."""
+        if self.tar:
+            names = " ".join(shlex.quote(n) for n in job_names)
+            out = (await self.conn.run(f"cd {shlex.quote(self.tasks_dir)} && tar cf - {names} | base64",
+                                       timeout=600)).stdout
+            with tarfile.open(fileobj=io.BytesIO(base64.b64decode(out)), mode="r:") as archive:
+                by_name = dict(zip(job_names, local_dirs))
+                made: set[Path] = set()
+                for member in archive.getmembers():
+                    top, _, rest = member.name.partition("/")
+                    if not rest or top not in by_name or not member.isfile() or ".." in rest.split("/"):
+                        continue
+                    target = by_name[top] / rest
+                    if rest == PARAMS_FILE and target.exists():
+                        continue  # written here at submission
+                    if target.parent not in made:
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        made.add(target.parent)
+                    with archive.extractfile(member) as src, open(target, "wb") as dst:
+                        dst.write(src.read())
+                    os.utime(target, (member.mtime, member.mtime))
+            return
         sftp = await self.conn.sftp()
-        local_dir.mkdir(parents=True, exist_ok=True)
-        await sftp.mget(posixpath.join(self.tasks_dir, job_name, "*"), str(local_dir), preserve=True, recurse=True)
+        sem = asyncio.Semaphore(32)
+
+        async def listing(name: str) -> list[str]:
+            async with sem:
+                return [e.filename for e in await sftp.readdir(posixpath.join(self.tasks_dir, name))
+                        if e.filename not in (".", "..") and e.attrs.type == 1]  # regular files
+
+        async def get(remote: str, local: Path) -> None:
+            async with sem:
+                await sftp.get(remote, str(local))
+
+        names = await asyncio.gather(*(listing(n) for n in job_names))
+        transfers = []
+        for name, local, files in zip(job_names, local_dirs, names):
+            local.mkdir(parents=True, exist_ok=True)
+            transfers += [get(posixpath.join(self.tasks_dir, name, f), local / f) for f in files]
+        await asyncio.gather(*transfers)
 
 
 class SSHComputeSource(ComputeSource):
@@ -147,6 +199,10 @@ class SSHComputeSource(ComputeSource):
         self._job_gpus: Dict[str, List[int]] = {}
         self.poll_rounds = 0
         self._lost_reasons: Dict[str, str] = {}
+        self._watcher: Optional[asyncio.Task] = None
+        self._starts: list = []
+        self._flusher: Optional[asyncio.Task] = None
+        self.events: Optional[str] = None
 
     def describe(self) -> Dict[str, Any]:
         t = self.target
@@ -168,7 +224,8 @@ class SSHComputeSource(ComputeSource):
         root = self.remote_root
         facts = (await self.conn.run(
             f"cd; echo \"home=$PWD\"; command -v setsid >/dev/null && echo setsid=yes; "
-            f"command -v rsync >/dev/null && echo rsync=yes; command -v nvidia-smi >/dev/null && echo nvidia=yes; "
+            f"command -v rsync >/dev/null && echo rsync=yes; "
+            f"command -v tar >/dev/null && command -v base64 >/dev/null && echo tar=yes; command -v nvidia-smi >/dev/null && echo nvidia=yes; "
             f"command -v {shlex.quote(program)} >/dev/null && echo program=yes; "
             f"{shlex.quote(self.python)} -c 'import sys; print(\"python=%d.%d\" % sys.version_info[:2])' 2>/dev/null")).stdout
         self.facts = dict(line.split("=", 1) for line in facts.splitlines() if "=" in line)
@@ -199,6 +256,9 @@ class SSHComputeSource(ComputeSource):
         lib = await self._upload_helpers()
         self.jobs = RemoteJobManager(self.conn, posixpath.join(sweep_root, "tasks"), workdir, setsid,
                                      self.cancel_grace, lib)
+        self.jobs.tar = self.facts.get("tar") == "yes"
+        self.events = posixpath.join(sweep_root, "events")
+        await self._watch()
         if self.gpus is None and self.facts.get("nvidia") == "yes":
             out = (await self.conn.run("nvidia-smi --query-gpu=index --format=csv,noheader", check=False)).stdout
             self.gpus = [int(x) for x in out.split() if x.isdigit()] or None
@@ -207,6 +267,23 @@ class SSHComputeSource(ComputeSource):
             self.max_parallel_jobs = min(self.max_parallel_jobs, max(1, len(self.gpus) // self.gpus_per_job))
         self.stats.health_status = "healthy"
         return True
+
+    async def _watch(self) -> None:
+        """One more channel per connection: ``tail -f`` of the events file the job wrappers append
+        to, so a finished job wakes the manager at once instead of at the next poll."""
+        await self.conn.run(f"touch {shlex.quote(self.events)}")
+        proc = await self.conn.start_process(f"exec tail -n 0 -f {shlex.quote(self.events)}")
+        if self._watcher is not None:
+            self._watcher.cancel()
+
+        async def read() -> None:
+            try:
+                while await proc.stdout.readline():
+                    self.notify()
+            except Exception:  # noqa: BLE001 - a dropped watcher only costs latency; polling goes on
+                pass
+
+        self._watcher = asyncio.get_running_loop().create_task(read())
 
     async def _upload_helpers(self) -> str:
         """Put ``hsm_notebook.metrics`` (stdlib only) on the remote, so jobs can ``log_metrics``
@@ -225,6 +302,7 @@ class SSHComputeSource(ComputeSource):
         if self.jobs is None:
             raise SourceError("not set up", self.name)
         await self.conn.connect()
+        await self._watch()
         self._unreachable_since = None
         self.stats.health_status = "healthy"
 
@@ -241,9 +319,30 @@ class SSHComputeSource(ComputeSource):
             mine = [self._free_gpus.pop(0) for _ in range(self.gpus_per_job)]
             self._job_gpus[job_name] = mine
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, mine))
-        await self.jobs.start(job_name, self._argv(argv), env, params)
-        self.track(job_name, job_name, params, self.job_dir(job_name))
+        local = self.job_dir(job_name)
+        local.mkdir(parents=True, exist_ok=True)
+        write_params(local, params)
+        future = asyncio.get_running_loop().create_future()
+        self._starts.append((job_name, self._argv(argv), env, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_starts())
+        await future
+        self.track(job_name, job_name, params, local)
         return job_name
+
+    async def _flush_starts(self) -> None:
+        """Submissions made in the same loop turn start with one remote command."""
+        await asyncio.sleep(0)
+        while self._starts:
+            batch, self._starts = self._starts[:256], self._starts[256:]
+            try:
+                await self.jobs.start([(name, argv, env) for name, argv, env, _ in batch])
+            except Exception as exc:  # noqa: BLE001 - handed to every submitter of the batch
+                for *_, future in batch:
+                    future.set_exception(exc)
+            else:
+                for *_, future in batch:
+                    future.set_result(None)
 
     async def recover_job(self, job_name: str) -> Optional[str]:
         await self._ensure()
@@ -317,13 +416,7 @@ class SSHComputeSource(ComputeSource):
         await self._ensure()
         assert self.jobs is not None
         names = job_ids if job_ids is not None else list(self.completed_jobs)
-        sem = asyncio.Semaphore(8)
-
-        async def one(name: str) -> None:
-            async with sem:
-                await self.jobs.fetch(name, self.job_dir(name))
-
-        await asyncio.gather(*(one(n) for n in names))
+        await self.jobs.fetch(names, [self.job_dir(n) for n in names])
         return True
 
     async def health_check(self) -> Dict[str, Any]:
@@ -361,4 +454,7 @@ class SSHComputeSource(ComputeSource):
             if self.active_jobs or any(i.status != JobState.COMPLETED for i in done):
                 raise SourceError("not removing the remote sweep dir: some jobs did not succeed or still run", self.name)
             await self.conn.run(f"rm -rf {shlex.quote(posixpath.dirname(self.jobs.tasks_dir))}")
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
         await self.conn.close()

@@ -56,6 +56,7 @@ class SSHConnection:
         self._lock = asyncio.Lock()
         self._token = secrets.token_hex(4)
         self._counter = itertools.count()
+        self._extra: list = []
         self.channels_opened = 0
         self.commands_run = 0
 
@@ -132,13 +133,14 @@ class SSHConnection:
             f.write(line)
 
     async def close(self) -> None:
-        for closer in (self._sftp, self._proc):
+        for closer in (self._sftp, self._proc, *self._extra):
             if closer is not None:
                 try:
                     closer.close() if not hasattr(closer, "exit") else closer.exit()
                 except Exception:  # noqa: BLE001 - closing a dead channel
                     pass
         self._sftp = self._proc = None
+        self._extra = []
         if self._conn is not None:
             self._conn.close()
             try:
@@ -174,22 +176,26 @@ class SSHConnection:
         except (asyncssh.Error, OSError) as exc:  # BrokenPipeError: the channel closed under us
             await self.close()
             raise ConnectError(f"connection to {self.target.label} lost: {exc}", self.source) from None
-        lines: list[str] = []
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            left = None if deadline is None else max(0.01, deadline - time.monotonic())
-            try:
-                line = await asyncio.wait_for(self._proc.stdout.readline(), left)
-            except (asyncssh.Error, OSError, BrokenPipeError) as exc:
-                await self.close()
-                raise ConnectError(f"connection to {self.target.label} lost: {exc}", self.source) from None
-            if not line:
-                await self.close()
-                raise ConnectError(f"connection to {self.target.label} lost", self.source)
-            if line.startswith(marker):
-                out = "".join(lines)
-                return int(line.split()[1]), out[:-1] if out.endswith("\n") else out
-            lines.append(line)
+        try:
+            data = await asyncio.wait_for(self._proc.stdout.readuntil(f"{marker} "), timeout)
+            rc = await asyncio.wait_for(self._proc.stdout.readline(), timeout)
+        except (asyncio.IncompleteReadError, asyncssh.Error, OSError) as exc:
+            await self.close()
+            raise ConnectError(f"connection to {self.target.label} lost: {exc}", self.source) from None
+        if not rc.strip().lstrip("-").isdigit():
+            await self.close()
+            raise ConnectError(f"connection to {self.target.label} lost (no exit status)", self.source)
+        out = data[: -len(marker) - 1]
+        return int(rc), out[:-1] if out.endswith("\n") else out
+
+    async def start_process(self, command: str) -> asyncssh.SSHClientProcess:
+        """A long-lived remote process on its own channel (closed with the connection)."""
+        if self._conn is None:
+            raise ConnectError(f"not connected to {self.target.label}", self.source)
+        proc = await self._conn.create_process(command, encoding="utf-8", errors="replace")
+        self.channels_opened += 1
+        self._extra.append(proc)
+        return proc
 
     async def sftp(self) -> asyncssh.SFTPClient:
         if self._conn is None:
