@@ -70,7 +70,19 @@ def test_jobs_run_in_the_synced_project_on_the_remote(workdir, ssh_host):
     assert row["data"] == "remote data" and row["cwd"].startswith(f"/home/{ssh_host.user}/.hsm_notebook/projects/")
     listing = _remote(ssh_host, f"ls {row['cwd']}")
     assert "data.txt" in listing and "sweeps" not in listing
-    assert source.facts["sync"]["method"] in ("rsync", "sftp")
+    assert source.facts["sync"]["method"] == "sftp"  # a small project: no rsync start-up
+
+
+def test_a_large_project_goes_through_rsync(workdir, ssh_host):
+    for i in range(250):
+        (workdir / f"m{i}.txt").write_text(str(i))
+    source = ssh_source(ssh_host, "r", 1)
+    assert _sweep(workdir, [source], ParameterSpace(grid={"x": [1]})).run().counts() == {"COMPLETED": 1}
+    assert source.facts["sync"] == {"method": "rsync", "files": 251, "sent": 251}
+    again = ssh_source(ssh_host, "r", 1)
+    (workdir / "m7.txt").write_text("changed")
+    _sweep(workdir, [again], ParameterSpace(grid={"x": [2]})).run()
+    assert again.facts["sync"]["sent"] == 1
 
 
 def test_sftp_sync_sends_only_changed_files(workdir, ssh_host):
@@ -253,3 +265,39 @@ def test_controller_killed_then_attach_readopts_remote_jobs(workdir, ssh_host_fr
     assert (status["state"] == "COMPLETED").all()
     runs = _remote(h, f"cat {shared}").split()
     assert sorted(runs) == sorted(status["task_id"])
+
+
+def test_the_panel_adds_an_ssh_host_and_launches_on_it(workdir, ssh_host, tmp_path):
+    from hsm_notebook.ui import SweepPanel
+    from hsm_notebook.ui.sources_view import ssh_config_hosts
+
+    config = tmp_path / "config"
+    config.write_text("Host gpu1 gpu2\n  HostName 127.0.0.2\nHost *.cluster\n  User x\n")
+    assert ssh_config_hosts(config) == ["gpu1", "gpu2"]
+    panel = SweepPanel(sources=[], refresh_interval=0.1, directory=tmp_path / "s")
+    try:
+        panel.sources_view.kind.value = "SSH host"
+        form = panel.sources_view.form
+        form.port.value = "not a port"
+        panel.sources_view.add_button.click()
+        assert "host: give a host name" in panel.message.value
+        form.host.value, form.port.value = ssh_host.host, str(ssh_host.port)
+        form.user.value, form.key.value = ssh_host.user, str(ssh_host.client_key)
+        form.known_hosts.value, form.slots.value, form.name.value = str(ssh_host.known_hosts), 2, "box"
+        panel.sources_view.add_button.click()
+        assert [s.name for s in panel.sources_view.sources] == ["box"]
+        panel.check_health()
+        deadline = time.monotonic() + 30
+        while "box" not in panel.sources_view.health:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert panel.sources_view.health["box"]["status"] == "healthy"
+        panel.editor.command.value = "python job.py"
+        panel.editor.workdir.value = str(workdir)
+        panel.editor.rows[0][0].value, panel.editor.rows[0][1].value = "x", "1, 2, 3"
+        panel.launch_button.click()
+        panel.sweep.wait(timeout=60)
+        assert panel.sweep.counts() == {"COMPLETED": 3}
+        assert set(panel.sweep.status()["source"]) == {"box"}
+    finally:
+        panel.close()

@@ -66,7 +66,7 @@ class SweepPanel:
         self.complete_button = self._button("Complete missing", "forward", "", "hsm-complete", self.complete)
 
         self.editor = ParamsEditor(on_change=self._update_buttons)
-        chosen = list(sweep.sources) if sweep else list(sources or [LocalComputeSource()])
+        chosen = list(sweep.sources) if sweep else (list(sources) if sources is not None else [LocalComputeSource()])
         self.sources_view = SourcesView(chosen, report=self.show_error)
         self.health_button = self._button("Check health", "heartbeat", "", "hsm-health", self.check_health)
         self.status_view = StatusView(on_query_change=lambda: self._guarded(self.refresh, True))

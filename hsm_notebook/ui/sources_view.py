@@ -6,6 +6,7 @@ Each source type is a small *form* class registered in ``FORMS``; adding a type
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable, Dict, List, Type
 
 import ipywidgets as w
@@ -49,8 +50,55 @@ class LocalForm(SourceForm):
         return LocalComputeSource(self.name.value.strip(), int(self.slots.value), gpus=gpus)
 
 
-#: Source types offered in the panel, by label.  Later issues register SSH and Slurm forms.
-FORMS: Dict[str, Type[SourceForm]] = {LocalForm.kind: LocalForm}
+def ssh_config_hosts(path: Path = Path("~/.ssh/config")) -> List[str]:
+    """Host aliases from an OpenSSH config (patterns with * or ? left out)."""
+    try:
+        text = path.expanduser().read_text()
+    except OSError:
+        return []
+    hosts: List[str] = []
+    for line in text.splitlines():
+        words = line.strip().split()
+        if len(words) > 1 and words[0].lower() == "host":
+            hosts += [h for h in words[1:] if not any(c in h for c in "*?!")]
+    return hosts
+
+
+class SSHForm(SourceForm):
+    kind = "SSH host"
+
+    def __init__(self) -> None:
+        self.host = w.Combobox(options=ssh_config_hosts(), placeholder="alias from ~/.ssh/config, or a host name",
+                               description="Host", ensure_option=False)
+        self.name = w.Text(placeholder="(the host)", description="Name")
+        self.user = w.Text(placeholder="(from ssh config / your user)", description="User")
+        self.port = w.Text(placeholder="22", description="Port")
+        self.key = w.Text(placeholder="~/.ssh/id_ed25519 (optional: agent/config)", description="Key")
+        self.known_hosts = w.Text(placeholder="~/.ssh/known_hosts", description="Known hosts")
+        self.slots = w.BoundedIntText(value=1, min=1, max=4096, description="Slots")
+        self.python = w.Text(value="python3", description="Python")
+        self.trust = w.Checkbox(value=False, description="trust a host seen for the first time")
+        self.widget = w.VBox([self.host, self.name, self.user, self.port, self.key, self.known_hosts,
+                              self.slots, self.python, self.trust])
+
+    def build(self) -> ComputeSource:
+        from ..sources import SSHComputeSource
+
+        host = self.host.value.strip()
+        if not host:
+            raise ConfigError("give a host name or an alias from ~/.ssh/config", "host")
+        port = self.port.value.strip()
+        if port and not port.isdigit():
+            raise ConfigError(f"must be a number, got {port!r}", "port")
+        return SSHComputeSource(
+            host, self.name.value.strip() or None, int(self.slots.value), port=int(port) if port else None,
+            username=self.user.value.strip() or None, client_keys=[self.key.value.strip()] if self.key.value.strip() else None,
+            known_hosts=self.known_hosts.value.strip() or None, trust_new_host=self.trust.value,
+            python=self.python.value.strip() or "python3")
+
+
+#: Source types offered in the panel, by label: one small form class per type.
+FORMS: Dict[str, Type[SourceForm]] = {LocalForm.kind: LocalForm, SSHForm.kind: SSHForm}
 
 
 class SourcesView:
