@@ -25,6 +25,8 @@ _EXPORTS = {
     "ComputeSource": "core.source",
     "DistributedJobManager": "core.manager",
     "SweepStore": "core.store",
+    "RetryPolicy": "core.retry",
+    "Event": "core.events",
     "LocalComputeSource": "sources.local",
     "LocalJobManager": "sources.local",
     "SSHComputeSource": "sources.ssh",

@@ -168,8 +168,9 @@ def test_remote_disk_full(workdir, ssh_host_fresh):
         source = ssh_source(h, "full", 1, remote_root=str(disk / "root"), min_free_mb=0)
         sweep = _sweep(workdir, [source], ParameterSpace(grid={"x": [2]})).run()
         row = sweep.status().iloc[0]
-        # the wrapper cannot even write the exit code on a full disk: LOST, with the reason
-        assert row["state"] == "LOST" and "the remote disk is full" in row["error"]
+        # the wrapper cannot even write the exit code on a full disk: LOST, with the reason; the
+        # retries (LOST is retried) cannot start at all on the full disk and end quickly the same way
+        assert row["state"] == "LOST" and "the remote disk is full" in row["error"] and row["attempt"] == 3
     disk.rmdir()
 
 

@@ -1,21 +1,67 @@
-"""Which source gets the next task.  Pure functions of the sources' slot counts."""
+"""Which source gets the next task: pure functions of the sources' state.
+
+Strategies:
+- ``least_loaded``: the free source with the lowest utilisation;
+- ``round_robin``: free sources in turn;
+- ``weighted``: the free source with the highest measured speed per slot (1 / average
+  duration; 1 until measured) times its free fraction, so faster sources get more work.
+
+A task may carry requirements (``{"gpus": 1, "tags": ["a100"], "sources": ["gpu1"]}``);
+only sources that meet them are considered.
+"""
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Any, Collection, Mapping, Optional, Sequence
 
 from .source import ComputeSource
 
-STRATEGIES = ("least_loaded", "round_robin")
+STRATEGIES = ("least_loaded", "round_robin", "weighted")
+
+
+def capabilities(source: ComputeSource) -> dict[str, Any]:
+    gpus = getattr(source, "gpus", None) or []
+    return {"gpus": len(gpus), "tags": set(getattr(source, "tags", ()) or ())}
+
+
+def meets(source: ComputeSource, requires: Optional[Mapping[str, Any]]) -> bool:
+    """Could ``source`` ever run a task with these requirements (ignoring load and health)?"""
+    if not requires:
+        return True
+    caps = capabilities(source)
+    if requires.get("sources") and source.name not in requires["sources"]:
+        return False
+    if int(requires.get("gpus") or 0) > caps["gpus"]:
+        return False
+    return set(requires.get("tags") or ()) <= caps["tags"]
+
+
+def free_slots(source: ComputeSource, reserved: Mapping[str, int]) -> int:
+    return source.available_slots - reserved.get(source.name, 0)
 
 
 def choose(
-    sources: Sequence[ComputeSource], reserved: Mapping[str, int], strategy: str = "least_loaded", turn: int = 0
+    sources: Sequence[ComputeSource],
+    reserved: Mapping[str, int],
+    strategy: str = "least_loaded",
+    turn: int = 0,
+    requires: Optional[Mapping[str, Any]] = None,
+    closed: Collection[str] = (),
 ) -> ComputeSource | None:
-    """A source with a free slot (counting ``reserved`` submissions in flight), or None."""
-    free = [s for s in sources if s.is_available and s.available_slots - reserved.get(s.name, 0) > 0]
+    """A source with a free slot that meets ``requires``, or None.
+
+    ``reserved`` counts submissions in flight per source; ``closed`` names sources that take
+    no new work (disabled or draining)."""
+    free = [s for s in sources
+            if s.name not in closed and s.is_available and free_slots(s, reserved) > 0 and meets(s, requires)]
     if not free:
         return None
     if strategy == "round_robin":
         return free[turn % len(free)]
+    if strategy == "weighted":
+        def score(s: ComputeSource) -> float:
+            avg = s.stats.average_job_duration
+            speed = 1.0 / avg if avg else 1.0
+            return speed * free_slots(s, reserved) / s.max_parallel_jobs
+        return max(free, key=score)
     return min(free, key=lambda s: (len(s.active_jobs) + reserved.get(s.name, 0)) / s.max_parallel_jobs)

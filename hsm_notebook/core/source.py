@@ -75,6 +75,8 @@ class ComputeSource(ABC):
         self.sweep_dir: Path | None = None
         self.sweep_id: str | None = None
         self.template: JobTemplate | None = None
+        #: Extra environment for every job on this source (over the sweep's ``env``).
+        self.env: Dict[str, str] = {}
         self._on_change: Callable[[], None] = lambda: None
 
     # -- the reference API ----------------------------------------------------------
@@ -156,6 +158,7 @@ class ComputeSource(ABC):
         env = self.template.environ(
             job_dir=job_dir, job_name=job_name, sweep_id=sweep_id, task_id=task, wandb_group=wandb_group
         )
+        env.update(self.env)
         return self.template.argv(params), env
 
     def track(self, job_id: str, job_name: str, params: Dict[str, Any], task_dir: Path | str | None = None) -> JobInfo:

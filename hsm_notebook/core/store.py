@@ -25,11 +25,12 @@ import sqlite3
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import yaml
 
 from .errors import ConfigError, StoreError, SweepLockedError
+from .events import Event
 from .state import JobOutcome, JobState
 
 LEDGER = "ledger.sqlite"
@@ -44,7 +45,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     state TEXT NOT NULL, attempt INTEGER NOT NULL DEFAULT 0,
     source TEXT, job_name TEXT, job_id TEXT,
     submit_time REAL, start_time REAL, end_time REAL,
-    exit_code INTEGER, error TEXT, metrics TEXT, detail TEXT);
+    exit_code INTEGER, error TEXT, metrics TEXT, detail TEXT, retry_at REAL, requires TEXT);
 CREATE INDEX IF NOT EXISTS tasks_state ON tasks (state, idx);
 CREATE TABLE IF NOT EXISTS attempts (
     task_id TEXT NOT NULL, attempt INTEGER NOT NULL, source TEXT, job_name TEXT, job_id TEXT,
@@ -86,10 +87,12 @@ class SweepStore:
         self.directory = Path(directory)
         self._conn: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
+        self.on_event: Callable[[Event], None] | None = None
 
     # -- creation and opening ---------------------------------------------------------
     @classmethod
-    def create(cls, directory: Path, record: Mapping[str, Any], tasks: Iterable[tuple[str, dict]]) -> "SweepStore":
+    def create(cls, directory: Path, record: Mapping[str, Any], tasks: Iterable[tuple[str, dict]],
+               requires: Callable[[dict], Any] | None = None) -> "SweepStore":
         directory = Path(directory).absolute()
         try:
             directory.mkdir(parents=True, exist_ok=True)
@@ -108,9 +111,10 @@ class SweepStore:
             count = 0
             for count, (tid, params) in enumerate(tasks, start=1):
                 try:
+                    req = requires(params) if requires is not None else None
                     conn.execute(
-                        "INSERT INTO tasks (task_id, idx, params, state) VALUES (?, ?, ?, ?)",
-                        (tid, count - 1, json.dumps(params), JobState.PENDING.value),
+                        "INSERT INTO tasks (task_id, idx, params, state, requires) VALUES (?, ?, ?, ?, ?)",
+                        (tid, count - 1, json.dumps(params), JobState.PENDING.value, json.dumps(req) if req else None),
                     )
                 except sqlite3.IntegrityError:
                     raise ConfigError(f"combination {params} appears twice; each must be unique", "space") from None
@@ -200,15 +204,23 @@ class SweepStore:
         conn.execute("COMMIT")
 
     def _event(self, conn, task_id: str, attempt: int | None, state: JobState, source=None, job_id=None, detail=None):
+        t = time.time()
         conn.execute(
             "INSERT INTO events (time, task_id, attempt, state, source, job_id, detail) VALUES (?,?,?,?,?,?,?)",
-            (time.time(), task_id, attempt, state.value, source, job_id, detail),
+            (t, task_id, attempt, state.value, source, job_id, detail),
         )
+        if self.on_event is not None:
+            self.on_event(Event(t, task_id, attempt, state, source, job_id, detail))
 
-    def begin_attempt(self, task_id: str, source: str) -> tuple[int, str]:
-        """Record the intent to start a task on ``source``; returns (attempt, job_name)."""
+    def begin_attempt(self, task_id: str, source: str) -> tuple[int, str] | None:
+        """Record the intent to start a PENDING task on ``source``; returns (attempt, job_name),
+        or None when the task is no longer pending (an earlier attempt turned up, a cancel)."""
         with self.transaction() as conn:
-            (attempt,) = conn.execute("SELECT attempt FROM tasks WHERE task_id=?", (task_id,)).fetchone()
+            (state,) = conn.execute("SELECT state FROM tasks WHERE task_id=?", (task_id,)).fetchone()
+            if state != JobState.PENDING:
+                return None
+            (attempt,) = conn.execute("SELECT COALESCE(MAX(attempt), 0) FROM attempts WHERE task_id=?",
+                                      (task_id,)).fetchone()
             attempt += 1
             job_name = f"{task_id}-{attempt}"
             t = time.time()
@@ -245,24 +257,69 @@ class SweepStore:
             source = conn.execute("SELECT source FROM attempts WHERE task_id=? AND attempt=?", (task_id, attempt)).fetchone()
             self._event(conn, task_id, attempt, state, source[0] if source else None, job_id, detail or error)
 
-    def finish(self, task_id: str, attempt: int, outcome: JobOutcome) -> None:
-        """The attempt ended; its outcome becomes the task's (metrics stored as JSON)."""
+    def finish(self, task_id: str, attempt: int, outcome: JobOutcome) -> str:
+        """Record how an attempt ended.  Returns what it meant for the task:
+
+        ``"current"``  the task's current attempt ended: its outcome is the task's;
+        ``"won"``      an earlier attempt (its source came back) completed first: its result
+                       becomes the task's, and the caller cancels the newer attempt;
+        ``"surplus"``  it completed, but the task already had a result: kept in attempts only;
+        ``"stale"``    an earlier attempt ended without success: kept in attempts only.
+        """
         t = time.time()
         end = outcome.end_time or t
         metrics = json.dumps(outcome.metrics) if outcome.metrics is not None else None
         with self.transaction() as conn:
+            task = conn.execute("SELECT state, attempt FROM tasks WHERE task_id=?", (task_id,)).fetchone()
+            row = conn.execute("SELECT source, job_id, job_name FROM attempts WHERE task_id=? AND attempt=?",
+                               (task_id, attempt)).fetchone()
+            source, job_id, job_name = (row[0], row[1], row[2]) if row else (None, None, None)
+            # the task's current attempt, still in flight (not failed over to a newer one)
+            current = task["attempt"] == attempt and JobState(task["state"]).is_active
+            error = outcome.error
+            if outcome.state == JobState.COMPLETED and task["state"] == JobState.COMPLETED:
+                meaning = "surplus"
+                error = f"surplus run: the task already completed in attempt {task['attempt']}"
+            elif outcome.state == JobState.COMPLETED:
+                meaning = "current" if current else "won"
+            else:
+                meaning = "current" if current else "stale"
             conn.execute(
                 "UPDATE attempts SET state=?, start_time=COALESCE(?, start_time), end_time=?, exit_code=?, error=? "
                 "WHERE task_id=? AND attempt=?",
-                (outcome.state.value, outcome.start_time, end, outcome.exit_code, outcome.error, task_id, attempt),
+                (outcome.state.value, outcome.start_time, end, outcome.exit_code, error, task_id, attempt),
             )
-            conn.execute(
-                "UPDATE tasks SET state=?, start_time=COALESCE(?, start_time), end_time=?, exit_code=?, error=?, "
-                "metrics=?, detail=NULL WHERE task_id=? AND attempt=?",
-                (outcome.state.value, outcome.start_time, end, outcome.exit_code, outcome.error, metrics, task_id, attempt),
-            )
-            row = conn.execute("SELECT source, job_id FROM attempts WHERE task_id=? AND attempt=?", (task_id, attempt)).fetchone()
-            self._event(conn, task_id, attempt, outcome.state, row[0] if row else None, row[1] if row else None, outcome.error)
+            if meaning in ("current", "won"):
+                conn.execute(
+                    "UPDATE tasks SET state=?, attempt=?, source=?, job_name=?, job_id=?, "
+                    "start_time=COALESCE(?, start_time), end_time=?, exit_code=?, error=?, metrics=?, detail=NULL, "
+                    "retry_at=NULL WHERE task_id=?",
+                    (outcome.state.value, attempt, source, job_name, job_id, outcome.start_time, end,
+                     outcome.exit_code, error, metrics, task_id),
+                )
+            self._event(conn, task_id, attempt, outcome.state, source, job_id, error)
+        return meaning
+
+    def finish_unrunnable(self, task_id: str, error: str) -> None:
+        """A task no source can ever run (its requirements match none): FAILED without an attempt."""
+        with self.transaction() as conn:
+            conn.execute("UPDATE tasks SET state=?, error=? WHERE task_id=?", (JobState.FAILED.value, error, task_id))
+            self._event(conn, task_id, None, JobState.FAILED, detail=error)
+
+    def requeue(self, task_id: str, detail: str, retry_at: float | None = None) -> None:
+        """Put a task back in the queue (after a failure, or its source was disabled)."""
+        with self.transaction() as conn:
+            conn.execute("UPDATE tasks SET state=?, detail=?, retry_at=? WHERE task_id=?",
+                         (JobState.PENDING.value, detail, retry_at, task_id))
+            self._event(conn, task_id, None, JobState.PENDING, detail=detail)
+
+    def next_retry(self) -> float | None:
+        """When the earliest task waiting out a retry backoff becomes due."""
+        return self.conn.execute("SELECT MIN(retry_at) FROM tasks WHERE state=? AND retry_at IS NOT NULL",
+                                 (JobState.PENDING.value,)).fetchone()[0]
+
+    def task_state(self, task_id: str) -> JobState:
+        return JobState(self.conn.execute("SELECT state FROM tasks WHERE task_id=?", (task_id,)).fetchone()[0])
 
     def cancel_pending(self, task_ids: Iterable[str] | None = None) -> int:
         """Mark tasks that never started as CANCELLED."""
@@ -289,7 +346,8 @@ class SweepStore:
                 wanted = set(task_ids)
                 ids = [i for i in ids if i in wanted]
             for tid in ids:
-                conn.execute("UPDATE tasks SET state=?, detail='queued again' WHERE task_id=?", (JobState.PENDING.value, tid))
+                conn.execute("UPDATE tasks SET state=?, detail='queued again', retry_at=NULL WHERE task_id=?",
+                             (JobState.PENDING.value, tid))
                 self._event(conn, tid, None, JobState.PENDING, detail="queued again")
         return len(ids)
 
@@ -301,9 +359,11 @@ class SweepStore:
         return _connect(self.directory / LEDGER)
 
     def pending(self, limit: int, after_idx: int = -1) -> list[sqlite3.Row]:
+        """Pending tasks that are due (not waiting out a retry backoff), in order."""
         return self.conn.execute(
-            "SELECT task_id, idx, params FROM tasks WHERE state=? AND idx>? ORDER BY idx LIMIT ?",
-            (JobState.PENDING.value, after_idx, limit),
+            "SELECT task_id, idx, params, requires FROM tasks WHERE state=? AND idx>? "
+            "AND (retry_at IS NULL OR retry_at <= ?) ORDER BY idx LIMIT ?",
+            (JobState.PENDING.value, after_idx, time.time(), limit),
         ).fetchall()
 
     def in_flight(self) -> list[sqlite3.Row]:

@@ -17,7 +17,7 @@ import json
 import os
 import secrets
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, AsyncIterator, Callable, Iterable, Mapping, Optional, Sequence
 
 import pandas as pd
 
@@ -34,7 +34,10 @@ from .frames import (
     time_span,
 )
 from .job import STDERR_FILE, STDOUT_FILE, JobTemplate, tail
+from .dispatch import STRATEGIES
+from .events import Event, EventBus
 from .manager import DistributedJobManager
+from .retry import RetryPolicy
 from .source import ComputeSource
 from .space import ParameterSpace
 from .state import RERUNNABLE, JobState
@@ -82,6 +85,10 @@ class Sweep:
         wandb_group: Optional[str] = None,
         poll_interval: float = 1.0,
         strategy: str = "least_loaded",
+        retry: RetryPolicy | Mapping[str, Any] | None = None,
+        requires: Optional[Callable[[dict], Optional[Mapping[str, Any]]]] = None,
+        health_interval: float = 30.0,
+        max_failures: int = 3,
     ):
         if not isinstance(space, ParameterSpace):
             raise ConfigError(f"must be a ParameterSpace, got {type(space).__name__}", "space")
@@ -97,8 +104,11 @@ class Sweep:
             "sweep_id": sweep_id, "name": name, "created": dt.datetime.now().isoformat(timespec="seconds"),
             "space": space.to_dict(), "job": template.to_dict(), "wandb_group": wandb_group,
             "sources": [s.describe() for s in sources], "poll_interval": poll_interval, "strategy": strategy,
+            "retry": _retry_policy(retry).to_dict(), "health_interval": health_interval, "max_failures": max_failures,
         }
-        store = SweepStore.create(directory, record, space.with_ids())
+        if strategy not in STRATEGIES:
+            raise ConfigError(f"must be one of {STRATEGIES}, got {strategy!r}", "strategy")
+        store = SweepStore.create(directory, record, space.with_ids(), requires)
         self._init(store, sources, record)
 
     @staticmethod
@@ -128,6 +138,7 @@ class Sweep:
         self._manager: DistributedJobManager | None = None
         self._future: concurrent.futures.Future | None = None
         self._param_names: list[str] | None = None
+        self.bus = EventBus()
 
     # -- other ways in ---------------------------------------------------------------------
     @classmethod
@@ -193,6 +204,10 @@ class Sweep:
             wandb_group=self._record.get("wandb_group"),
             poll_interval=self._record.get("poll_interval", 1.0),
             strategy=self._record.get("strategy", "least_loaded"),
+            retry=_retry_policy(self._record.get("retry")),
+            health_interval=self._record.get("health_interval", 30.0),
+            max_failures=self._record.get("max_failures", 3),
+            events=self.bus,
         )
         self._future = _loop.spawn(self._drive(self._manager))
         return self
@@ -259,9 +274,14 @@ class Sweep:
         self._manager.requeue()
         return True
 
-    def cancel(self, task_id: str | Iterable[str] | None = None) -> int:
-        """Cancel one task, several, or (no argument) the whole sweep; returns how many."""
+    def cancel(self, task_id: str | Iterable[str] | None = None, *, source: Optional[str] = None) -> int:
+        """Cancel one task, several, every task running on ``source``, or (no argument) the whole
+        sweep; returns how many."""
         ids = [task_id] if isinstance(task_id, str) else (list(task_id) if task_id is not None else None)
+        if source is not None:
+            if not self.running:
+                return 0
+            return _loop.run_sync(self._manager.cancel(ids, source=source))
         if not self.running:
             if not self.store.in_flight():
                 n = self.store.cancel_pending(ids)
@@ -278,6 +298,53 @@ class Sweep:
 
     async def _cancel(self, ids: Optional[list[str]]) -> int:
         return await self._manager.cancel(ids) if self._manager is not None else 0
+
+    # -- sources while it runs ---------------------------------------------------------
+    def _need_manager(self) -> DistributedJobManager:
+        if not self.running or self._manager is None:
+            raise HsmError("the sweep is not running here; start() or attach() it first")
+        return self._manager
+
+    def add_source(self, source: ComputeSource) -> None:
+        """A new source joins the running sweep (it is set up, then gets work)."""
+        manager = self._need_manager()
+        _loop.run_sync(manager.add_source(source))
+        self.sources.append(source)
+        self._record["sources"] = [s.describe() for s in self.sources]
+        self.store.update_record(sources=self._record["sources"])
+
+    def drain(self, name: str) -> None:
+        """No new tasks go to source ``name``; its running tasks finish."""
+        manager = self._need_manager()
+        manager._need(name)
+        _loop.get_loop().call_soon_threadsafe(manager.drain, name)
+
+    def disable(self, name: str) -> int:
+        """No new tasks go to source ``name``; its running tasks are stopped and run elsewhere."""
+        return _loop.run_sync(self._need_manager().disable(name))
+
+    def enable(self, name: str) -> None:
+        """Undo ``drain``/``disable``."""
+        manager = self._need_manager()
+        manager._need(name)
+        _loop.get_loop().call_soon_threadsafe(manager.enable, name)
+
+    def sources_status(self) -> pd.DataFrame:
+        """One row per source: enabled/draining/disabled, health and reason, slots, active,
+        completed, failed, completions in the last minute, average duration."""
+        if self._manager is not None:
+            return pd.DataFrame(self._manager.source_stats())
+        return pd.DataFrame([{"source": s.name, "type": s.source_type, "state": "idle", "slots": s.max_parallel_jobs}
+                             for s in self.sources])
+
+    def on_event(self, callback: Callable[[Optional[Event]], None]) -> Callable[[], None]:
+        """Call ``callback(event)`` on every state change (from the manager's thread; None when a
+        run ends).  Returns a function that unsubscribes."""
+        return self.bus.subscribe(callback)
+
+    def events(self) -> AsyncIterator[Event]:
+        """``async for event in sweep.events()``: state changes as they happen, until the run ends."""
+        return self.bus.stream()
 
     # -- reading -----------------------------------------------------------------------------
     def status(self) -> pd.DataFrame:
@@ -357,6 +424,19 @@ class Sweep:
         total = sum(counts.values())
         parts = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
         return f"<Sweep {self.id}: {total} tasks ({parts}) in {self.directory}>"
+
+
+def _retry_policy(value: RetryPolicy | Mapping[str, Any] | None) -> RetryPolicy:
+    if value is None:
+        return RetryPolicy()
+    if isinstance(value, RetryPolicy):
+        return value
+    if isinstance(value, Mapping):
+        unknown = set(value) - {"max_attempts", "retry_failed", "backoff", "max_backoff"}
+        if unknown:
+            raise ConfigError(f"unknown keys {sorted(unknown)}", "retry")
+        return RetryPolicy(**value)
+    raise ConfigError(f"must be a RetryPolicy or a mapping, got {value!r}", "retry")
 
 
 def default_sweeps_dir() -> Path:

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from ..core.errors import ConfigError, SubmitError
 from ..core.job import CANCEL_FILE, EXIT_CODE_FILE, PID_FILE, WRAPPER, JobTemplate, write_params
@@ -166,6 +166,8 @@ class LocalComputeSource(ComputeSource):
         gpus_per_job: int = 1,
         python: Optional[str] = None,
         cancel_grace: float = 5.0,
+        env: Optional[Dict[str, str]] = None,
+        tags: Sequence[str] = (),
     ):
         slots = max_parallel_jobs if max_parallel_jobs is not None else (os.cpu_count() or 1)
         if gpus is not None:
@@ -177,13 +179,15 @@ class LocalComputeSource(ComputeSource):
         super().__init__(name, "local", slots)
         self.gpus, self.gpus_per_job = (list(gpus) if gpus is not None else None), gpus_per_job
         self.python = python or sys.executable
+        self.env, self.tags = dict(env or {}), set(tags)
         self.jobs = LocalJobManager(cancel_grace)
         self._free_gpus: list[int] = list(self.gpus or [])
         self._job_gpus: dict[str, list[int]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def describe(self) -> Dict[str, Any]:
-        return {**super().describe(), "gpus": self.gpus, "gpus_per_job": self.gpus_per_job, "python": self.python}
+        return {**super().describe(), "gpus": self.gpus, "gpus_per_job": self.gpus_per_job, "python": self.python,
+                "cancel_grace": self.jobs.cancel_grace, "env": self.env, "tags": sorted(self.tags)}
 
     def validate(self, template: JobTemplate) -> None:
         cmd = self._argv0(template.command)

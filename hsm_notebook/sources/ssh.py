@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 
 _PYTHON_NAMES = ("python", "python3")
 _REMOTE_INIT = '"""Job-side helpers of hsm_notebook, uploaded by SSHComputeSource."""\n'
-#: Per job: "<name> <code> [exit code]"; X=exited, R=running, L=gone without exit code, Q=not started yet.
+#: Per job: "<name> <code> [exit code]"; X=exited, R=running, L=gone without exit code, Q=not started
+#: yet, E=the wrapper started but its pid file stayed empty (it could not write: a full disk).
 # No `exit` in any script: they run inside the persistent shell, which must survive them.
 _POLL = r"""if cd {tasks} 2>/dev/null; then for j in {jobs}; do
   c=""; [ -f "$j/cancelled" ] && c=" C"
@@ -48,6 +49,7 @@ _POLL = r"""if cd {tasks} 2>/dev/null; then for j in {jobs}; do
     if kill -0 "$p" 2>/dev/null && case "$st" in *") Z "*) false;; *) true;; esac; then echo "$j R$c"
     else rc=""; [ -f "$j/exit_code" ] && read rc < "$j/exit_code"
       if [ -n "$rc" ]; then echo "$j X $rc$c"; else echo "$j L$c"; fi; fi
+  elif [ -f "$j/pid" ]; then echo "$j E$c"
   else echo "$j Q$c"; fi
 done; fi"""
 
@@ -182,6 +184,8 @@ class SSHComputeSource(ComputeSource):
         keepalive_interval: float = 2.0,
         give_up_after: float = 120.0,
         cancel_grace: float = 5.0,
+        env: Optional[Dict[str, str]] = None,
+        tags: Sequence[str] = (),
     ):
         super().__init__(name or host, "ssh", max_parallel_jobs)
         self.target = SSHTarget(host, port, username, list(client_keys) if client_keys else None, known_hosts,
@@ -191,6 +195,7 @@ class SSHComputeSource(ComputeSource):
         self.gpus, self.gpus_per_job, self.min_free_mb = gpus, gpus_per_job, min_free_mb
         self.give_up_after, self.cancel_grace = give_up_after, cancel_grace
         self.conn = SSHConnection(self.target, self.name)
+        self.env, self.tags = dict(env or {}), set(tags)
         self.jobs: Optional[RemoteJobManager] = None
         self.facts: Dict[str, Any] = {}
         self._queued_since: Dict[str, float] = {}
@@ -211,7 +216,8 @@ class SSHComputeSource(ComputeSource):
                 "python": self.python, "sync": self.sync, "sync_exclude": list(self.sync_exclude),
                 "sync_include": self.sync_include, "use_rsync": self.use_rsync, "gpus": self.gpus,
                 "gpus_per_job": self.gpus_per_job, "keepalive_interval": t.keepalive_interval,
-                "give_up_after": self.give_up_after, "cancel_grace": self.cancel_grace}
+                "give_up_after": self.give_up_after, "cancel_grace": self.cancel_grace, "env": self.env,
+                "tags": sorted(self.tags)}
 
     def _argv(self, argv: List[str]) -> List[str]:
         return [self.python, *argv[1:]] if argv and argv[0] in _PYTHON_NAMES else argv
@@ -381,7 +387,9 @@ class SSHComputeSource(ComputeSource):
                     self._lost_reasons[job_id] = await self._disk_note()
             else:  # not started yet: give the remote a while, then it is lost
                 first = self._queued_since.setdefault(job_id, now)
-                state = JobState.QUEUED if now - first < 60 else JobState.LOST
+                state = JobState.QUEUED if now - first < (5 if code == "E" else 60) else JobState.LOST
+                if state == JobState.LOST:
+                    self._lost_reasons[job_id] = await self._disk_note() or "the job never started on the remote"
             if state != JobState.QUEUED:
                 self._queued_since.pop(job_id, None)
             if state.is_terminal and job_id in self._job_gpus:

@@ -13,7 +13,7 @@ from hsm_notebook import LocalComputeSource, SSHComputeSource
 KINDS = ["local", "ssh"]
 
 
-def ssh_source(host, name="src", slots=4, **kwargs) -> SSHComputeSource:
+def ssh_source(host, name="src", slots=4, **kwargs) -> SSHComputeSource:  # noqa: D401
     """An SSH source for a test host (tests.servers.sshd.SSHHost)."""
     return SSHComputeSource(host.host, name, slots, port=host.port, username=host.user,
                             client_keys=[str(host.client_key)], known_hosts=str(host.known_hosts),

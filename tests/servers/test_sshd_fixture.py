@@ -82,7 +82,11 @@ def connect(h: SSHHost, **kw):
 
 
 def run(coro, timeout: float = 20.0):
-    return asyncio.run(asyncio.wait_for(coro, timeout))
+    # On the package's loop thread: Playwright's sync API (the browser tests, session-scoped)
+    # keeps a loop running in the main thread, where asyncio.run() would refuse to start.
+    from hsm_notebook.core._loop import run_sync
+
+    return run_sync(asyncio.wait_for(coro, timeout))
 
 
 # --------------------------------------------------------------------------- basics

@@ -1,0 +1,64 @@
+"""State changes as a stream: every ledger transition becomes an ``Event``.
+
+The store publishes each event as it records it; the bus hands it to subscribers
+(callbacks, and async iterators living on any event loop).  The panel and users'
+own code listen here instead of polling the ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass
+from typing import AsyncIterator, Callable, Optional
+
+from .state import JobState
+
+
+@dataclass(frozen=True)
+class Event:
+    time: float
+    task_id: str
+    attempt: Optional[int]
+    state: JobState
+    source: Optional[str]
+    job_id: Optional[str]
+    detail: Optional[str]
+
+
+class EventBus:
+    def __init__(self) -> None:
+        self._subscribers: list[Callable[[Optional[Event]], None]] = []
+        self._lock = threading.Lock()
+
+    def publish(self, event: Optional[Event]) -> None:
+        """Deliver ``event`` (None means: the sweep's run ended) to every subscriber."""
+        with self._lock:
+            subscribers = list(self._subscribers)
+        for callback in subscribers:
+            try:
+                callback(event)
+            except Exception:  # noqa: BLE001 - one listener must not break the manager
+                pass
+
+    def subscribe(self, callback: Callable[[Optional[Event]], None]) -> Callable[[], None]:
+        with self._lock:
+            self._subscribers.append(callback)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if callback in self._subscribers:
+                    self._subscribers.remove(callback)
+
+        return unsubscribe
+
+    async def stream(self) -> AsyncIterator[Event]:
+        """Events as they happen, on the caller's loop, until the run ends."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        unsubscribe = self.subscribe(lambda ev: loop.call_soon_threadsafe(queue.put_nowait, ev))
+        try:
+            while (event := await queue.get()) is not None:
+                yield event
+        finally:
+            unsubscribe()
