@@ -208,7 +208,7 @@ def test_faults_while_jobs_run_lose_nothing_and_run_nothing_twice(workdir, ssh_s
 def test_a_job_killed_on_the_remote_is_lost_or_failed_with_its_signal(workdir, ssh_host_fresh):
     h = ssh_host_fresh
     space = ParameterSpace(combinations=[{"x": 1, "sleep": 60}, {"x": 2, "sleep": 60}])
-    sweep = _sweep(workdir, [ssh_source(h, "k", 2)], space).start()
+    sweep = _sweep(workdir, [ssh_source(h, "k", 2)], space, retry={"max_attempts": 1}).start()
     _until(lambda: _running(sweep, 2), what="2 running jobs")
     jobs = sweep.status().set_index("x")["job_name"]
     tasks = f"/home/{h.user}/.hsm_notebook/sweeps/{sweep.id}/tasks"
@@ -223,7 +223,7 @@ def test_a_job_killed_on_the_remote_is_lost_or_failed_with_its_signal(workdir, s
 def test_a_host_that_stays_down_is_given_up_and_its_jobs_are_lost(workdir, ssh_server, ssh_host_fresh):
     h = ssh_host_fresh
     sweep = _sweep(workdir, [ssh_source(h, "gone", 2, give_up_after=3)],
-                   ParameterSpace(grid={"x": [1, 2]}, fixed={"sleep": 60})).start()
+                   ParameterSpace(grid={"x": [1, 2]}, fixed={"sleep": 60}), retry={"max_attempts": 1}).start()
     _until(lambda: _running(sweep, 2), what="2 running jobs")
     ssh_server.stop_listener(h)
     ssh_server.kill_connections(h)
