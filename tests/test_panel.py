@@ -202,3 +202,24 @@ def test_a_source_that_fails_setup_is_reported_in_the_panel(workdir, panels):
     _until(lambda: "disk not mounted" in _msg(panel))
     assert "[broken] setup failed: disk not mounted" in _msg(panel)
     assert not panel.launch_button.disabled  # still usable: can try again
+
+
+def test_the_sources_tab_shows_health_and_drains_a_source(workdir, panels):
+    sweep = Sweep(ParameterSpace(grid={"x": list(range(6))}, fixed={"sleep": 0.3}), ["python", "job.py"],
+                  [LocalComputeSource("one", 1), LocalComputeSource("two", 1)], workdir=workdir, poll_interval=0.1)
+    panel = sweep.panel()
+    panels.append(panel)
+    panel.launch_button.click()
+    panel.tabs.selected_index = 0
+    sv = panel.sources_view
+    sv.control.value = "two"
+    sv.drain_button.click()
+    assert "hsm-error" not in panel.message.value
+    _until(lambda: "draining" in sv.list_html.value)
+    sweep.wait(timeout=60)
+    panel.refresh(True)
+    assert "hsm-source-stats" in sv.list_html.value and "per_minute" in sv.list_html.value
+    assert sweep.counts() == {"COMPLETED": 6}
+    sv.control.value = "one"
+    sv.disable_button.click()  # the sweep has ended: said in words, not raised
+    assert "not running" in _msg(panel)

@@ -69,6 +69,10 @@ class SweepPanel:
         chosen = list(sweep.sources) if sweep else (list(sources) if sources is not None else [LocalComputeSource()])
         self.sources_view = SourcesView(chosen, report=self.show_error)
         self.health_button = self._button("Check health", "heartbeat", "", "hsm-health", self.check_health)
+        sv = self.sources_view
+        sv.drain_button.on_click(lambda _: self._guarded(lambda: self._need_sweep().drain(sv.control.value)))
+        sv.disable_button.on_click(lambda _: self._guarded(lambda: self._need_sweep().disable(sv.control.value)))
+        sv.enable_button.on_click(lambda _: self._guarded(lambda: self._need_sweep().enable(sv.control.value)))
         self.status_view = StatusView(on_query_change=lambda: self._guarded(self.refresh, True))
         self.detail_view = DetailView()
         self.detail_view.task.observe(lambda _: self._guarded(self._show_detail), "value")
@@ -230,6 +234,8 @@ class SweepPanel:
                 self.results_view.show(sweep.results(), names)
             if self.tabs.selected_index == 3:
                 self._show_detail()
+            if self.tabs.selected_index == 0 and sweep._manager is not None:
+                self.sources_view.render_stats(sweep.sources_status())
             self.refreshes += 1
             self._update_buttons()
 

@@ -121,7 +121,16 @@ class SourcesView:
         self._new_form()
         self.editor = w.VBox([w.HBox([self.kind, self.add_button]), self.form_box,
                               w.HBox([self.remove, self.remove_button])])
-        self.widget = w.VBox([self.list_html, self.editor])
+        self.control = w.Dropdown(options=[], description="Source")
+        self.drain_button = w.Button(description="Drain", tooltip="no new tasks; running ones finish")
+        self.disable_button = w.Button(description="Disable", tooltip="stop its tasks and run them elsewhere")
+        self.enable_button = w.Button(description="Enable")
+        for b, css in ((self.drain_button, "hsm-drain"), (self.disable_button, "hsm-disable"),
+                       (self.enable_button, "hsm-enable")):
+            b.add_class(css)
+        self.controls = w.HBox([self.control, self.drain_button, self.disable_button, self.enable_button])
+        self.controls.layout.display = "none"
+        self.widget = w.VBox([self.list_html, self.editor, self.controls])
         self.render()
 
     def _guard(self, action: Callable[[], None]) -> None:
@@ -146,8 +155,23 @@ class SourcesView:
         self.render()
 
     def lock(self) -> None:
-        """After launch the sources are fixed for this run."""
+        """After launch the list is fixed; per-source controls appear instead."""
         self.editor.layout.display = "none"
+        self.controls.layout.display = ""
+        self.control.options = [s.name for s in self.sources]
+
+    def render_stats(self, stats) -> None:
+        """While a sweep runs: per-source state, health (with the reason), load and throughput."""
+        if stats is None or stats.empty or "health" not in stats.columns:
+            return self.render()
+        cols = ["source", "type", "state", "health", "reason", "slots", "active", "completed", "failed",
+                "per_minute", "avg_duration_s"]
+        from .html import table
+
+        self.list_html.value = table(stats[[c for c in cols if c in stats.columns]], "hsm-source-stats", state_column=None)
+        names = list(stats["source"])
+        if list(self.control.options) != names:
+            self.control.options = names
 
     def render(self) -> None:
         rows = []
