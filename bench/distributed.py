@@ -85,11 +85,15 @@ def main() -> None:
         status = sweep.status()
         stats = sweep.sources_status().set_index("source")
         print(f"{args.tasks} tasks, strategy {args.strategy}: {elapsed:.1f} s, {args.tasks / elapsed:.1f} tasks/s")
-        durations = status.assign(d=(status["end_time"] - status["start_time"]).dt.total_seconds())
-        cap = {}
-        for name in stats.index:
-            avg = durations[durations["source"] == name]["d"].mean()
-            cap[name] = stats.loc[name, "slots"] / avg if avg and avg > 0 else 0.0
+        # capacity: slots / mean turnaround (submission to recorded result: everything a slot waits for)
+        import sqlite3
+
+        with sqlite3.connect(sweep.directory / "ledger.sqlite") as db:
+            rows = db.execute("SELECT a.source, AVG(e.time - a.submit_time) FROM attempts a JOIN events e "
+                              "ON e.task_id = a.task_id AND e.attempt = a.attempt AND e.state = 'COMPLETED' "
+                              "GROUP BY a.source").fetchall()
+        turnaround = dict(rows)
+        cap = {name: stats.loc[name, "slots"] / turnaround[name] if turnaround.get(name) else 0.0 for name in stats.index}
         total_cap = sum(cap.values())
         print(f"{'source':>8} {'tasks':>6} {'share':>6} {'capacity share':>15} {'diff':>6}")
         for name in stats.index:

@@ -112,8 +112,9 @@ class RemoteJobManager:
         host has both (two processes per batch, no per-file round trips), else SFTP."""
         if self.tar:
             names = " ".join(shlex.quote(n) for n in job_names)
-            out = (await self.conn.run(f"cd {shlex.quote(self.tasks_dir)} && tar cf - {names} | base64",
-                                       timeout=600)).stdout
+            # GNU tar's posix format keeps sub-second mtimes (job start/end times); others fall back
+            out = (await self.conn.run(f"cd {shlex.quote(self.tasks_dir)} && {{ tar --format=posix -cf - {names} "
+                                       f"2>/dev/null || tar cf - {names}; }} | base64", timeout=600)).stdout
             with tarfile.open(fileobj=io.BytesIO(base64.b64decode(out)), mode="r:") as archive:
                 by_name = dict(zip(job_names, local_dirs))
                 made: set[Path] = set()
