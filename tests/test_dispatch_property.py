@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 import sqlite3
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 from hypothesis import given, settings
 from hypothesis import strategies as st

@@ -7,7 +7,6 @@ stopped server never leaks into another test.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys

@@ -10,13 +10,8 @@ channel, no login-shell start.  Finished jobs' folders come back over SFTP.
 from __future__ import annotations
 
 import asyncio
-import base64
 import dataclasses
-import io
-import os
-import tarfile
 import hashlib
-import json
 import logging
 import posixpath
 import shlex
@@ -26,132 +21,17 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from .. import metrics as metrics_module
 from ..core.errors import SourceError, SubmitError
-from ..core.job import PARAMS_FILE, WRAPPER, JobTemplate, write_params
-from ..core.shell import join
+from ..core.job import JobTemplate, write_params
 from ..core.source import ComputeSource
 from ..core.state import JobOutcome, JobState
 from .ssh_connection import SSHConnection, SSHTarget
+from .ssh_jobs import RemoteJobManager
 from .sync import DEFAULT_EXCLUDE, sync_project
 
 log = logging.getLogger(__name__)
 
 _PYTHON_NAMES = ("python", "python3")
 _REMOTE_INIT = '"""Job-side helpers of hsm_notebook, uploaded by SSHComputeSource."""\n'
-#: Per job: "<name> <code> [exit code]"; X=exited, R=running, L=gone without exit code, Q=not started
-#: yet, E=the wrapper started but its pid file stayed empty (it could not write: a full disk).
-# No `exit` in any script: they run inside the persistent shell, which must survive them.
-_POLL = r"""if cd {tasks} 2>/dev/null; then for j in {jobs}; do
-  c=""; [ -f "$j/cancelled" ] && c=" C"
-  rc=""; [ -f "$j/exit_code" ] && read rc < "$j/exit_code"
-  if [ -n "$rc" ]; then echo "$j X $rc$c"
-  elif [ -s "$j/pid" ]; then read p < "$j/pid"; st=""
-    [ -r "/proc/$p/stat" ] && read st < "/proc/$p/stat" 2>/dev/null
-    if kill -0 "$p" 2>/dev/null && case "$st" in *") Z "*) false;; *) true;; esac; then echo "$j R$c"
-    else rc=""; [ -f "$j/exit_code" ] && read rc < "$j/exit_code"
-      if [ -n "$rc" ]; then echo "$j X $rc$c"; else echo "$j L$c"; fi; fi
-  elif [ -f "$j/pid" ]; then echo "$j E$c"
-  else echo "$j Q$c"; fi
-done; fi"""
-
-
-class RemoteJobManager:
-    """Starts, inspects, stops and fetches detached jobs on one host; knows nothing of sweeps."""
-
-    def __init__(self, conn: SSHConnection, tasks_dir: str, workdir: str, setsid: str, cancel_grace: float,
-                 pythonpath: str):
-        self.conn, self.tasks_dir, self.workdir = conn, tasks_dir, workdir
-        self.setsid, self.cancel_grace, self.pythonpath = setsid, cancel_grace, pythonpath
-        self.tar = False  # set when the host has tar and base64
-        self.events = posixpath.join(posixpath.dirname(tasks_dir), "events")
-
-    def start_script(self, jobs: Sequence[tuple[str, Sequence[str], Dict[str, str]]]) -> str:
-        """One script that starts every job in ``jobs`` ((name, argv, env), ...) detached."""
-        dirs = [posixpath.join(self.tasks_dir, name) for name, _, _ in jobs]
-        lines = [f"umask 077; if mkdir -p {' '.join(shlex.quote(d) for d in dirs)}; then "
-                 f"PYTHONPATH={shlex.quote(self.pythonpath)}${{PYTHONPATH:+:$PYTHONPATH}}; export PYTHONPATH"]
-        for d, (_, argv, env) in zip(dirs, jobs):
-            assigns = " ".join(f"{k}={shlex.quote(v)}" for k, v in {**env, "HSM_EVENTS": self.events}.items())
-            lines.append(f"(cd {shlex.quote(self.workdir)} && {assigns} {self.setsid} /bin/sh -c {shlex.quote(WRAPPER)} "
-                         f"hsm-job {shlex.quote(d)} {join(argv)} >/dev/null 2>&1 </dev/null &)")
-        lines.append("echo started; fi")
-        return "\n".join(lines)
-
-    async def start(self, jobs: Sequence[tuple[str, Sequence[str], Dict[str, str]]]) -> None:
-        result = await self.conn.run(self.start_script(jobs), check=False)
-        if result.exit_code != 0 or "started" not in result.stdout:
-            names = ", ".join(name for name, _, _ in jobs)
-            raise SubmitError(f"could not start {names} on {self.conn.target.label}: "
-                              f"{result.stdout.strip()[-300:] or f'exit code {result.exit_code}'}", self.conn.source)
-
-    async def states(self, job_names: Sequence[str]) -> Dict[str, tuple[str, Optional[int], bool]]:
-        """One remote command for all jobs: ``{name: (code, exit code, cancelled)}``."""
-        script = _POLL.format(tasks=shlex.quote(self.tasks_dir), jobs=" ".join(shlex.quote(j) for j in job_names))
-        out = (await self.conn.run(script)).stdout
-        states = {}
-        for line in out.splitlines():
-            parts = line.split()
-            if len(parts) >= 2 and parts[0] in job_names:
-                cancelled = parts[-1] == "C"
-                rc = int(parts[2]) if parts[1] == "X" and len(parts) > 2 and parts[2].lstrip("-").isdigit() else None
-                states[parts[0]] = (parts[1], rc, cancelled)
-        return states
-
-    async def stop(self, job_name: str) -> bool:
-        """TERM the job's process group, KILL it after the grace period (a detached timer)."""
-        d = shlex.quote(posixpath.join(self.tasks_dir, job_name))
-        out = (await self.conn.run(
-            f"d={d}; if [ -s \"$d/exit_code\" ]; then echo finished\n"
-            f"elif [ -s \"$d/pid\" ]; then touch \"$d/cancelled\"; read p < \"$d/pid\"\n"
-            f"  kill -TERM -\"$p\" 2>/dev/null || kill -TERM \"$p\" 2>/dev/null\n"
-            f"  ( (sleep {self.cancel_grace}; kill -KILL -\"$p\" 2>/dev/null) >/dev/null 2>&1 </dev/null & ); echo stopping\n"
-            f"else touch \"$d/cancelled\"; echo stopping; fi", check=False)).stdout
-        return "stopping" in out
-
-    async def fetch(self, job_names: Sequence[str], local_dirs: Sequence[Path]) -> None:
-        """Every file of the given job dirs: one ``tar | base64`` through the remote shell when the
-        host has both (two processes per batch, no per-file round trips), else SFTP."""
-        if self.tar:
-            names = " ".join(shlex.quote(n) for n in job_names)
-            # GNU tar's posix format keeps sub-second mtimes (job start/end times); others fall back
-            out = (await self.conn.run(f"cd {shlex.quote(self.tasks_dir)} && {{ tar --format=posix -cf - {names} "
-                                       f"2>/dev/null || tar cf - {names}; }} | base64", timeout=600)).stdout
-            with tarfile.open(fileobj=io.BytesIO(base64.b64decode(out)), mode="r:") as archive:
-                by_name = dict(zip(job_names, local_dirs))
-                made: set[Path] = set()
-                for member in archive.getmembers():
-                    top, _, rest = member.name.partition("/")
-                    if not rest or top not in by_name or not member.isfile() or ".." in rest.split("/"):
-                        continue
-                    target = by_name[top] / rest
-                    if rest == PARAMS_FILE and target.exists():
-                        continue  # written here at submission
-                    if target.parent not in made:
-                        target.parent.mkdir(parents=True, exist_ok=True)
-                        made.add(target.parent)
-                    with archive.extractfile(member) as src, open(target, "wb") as dst:
-                        dst.write(src.read())
-                    os.utime(target, (member.mtime, member.mtime))
-            return
-        sftp = await self.conn.sftp()
-        sem = asyncio.Semaphore(32)
-
-        async def listing(name: str) -> list[str]:
-            async with sem:
-                return [e.filename for e in await sftp.readdir(posixpath.join(self.tasks_dir, name))
-                        if e.filename not in (".", "..") and e.attrs.type == 1]  # regular files
-
-        async def get(remote: str, local: Path) -> None:
-            async with sem:
-                await sftp.get(remote, str(local))
-
-        names = await asyncio.gather(*(listing(n) for n in job_names))
-        transfers = []
-        for name, local, files in zip(job_names, local_dirs, names):
-            local.mkdir(parents=True, exist_ok=True)
-            transfers += [get(posixpath.join(self.tasks_dir, name, f), local / f) for f in files]
-        await asyncio.gather(*transfers)
-
-
 class SSHComputeSource(ComputeSource):
     """A remote machine over SSH.  ``host`` may be an ``~/.ssh/config`` alias.
 

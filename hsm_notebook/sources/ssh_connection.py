@@ -14,14 +14,13 @@ import itertools
 import os
 import secrets
 import socket
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import asyncssh
 
-from ..core.errors import CommandError, ConnectError, SourceError
+from ..core.errors import CommandError, ConnectError
 from ..core.shell import CommandResult
 
 
