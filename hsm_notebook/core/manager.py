@@ -83,6 +83,7 @@ class DistributedJobManager(ControlMixin):
         self._collecting: dict[str, asyncio.Task] = {}
         self._uncollected: dict[str, dict[str, JobState]] = collections.defaultdict(dict)
         self._dirty: set[str] = set()
+        self._details: dict[Key, Optional[str]] = {}
         self._last_poll: dict[str, float] = {}
         self._closed: dict[str, str] = {}  # name -> why it takes no new work (user: drain/disable)
         self._not_set_up: set[str] = set()
@@ -304,9 +305,12 @@ class DistributedJobManager(ControlMixin):
                 if state.is_terminal:
                     finished[job_id] = state
                     source.update_job_status(job_id, state)  # its slot is free from now on
-                elif source.active_jobs[job_id].status != state:
-                    self.store.set_state(tid, attempt, state)
-                    source.update_job_status(job_id, state)
+                else:
+                    detail = source.job_detail(job_id)
+                    if source.active_jobs[job_id].status != state or detail != self._details.get(key):
+                        self._details[key] = detail
+                        self.store.set_state(tid, attempt, state, detail=detail)
+                        source.update_job_status(job_id, state)
                 if key in self._orphans and not state.is_terminal and self.store.task_state(tid) == JobState.COMPLETED:
                     self._spawn(source.cancel_job(job_id))  # a surplus run: the task has its result
         self._uncollected[source.name].update(finished)

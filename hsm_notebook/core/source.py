@@ -115,6 +115,10 @@ class ComputeSource(ABC):
         """States of many jobs at once.  Override with one batched query per round."""
         return {job_id: to_state(await self.get_job_status(job_id)) for job_id in job_ids}
 
+    def job_detail(self, job_id: str) -> Optional[str]:
+        """A word on a waiting job for ``status()`` (Slurm: the pending reason), or None."""
+        return None
+
     async def recover_job(self, job_name: str) -> Optional[str]:
         """After a controller crash between "submitting" and "submitted": the job's id if it
         was in fact started, else None (the manager then starts it again)."""

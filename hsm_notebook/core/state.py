@@ -46,16 +46,21 @@ RERUNNABLE = frozenset({JobState.PENDING, JobState.FAILED, JobState.CANCELLED, J
 
 @dataclass(frozen=True)
 class ResourceSpec:
-    """What one job needs.  Local and SSH sources read ``gpus``; Slurm renders all."""
+    """What one job needs.  Local and SSH sources read ``gpus``; Slurm renders all
+    (``sources.slurm_script.sbatch_lines`` checks every field and names the bad one)."""
 
-    walltime: str | None = None  # "HH:MM:SS" or "D-HH:MM:SS"
+    walltime: str | None = None  # "MM", "HH:MM:SS" or "D-HH:MM:SS"
     cpus: int | None = None
     mem: str | None = None  # "4G", "500M"
     gpus: int | None = None
+    gpu_type: str | None = None  # "a100" -> --gres=gpu:a100:N
     partition: str | None = None
     account: str | None = None
     qos: str | None = None
-    extra: Mapping[str, str] = field(default_factory=dict)
+    constraint: str | None = None
+    extra: Mapping[str, str] = field(default_factory=dict)  # more #SBATCH options: {"exclusive": ""}
+    modules: tuple[str, ...] = ()  # `module load` lines in the job script
+    pre_script: str | None = None  # shell lines run before the job (e.g. activate an env)
 
 
 @dataclass

@@ -45,9 +45,9 @@ from .store import SweepStore
 
 
 def _source_types() -> dict[str, type]:
-    from ..sources import LocalComputeSource, SSHComputeSource
+    from ..sources import LocalComputeSource, SlurmComputeSource, SSHComputeSource
 
-    return {"local": LocalComputeSource, "ssh": SSHComputeSource}
+    return {"local": LocalComputeSource, "ssh": SSHComputeSource, "slurm": SlurmComputeSource.from_description}
 
 
 def rebuild_source(description: Mapping[str, Any]) -> ComputeSource:

@@ -10,7 +10,7 @@ import pytest
 
 from hsm_notebook import LocalComputeSource, SSHComputeSource
 
-KINDS = ["local", "ssh"]
+KINDS = ["local", "ssh", "slurm"]
 
 
 def ssh_source(host, name="src", slots=4, **kwargs) -> SSHComputeSource:  # noqa: D401
@@ -28,4 +28,10 @@ def make_source(request):
     if kind == "ssh":
         host = request.getfixturevalue("ssh_host")
         return lambda name="src", slots=4: ssh_source(host, name, slots)
+    if kind == "slurm":
+        from hsm_notebook import SlurmComputeSource
+
+        cluster = request.getfixturevalue("slurm_cluster")
+        return lambda name="src", slots=4: SlurmComputeSource(name, slots, partition=cluster.partition,
+                                                              slurm_env=dict(cluster.env), poll_interval=0.3)
     raise AssertionError(f"no factory for source kind {kind!r}")

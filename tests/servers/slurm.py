@@ -69,6 +69,10 @@ class SlurmUnavailable(RuntimeError):
     """Slurm or munge is not installed, or we are not root."""
 
 
+class _BindFailed(RuntimeError):
+    """slurmctld could not bind its port."""
+
+
 def _which(name: str) -> str | None:
     return shutil.which(name) or next(
         (p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}", f"/sbin/{name}") if os.access(p, os.X_OK)),
@@ -392,15 +396,23 @@ class SlurmCluster:
 
     # ------------------------------------------------------------------- config
 
-    def set_max_array_size(self, n: int, timeout: float = 15.0) -> None:
-        """Rewrite MaxArraySize in slurm.conf, ``scontrol reconfigure`` and wait
-        until ``scontrol show config`` reports it."""
+    def set_max_array_size(self, n: int, timeout: float = _READY_TIMEOUT) -> None:
+        """Rewrite MaxArraySize in slurm.conf and apply it; wait until ``scontrol
+        show config`` reports it.
+
+        ``scontrol reconfigure`` is NOT enough in 22.05: slurmctld caches
+        MaxArraySize in a static variable the first time it handles an array job
+        (src/slurmctld/job_mgr.c ``max_array_size``), so after any array job a
+        reconfigure changes ``show config`` but sbatch keeps accepting the old
+        size.  So this restarts slurmctld (state is saved and recovered; slurmd,
+        running jobs and job ids carry on), which takes about a second.
+        """
         text = self.conf.read_text()
         new, count = re.subn(r"(?m)^MaxArraySize=\d+$", f"MaxArraySize={int(n)}", text)
         if count != 1:
             raise RuntimeError(f"MaxArraySize line not found in {self.conf}")
         self.conf.write_text(new)
-        self.run("scontrol", "reconfigure", check=True)
+        self.restart_slurmctld(timeout=timeout)
         deadline = time.monotonic() + timeout
         while True:
             r = self.run("scontrol", "show", "config")
@@ -410,10 +422,57 @@ class SlurmCluster:
                 return
             if time.monotonic() > deadline:
                 raise TimeoutError(
-                    f"MaxArraySize still {m.group(1) if m else '?'} (want {n}) after reconfigure\n"
+                    f"MaxArraySize still {m.group(1) if m else '?'} (want {n}) after restart\n"
                     + self.log_tails()
                 )
             time.sleep(0.1)
+
+    def start_slurmctld(self, timeout: float = 15.0) -> None:
+        """Start slurmctld (a no-op if running) and wait until ``scontrol ping``
+        says UP.  Raises _BindFailed if its port is taken."""
+        if self._closed:
+            raise RuntimeError("cluster is closed")
+        proc = self._procs.get("slurmctld")
+        if proc is not None and proc.poll() is None:
+            return
+        self._procs.pop("slurmctld", None)
+        proc = self._spawn("slurmctld", ["slurmctld", "-D", "-f", str(self.conf)], self.slurmctld_log)
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                text = _tail(self.slurmctld_log) + _tail(self.slurmctld_log.with_suffix(".stderr"))
+                self._procs.pop("slurmctld", None)
+                err = _BindFailed if "Address already in use" in text else RuntimeError
+                raise err(f"slurmctld exited (rc={proc.returncode}) on port {self.ctld_port}\n"
+                          + self.log_tails())
+            r = self.run("scontrol", "ping", timeout=10)
+            if "is UP" in r.stdout:
+                return
+            if time.monotonic() > deadline:
+                self._terminate("slurmctld")
+                raise TimeoutError(f"slurmctld not answering after {timeout:.0f} s\n" + self.log_tails())
+            time.sleep(0.05)
+
+    def stop_slurmctld(self) -> None:
+        """SIGTERM slurmctld (it saves its state) and wait until it is gone.
+        Client commands then fail (``Unable to contact slurm controller``)."""
+        self._terminate("slurmctld")
+
+    def restart_slurmctld(self, timeout: float = _READY_TIMEOUT) -> None:
+        """Stop and start slurmctld on the same port and state; return when it
+        answers and the node is responding again."""
+        self.stop_slurmctld()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.start_slurmctld(timeout=max(1.0, deadline - time.monotonic()))
+                break
+            except _BindFailed:  # the old listener's port not yet free
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        if self.slurmd_running():
+            self.start_slurmd(wait=True, timeout=max(1.0, deadline - time.monotonic()))
 
     # --------------------------------------------------------------------- jobs
 
@@ -588,24 +647,12 @@ def start_cluster(max_array_size: int = 1001, partition: str = "debug",
                 munge_socket=c.munge_socket, dir=d, max_array_size=int(max_array_size),
                 node=node, partition=partition, mem=_mem_mb(),
             ))
-            c._spawn("slurmctld", ["slurmctld", "-D", "-f", str(conf)], c.slurmctld_log)
-            # Wait for slurmctld to answer (or die, e.g. on a port taken meanwhile).
-            ping_deadline = time.monotonic() + 15
-            up = False
-            while time.monotonic() < ping_deadline:
-                if c._procs["slurmctld"].poll() is not None:
-                    break
-                r = c.run("scontrol", "ping", timeout=10)
-                if "is UP" in r.stdout:
-                    up = True
-                    break
-                time.sleep(0.05)
-            if up:
+            try:
+                c.start_slurmctld()
                 break
-            text = _tail(c.slurmctld_log) + _tail(c.slurmctld_log.with_suffix(".stderr"))
-            c._terminate("slurmctld")
-            if "Address already in use" not in text or attempt == 4:
-                raise RuntimeError(f"slurmctld did not come up on port {c.ctld_port}\n" + c.log_tails())
+            except _BindFailed:
+                if attempt == 4:
+                    raise
         c.start_slurmd(wait=False)
         # Ready: a probe job has COMPLETED (scheduling starts ~3 s after slurmctld).
         job = None

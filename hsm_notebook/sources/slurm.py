@@ -1,0 +1,271 @@
+"""``SlurmComputeSource``: a sweep's tasks as Slurm array jobs, with real sbatch/squeue/scancel.
+
+Submissions made in the same loop turn become one ``sbatch --array`` per chunk (chunks
+no larger than the cluster's ``MaxArraySize``); task ``i`` of an array runs the ``run.sh``
+of the job on line ``i + 1`` of the chunk's manifest, under the same wrapper as every
+other source, so the exit-code file stays the ground truth.  Status is one ``squeue``
+per polling round for all jobs; finished tasks that ``squeue`` no longer lists are
+read from their exit-code files.  Commands run on this machine (the login node, with a
+filesystem shared with the compute nodes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from ..core.errors import CommandError, ConfigError, SourceError, SubmitError
+from ..core.job import EXIT_CODE_FILE, WRAPPER, JobTemplate, write_params
+from ..core.shell import LocalShell
+from ..core.source import ComputeSource
+from ..core.state import JobOutcome, JobState, ResourceSpec
+from .slurm_script import array_script, run_script, sbatch_lines
+
+#: Slurm job states -> JobState: the one table.  Failure states keep their Slurm name in the error.
+SLURM_STATES: Dict[str, JobState] = {
+    "PENDING": JobState.QUEUED, "CONFIGURING": JobState.QUEUED, "REQUEUED": JobState.QUEUED,
+    "REQUEUE_HOLD": JobState.QUEUED, "REQUEUE_FED": JobState.QUEUED, "RESV_DEL_HOLD": JobState.QUEUED,
+    "RUNNING": JobState.RUNNING, "COMPLETING": JobState.RUNNING, "RESIZING": JobState.RUNNING,
+    "SUSPENDED": JobState.RUNNING, "STOPPED": JobState.RUNNING, "SIGNALING": JobState.RUNNING,
+    "STAGE_OUT": JobState.RUNNING,
+    "COMPLETED": JobState.COMPLETED,
+    "FAILED": JobState.FAILED, "TIMEOUT": JobState.FAILED, "OUT_OF_MEMORY": JobState.FAILED,
+    "DEADLINE": JobState.FAILED, "SPECIAL_EXIT": JobState.FAILED,
+    "CANCELLED": JobState.CANCELLED, "REVOKED": JobState.CANCELLED,
+    "NODE_FAIL": JobState.LOST, "PREEMPTED": JobState.LOST, "BOOT_FAIL": JobState.LOST,
+}
+_SQUEUE_FORMAT = "%i|%T|%r"
+
+
+class SlurmComputeSource(ComputeSource):
+    """A Slurm cluster, driven from its login node (this machine).
+
+    ``resources`` is rendered to ``#SBATCH`` lines (checked before any submission);
+    ``max_parallel_jobs`` is how many tasks may be submitted at once; ``array_throttle``
+    adds ``%N`` to each array; ``array=False`` submits one job per task.  ``slurm_env``
+    is added to the environment of the Slurm commands (e.g. ``SLURM_CONF``).
+    """
+
+    poll_interval = 2.0
+
+    def __init__(
+        self,
+        name: str = "slurm",
+        max_parallel_jobs: int = 500,
+        *,
+        partition: Optional[str] = None,
+        resources: Optional[ResourceSpec] = None,
+        array: bool = True,
+        array_throttle: Optional[int] = None,
+        python: Optional[str] = None,
+        slurm_env: Optional[Dict[str, str]] = None,
+        env: Optional[Dict[str, str]] = None,
+        tags: Sequence[str] = (),
+        poll_interval: float = 2.0,
+    ):
+        super().__init__(name, "slurm", max_parallel_jobs)
+        spec = resources or ResourceSpec()
+        self.resources = dataclasses.replace(spec, partition=partition) if partition else spec
+        sbatch_lines(self.resources)  # a bad field is a ConfigError now, before any job
+        if array_throttle is not None and (not isinstance(array_throttle, int) or array_throttle < 1):
+            raise ConfigError(f"must be a whole number >= 1, got {array_throttle!r}", "array_throttle")
+        self.array, self.array_throttle = array, array_throttle
+        self.python = python or sys.executable
+        self.slurm_env = dict(slurm_env or {})
+        self.env, self.tags = dict(env or {}), set(tags)
+        self.poll_interval = poll_interval
+        self.shell = LocalShell(name, {**os.environ, **self.slurm_env})
+        self.max_array_size = 1001
+        self.gpus = list(range(spec.gpus)) if spec.gpus else None  # what a task may ask for
+        self.commands: Dict[str, int] = {"sbatch": 0, "squeue": 0, "scancel": 0, "other": 0}
+        self._reasons: Dict[str, str] = {}
+        self._slurm_state: Dict[str, str] = {}
+        self._starts: list = []
+        self._flusher: Optional[asyncio.Task] = None
+        self._batch = 0
+
+    def describe(self) -> Dict[str, Any]:
+        r = dataclasses.asdict(self.resources)
+        r["modules"] = list(r["modules"])
+        r["extra"] = dict(r["extra"])
+        return {**super().describe(), "resources": r, "array": self.array, "array_throttle": self.array_throttle,
+                "python": self.python, "slurm_env": self.slurm_env, "env": self.env, "tags": sorted(self.tags),
+                "poll_interval": self.poll_interval}
+
+    @classmethod
+    def from_description(cls, **d: Any) -> "SlurmComputeSource":
+        """Rebuild from ``describe()`` (used by ``Sweep.attach``)."""
+        r = dict(d.pop("resources", None) or {})
+        r["modules"] = tuple(r.get("modules") or ())
+        return cls(resources=ResourceSpec(**r), **d)
+
+    async def _run(self, kind: str, argv: Sequence[str], check: bool = True):
+        self.commands[kind if kind in self.commands else "other"] += 1
+        return await self.shell.run(shlex.join(argv), check=check, timeout=120)
+
+    def _argv(self, argv: List[str]) -> List[str]:
+        return [self.python, *argv[1:]] if argv and argv[0] in ("python", "python3") else argv
+
+    # -- setup and health -------------------------------------------------------------
+    async def setup(self, sweep_dir: Path, sweep_id: str) -> bool:
+        try:
+            config = (await self._run("other", ["scontrol", "show", "config"])).stdout
+        except (CommandError, OSError) as exc:
+            raise SourceError(f"cannot talk to Slurm here ({exc}); is this a login node with sbatch on PATH?",
+                              self.name) from None
+        for line in config.splitlines():
+            key, _, value = line.partition("=")
+            if key.strip() == "MaxArraySize" and value.strip().isdigit():
+                self.max_array_size = int(value.strip())
+        # every resource option is checked by Slurm itself before any job: --test-only queues nothing
+        lines = [line.split(" ", 1)[1] for line in sbatch_lines(self.resources)]
+        test = await self._run("sbatch", ["sbatch", "--test-only", *lines, "--wrap", "true"], check=False)
+        if test.exit_code != 0:
+            message = " ".join((test.stderr or test.stdout).split())
+            raise SourceError(f"Slurm refuses these resources: {message}", self.name)
+        (Path(sweep_dir) / "tasks").mkdir(parents=True, exist_ok=True)
+        (Path(sweep_dir) / "slurm").mkdir(exist_ok=True)
+        self.stats.health_status = "healthy"
+        return True
+
+    async def health_check(self) -> Dict[str, Any]:
+        part = ["-p", self.resources.partition] if self.resources.partition else []
+        try:
+            nodes = (await self._run("other", ["sinfo", "-h", *part, "-o", "%a|%D|%t"])).stdout.splitlines()
+            queue = (await self._run("squeue", ["squeue", "-h", *part, "-o", "%i"])).stdout.split()
+        except CommandError as exc:
+            self.stats.health_status = "unhealthy"
+            return {"status": "unhealthy", "reason": f"Slurm does not answer: {exc}", "slots": self.max_parallel_jobs}
+        counts: Dict[str, int] = {}
+        up = True
+        for line in nodes:
+            avail, n, state = (line.split("|") + ["", "", ""])[:3]
+            counts[state] = counts.get(state, 0) + int(n or 0)
+            up = up and avail == "up"
+        down = sum(n for s, n in counts.items() if s.startswith(("down", "drain", "fail")) or s.endswith("*"))
+        usable = sum(counts.values()) - down
+        status, reason = "healthy", None
+        if not up or usable == 0:
+            status, reason = "unhealthy", f"partition {'down' if not up else 'has no usable node'}: {counts}"
+        elif down:
+            status, reason = "degraded", f"{down} node(s) down: {counts}"
+        self.stats.health_status = status
+        return {"status": status, "reason": reason, "slots": self.max_parallel_jobs, "nodes": counts,
+                "queue_length": len(queue), "max_array_size": self.max_array_size}
+
+    # -- submission ---------------------------------------------------------------------
+    async def submit_job(self, params: Dict[str, Any], job_name: str, sweep_id: str,
+                         wandb_group: Optional[str] = None) -> str:
+        job_dir = self.job_dir(job_name)
+        job_dir.mkdir(parents=True, exist_ok=True)
+        write_params(job_dir, params)
+        argv, env = self.job_command(params, job_name, sweep_id, wandb_group, str(job_dir))
+        workdir = (self.template or JobTemplate(("true",))).workdir or str(self.sweep_dir)
+        (job_dir / "run.sh").write_text(run_script(workdir, env, self._argv(argv), str(job_dir), WRAPPER))
+        future = asyncio.get_running_loop().create_future()
+        self._starts.append((job_name, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+        job_id = await future
+        self.track(job_id, job_name, params, job_dir)
+        return job_id
+
+    async def _flush(self) -> None:
+        await asyncio.sleep(0)  # let every submission of this loop turn join the batch
+        while self._starts:
+            size = min(self.max_array_size, 1000) if self.array else 1
+            batch, self._starts = self._starts[:size], self._starts[size:]
+            try:
+                ids = await self._sbatch([name for name, _ in batch])
+            except Exception as exc:  # noqa: BLE001 - handed to every submitter of the batch
+                for _, future in batch:
+                    future.set_exception(exc)
+            else:
+                for (_, future), job_id in zip(batch, ids):
+                    future.set_result(job_id)
+
+    async def _sbatch(self, names: List[str]) -> List[str]:
+        assert self.sweep_dir is not None and self.sweep_id is not None
+        self._batch += 1
+        base = self.sweep_dir / "slurm" / f"chunk-{os.getpid()}-{self._batch}"
+        manifest, script = Path(f"{base}.jobs"), Path(f"{base}.sh")
+        manifest.write_text("".join(f"{n}\n" for n in names))
+        script.write_text(array_script(self.resources, f"hsm-{self.sweep_id}"[:60], str(manifest),
+                                       str(self.sweep_dir / "tasks")))
+        throttle = f"%{self.array_throttle}" if self.array_throttle else ""
+        argv = ["sbatch", "--parsable", f"--array=0-{len(names) - 1}{throttle}", str(script)]
+        result = await self._run("sbatch", argv, check=False)
+        if result.exit_code != 0:
+            message = (result.stderr or result.stdout).strip()
+            raise SubmitError(f"sbatch refused the job: {message}", self.name)
+        array_id = result.stdout.strip().split(";")[0]
+        return [f"{array_id}_{i}" for i in range(len(names))]
+
+    # -- status -------------------------------------------------------------------------
+    async def poll(self, job_ids: List[str]) -> Dict[str, JobState]:
+        arrays = sorted({j.split("_")[0] for j in job_ids})
+        out = (await self._run("squeue", ["squeue", "-h", "-r", "-t", "all", "-o", _SQUEUE_FORMAT,
+                                          "-j", ",".join(arrays)], check=False)).stdout
+        seen: Dict[str, tuple[str, str]] = {}
+        for line in out.splitlines():
+            parts = line.strip().split("|")
+            if len(parts) == 3:
+                seen[parts[0]] = (parts[1], parts[2])
+        states: Dict[str, JobState] = {}
+        for job_id in job_ids:
+            slurm_state, reason = seen.get(job_id, ("", ""))
+            self._slurm_state[job_id] = slurm_state
+            state = SLURM_STATES.get(slurm_state.split()[0] if slurm_state else "", None)
+            code = self._exit_code(job_id)
+            if state is None:  # not listed any more (or never): the exit-code file decides
+                state = JobState.LOST if code is None else (JobState.COMPLETED if code == 0 else JobState.FAILED)
+            elif state in (JobState.COMPLETED, JobState.FAILED) and code is not None and slurm_state == "COMPLETED":
+                state = JobState.COMPLETED if code == 0 else JobState.FAILED
+            if state == JobState.QUEUED and reason and reason != "None":
+                self._reasons[job_id] = reason
+            else:
+                self._reasons.pop(job_id, None)
+            states[job_id] = state
+        return states
+
+    def _exit_code(self, job_id: str) -> Optional[int]:
+        info = self.active_jobs.get(job_id) or self.completed_jobs.get(job_id)
+        if info is None or info.task_dir is None:
+            return None
+        try:
+            return int((Path(info.task_dir) / EXIT_CODE_FILE).read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def job_detail(self, job_id: str) -> Optional[str]:
+        reason = self._reasons.get(job_id)
+        return f"pending: {reason}" if reason else None
+
+    async def get_job_status(self, job_id: str) -> str:
+        return (await self.poll([job_id]))[job_id]
+
+    async def outcome(self, job_id: str, state: JobState) -> JobOutcome:
+        outcome = await super().outcome(job_id, state)
+        slurm_state = self._slurm_state.get(job_id, "")
+        if slurm_state and slurm_state not in ("COMPLETED", "CANCELLED") and state != JobState.COMPLETED:
+            note = f"Slurm: {slurm_state}"
+            return dataclasses.replace(outcome, error="; ".join(filter(None, [note, outcome.error])))
+        return outcome
+
+    async def recover_job(self, job_name: str) -> Optional[str]:
+        return None  # an sbatch whose id was never recorded cannot be found by name cheaply
+
+    async def cancel_job(self, job_id: str) -> bool:
+        result = await self._run("scancel", ["scancel", job_id], check=False)
+        return result.exit_code == 0
+
+    async def collect_results(self, job_ids: Optional[List[str]] = None) -> bool:
+        return True  # the job folders are on the filesystem shared with the compute nodes
+
+    async def cleanup(self):
+        return None

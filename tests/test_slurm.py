@@ -1,0 +1,118 @@
+"""SlurmComputeSource against a real single-node Slurm (munged, slurmctld, slurmd on loopback)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from hsm_notebook import ConfigError, ParameterSpace, ResourceSpec, SlurmComputeSource, SourceError, Sweep
+from hsm_notebook.core.job import WRAPPER
+from hsm_notebook.core.state import JobState
+from hsm_notebook.sources.slurm import SLURM_STATES
+from hsm_notebook.sources.slurm_script import array_script, run_script, sbatch_lines
+
+DATA = Path(__file__).parent / "data"
+
+
+def slurm_source(cluster, name="slurm", slots=500, **kwargs) -> SlurmComputeSource:
+    return SlurmComputeSource(name, slots, partition=cluster.partition, slurm_env=dict(cluster.env),
+                              poll_interval=0.3, **kwargs)
+
+
+def _sweep(workdir, sources, space, **kw):
+    return Sweep(space, ["python", "job.py"], sources, workdir=workdir, poll_interval=0.3, **kw)
+
+
+def _until(cond, timeout=60, what="condition"):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"{what} not reached in {timeout} s"
+        time.sleep(0.1)
+
+
+def test_generated_scripts_match_the_recorded_text():
+    spec = ResourceSpec(walltime="02:00:00", cpus=4, mem="16G", gpus=1, gpu_type="a100", partition="gpu",
+                        account="lab", qos="normal", constraint="ib", extra={"exclusive": "", "mail-type": "END"},
+                        modules=("cuda/12.1",), pre_script="source ~/venv/bin/activate")
+    text = array_script(spec, "hsm-demo", "/scratch/sweep/slurm/chunk-1.jobs", "/scratch/sweep/tasks")
+    text += "---\n" + run_script("/home/me/project", {"HSM_TASK_DIR": "/scratch/sweep/tasks/abc-1", "LR": "0.1"},
+                                 ["python", "train.py", "lr=0.1", "name=a b; $(x)"], "/scratch/sweep/tasks/abc-1",
+                                 WRAPPER)
+    assert text == (DATA / "sbatch_array.txt").read_text()
+    assert "'name=a b; $(x)'" in text  # a hostile value stays one quoted word
+
+
+@pytest.mark.parametrize("spec, field", [
+    (ResourceSpec(walltime="2 hours"), "walltime"), (ResourceSpec(mem="lots"), "mem"), (ResourceSpec(cpus=0), "cpus"),
+    (ResourceSpec(gpu_type="a100"), "gpu_type"), (ResourceSpec(partition="gpu; rm -rf /"), "partition"),
+    (ResourceSpec(extra={"Bad Option": "1"}), "extra"), (ResourceSpec(gpus=-1), "gpus"),
+])
+def test_bad_resources_are_rejected_before_submission_naming_the_field(spec, field):
+    with pytest.raises(ConfigError) as err:
+        sbatch_lines(spec)
+    assert err.value.field == field
+    with pytest.raises(ConfigError):
+        SlurmComputeSource("s", 10, resources=spec)
+
+
+def test_every_slurm_state_maps_to_a_job_state():
+    assert SLURM_STATES["PENDING"] == JobState.QUEUED and SLURM_STATES["COMPLETING"] == JobState.RUNNING
+    assert SLURM_STATES["TIMEOUT"] == JobState.FAILED and SLURM_STATES["OUT_OF_MEMORY"] == JobState.FAILED
+    assert SLURM_STATES["NODE_FAIL"] == JobState.LOST and SLURM_STATES["PREEMPTED"] == JobState.LOST
+    assert SLURM_STATES["CANCELLED"] == JobState.CANCELLED and SLURM_STATES["REQUEUED"] == JobState.QUEUED
+
+
+def test_fifty_task_array_sweep_lands_in_results(workdir, slurm_cluster):
+    source = slurm_source(slurm_cluster)
+    sweep = _sweep(workdir, [source], ParameterSpace(grid={"x": list(range(50))}))
+    sweep.run()
+    results = sweep.results()
+    assert len(results) == 50 and sorted(results["score"]) == [2.0 * x for x in range(50)]
+    assert source.commands["sbatch"] == 2  # one --test-only at setup, one array for all 50 tasks
+    status = sweep.status()
+    assert status["job_name"].notna().all() and (status["source"] == "slurm").all()
+
+
+def test_arrays_are_chunked_by_max_array_size(workdir, slurm_cluster):
+    slurm_cluster.set_max_array_size(5)
+    try:
+        source = slurm_source(slurm_cluster)
+        sweep = _sweep(workdir, [source], ParameterSpace(grid={"x": list(range(12))})).run()
+        assert sweep.counts() == {"COMPLETED": 12}
+        assert source.max_array_size == 5 and source.commands["sbatch"] == 1 + 3
+    finally:
+        slurm_cluster.set_max_array_size(1001)
+
+
+def test_exit_codes_cancel_and_pending_reasons(workdir, slurm_cluster):
+    source = slurm_source(slurm_cluster, array_throttle=1)
+    space = ParameterSpace(combinations=[{"x": 1, "exit": 3}, {"x": 2, "sleep": 60}, {"x": 3, "sleep": 60}])
+    sweep = _sweep(workdir, [source], space).start()
+    _until(lambda: sweep.status().set_index("x").loc[1, "state"] == "FAILED", what="x=1 failed")
+    row = sweep.status().set_index("x").loc[1]
+    assert row["exit_code"] == 3 and "something went wrong in task 1" in row["error"]
+    # with %1 only one task of the array runs: the other waits with Slurm's reason
+    _until(lambda: "pending:" in str(sweep.status().set_index("x").loc[3, "detail"]), what="a pending reason")
+    assert "JobArrayTaskLimit" in sweep.status().set_index("x").loc[3, "detail"]
+    sweep.cancel()
+    sweep.wait(timeout=60)
+    assert sweep.counts() == {"FAILED": 1, "CANCELLED": 2}
+
+
+def test_slurm_refuses_an_unknown_partition_with_its_own_words(workdir, slurm_cluster):
+    source = SlurmComputeSource("s", 10, partition="no-such-partition", slurm_env=dict(slurm_cluster.env))
+    with pytest.raises(SourceError, match=r"Slurm refuses these resources: .*(invalid partition|Invalid partition)"):
+        _sweep(workdir, [source], ParameterSpace(grid={"x": [1]})).run()
+
+
+def test_a_slurm_source_mixes_with_the_local_one_and_reattaches(workdir, slurm_cluster):
+    from hsm_notebook import LocalComputeSource
+
+    sweep = _sweep(workdir, [LocalComputeSource(max_parallel_jobs=2), slurm_source(slurm_cluster)],
+                   ParameterSpace(grid={"x": list(range(20))}, fixed={"sleep": 0.2}), strategy="round_robin").run()
+    status = sweep.status()
+    assert (status["state"] == "COMPLETED").all() and set(status["source"]) == {"local", "slurm"}
+    again = Sweep.attach(sweep.directory, resume=False)  # rebuilt from the record, resources and all
+    assert isinstance(again.sources[1], SlurmComputeSource) and again.sources[1].resources.partition == "debug"
