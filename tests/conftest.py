@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.servers.fixtures"]
+pytest_plugins = ["tests.servers.fixtures", "tests.servers.slurm_fixtures"]
 
 #: A job script used across tests: writes metrics, can fail, sleep or append to a file.
 JOB = textwrap.dedent(

@@ -57,6 +57,14 @@ def test_bad_resources_are_rejected_before_submission_naming_the_field(spec, fie
         SlurmComputeSource("s", 10, resources=spec)
 
 
+def test_squeue_records_for_several_array_tasks_stand_for_each():
+    from hsm_notebook.sources.slurm import parse_squeue
+
+    seen = parse_squeue("7|0|RUNNING|None\n7|1-4%1|PENDING|JobArrayTaskLimit\n3|N/A|CANCELLED|None\n")
+    assert seen["7_0"] == ("RUNNING", "None") and seen["7_*"] == ("PENDING", "JobArrayTaskLimit")
+    assert seen["3_*"] == ("CANCELLED", "None")
+
+
 def test_every_slurm_state_maps_to_a_job_state():
     assert SLURM_STATES["PENDING"] == JobState.QUEUED and SLURM_STATES["COMPLETING"] == JobState.RUNNING
     assert SLURM_STATES["TIMEOUT"] == JobState.FAILED and SLURM_STATES["OUT_OF_MEMORY"] == JobState.FAILED
@@ -88,7 +96,8 @@ def test_arrays_are_chunked_by_max_array_size(workdir, slurm_cluster):
 
 def test_exit_codes_cancel_and_pending_reasons(workdir, slurm_cluster):
     source = slurm_source(slurm_cluster, array_throttle=1)
-    space = ParameterSpace(combinations=[{"x": 1, "exit": 3}, {"x": 2, "sleep": 60}, {"x": 3, "sleep": 60}])
+    space = ParameterSpace(combinations=[{"x": 1, "exit": 3, "sleep": 0}, {"x": 2, "exit": 0, "sleep": 60},
+                                         {"x": 3, "exit": 0, "sleep": 60}])
     sweep = _sweep(workdir, [source], space).start()
     _until(lambda: sweep.status().set_index("x").loc[1, "state"] == "FAILED", what="x=1 failed")
     row = sweep.status().set_index("x").loc[1]
@@ -116,3 +125,33 @@ def test_a_slurm_source_mixes_with_the_local_one_and_reattaches(workdir, slurm_c
     assert (status["state"] == "COMPLETED").all() and set(status["source"]) == {"local", "slurm"}
     again = Sweep.attach(sweep.directory, resume=False)  # rebuilt from the record, resources and all
     assert isinstance(again.sources[1], SlurmComputeSource) and again.sources[1].resources.partition == "debug"
+
+
+def test_slurmd_down_shows_the_node_down_and_the_sweep_finishes_when_it_returns(workdir):
+    from tests.servers.slurm import start_cluster
+
+    cluster = start_cluster(fast_requeue=True)  # a private cluster: requeued jobs restart in ~12 s, not ~2 min
+    release = workdir / "release"
+    (workdir / "wait.py").write_text(
+        "import os, sys, time\nfrom hsm_notebook.metrics import log_metrics\n"
+        f"end = time.time() + 120\nwhile not os.path.exists({str(release)!r}) and time.time() < end:\n"
+        "    time.sleep(0.2)\nlog_metrics(done=1)\n")
+    try:
+        source = slurm_source(cluster)
+        sweep = Sweep(ParameterSpace(grid={"x": [1, 2]}), ["python", "wait.py"], [source], workdir=workdir,
+                      poll_interval=0.3, health_interval=3600).start()
+        _until(lambda: sweep.counts().get("RUNNING") == 2, what="2 running")
+        cluster.stop_slurmd()
+        from hsm_notebook.core._loop import run_sync
+
+        _until(lambda: run_sync(source.health_check())["status"] == "unhealthy", timeout=60, what="node down")
+        assert "no usable node" in run_sync(source.health_check())["reason"]
+        _until(lambda: sweep.counts().get("QUEUED") == 2, timeout=60, what="requeued by Slurm")
+        assert sweep.status()["detail"].str.startswith("pending:").all()
+        cluster.start_slurmd()
+        release.write_text("")
+        sweep.wait(timeout=120)
+        status = sweep.status()
+        assert (status["state"] == "COMPLETED").all() and (status["attempt"] == 1).all()
+    finally:
+        cluster.close()

@@ -27,6 +27,7 @@ class ControlMixin:
                 self._exhausted = True
         jobs = [(self.sources[s], job_id) for (s, job_id), (tid, _) in self._active.items()
                 if (wanted is None or tid in wanted) and (source is None or s == source)]
+        self._cancel_requested.update(self._active[(src.name, j)][0] for src, j in jobs)
         results = await asyncio.gather(*(src.cancel_job(job_id) for src, job_id in jobs), return_exceptions=True)
         for src, _ in jobs:
             self.notify(src.name)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import json
 import logging
 import time
@@ -84,6 +85,7 @@ class DistributedJobManager(ControlMixin):
         self._uncollected: dict[str, dict[str, JobState]] = collections.defaultdict(dict)
         self._dirty: set[str] = set()
         self._details: dict[Key, Optional[str]] = {}
+        self._cancel_requested: set[str] = set()
         self._last_poll: dict[str, float] = {}
         self._closed: dict[str, str] = {}  # name -> why it takes no new work (user: drain/disable)
         self._not_set_up: set[str] = set()
@@ -256,6 +258,7 @@ class DistributedJobManager(ControlMixin):
             if began is None:
                 return  # no longer pending: an earlier attempt won, or it was cancelled
             attempt, job_name = began
+            self._cancel_requested.discard(tid)
             try:
                 job_id = await source.submit_job(params, job_name, self.sweep_id, self.wandb_group)
             except ConnectError as exc:  # the source is unreachable: the task waits for another chance
@@ -341,6 +344,8 @@ class DistributedJobManager(ControlMixin):
     def _record(self, source: ComputeSource, job_id: str, outcome: JobOutcome) -> None:
         key = (source.name, job_id)
         tid, attempt = self._active.pop(key)
+        if tid in self._cancel_requested and outcome.state in (JobState.LOST, JobState.FAILED):
+            outcome = dataclasses.replace(outcome, state=JobState.CANCELLED)  # what the user asked for: no retry
         self._orphans.discard(key)
         meaning = self.store.finish(tid, attempt, outcome)
         if outcome.state == JobState.COMPLETED:

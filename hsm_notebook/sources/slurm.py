@@ -39,7 +39,25 @@ SLURM_STATES: Dict[str, JobState] = {
     "CANCELLED": JobState.CANCELLED, "REVOKED": JobState.CANCELLED,
     "NODE_FAIL": JobState.LOST, "PREEMPTED": JobState.LOST, "BOOT_FAIL": JobState.LOST,
 }
-_SQUEUE_FORMAT = "%i|%T|%r"
+_SQUEUE_FORMAT = "%F|%K|%T|%r"  # array job id | task index (or a range of pending ones) | state | reason
+
+
+def parse_squeue(out: str) -> Dict[str, tuple[str, str]]:
+    """``{"12_3": (state, reason)}`` from squeue lines.  A record for several array tasks
+    (``12|1-4%2|PENDING|...``, or a bare id once they are cancelled) stands for each of them
+    under the key ``"12_*"``, used for tasks not listed on their own."""
+    seen: Dict[str, tuple[str, str]] = {}
+    for line in out.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) != 4:
+            continue
+        array, index, state, reason = parts
+        if index.isdigit():
+            seen[f"{array}_{index}"] = (state, reason)
+        else:
+            seen.setdefault(f"{array}_*", (state, reason))
+            seen.setdefault(array, (state, reason))
+    return seen
 
 
 class SlurmComputeSource(ComputeSource):
@@ -211,14 +229,11 @@ class SlurmComputeSource(ComputeSource):
         arrays = sorted({j.split("_")[0] for j in job_ids})
         out = (await self._run("squeue", ["squeue", "-h", "-r", "-t", "all", "-o", _SQUEUE_FORMAT,
                                           "-j", ",".join(arrays)], check=False)).stdout
-        seen: Dict[str, tuple[str, str]] = {}
-        for line in out.splitlines():
-            parts = line.strip().split("|")
-            if len(parts) == 3:
-                seen[parts[0]] = (parts[1], parts[2])
+        seen = parse_squeue(out)
         states: Dict[str, JobState] = {}
         for job_id in job_ids:
-            slurm_state, reason = seen.get(job_id, ("", ""))
+            array = job_id.split("_")[0]
+            slurm_state, reason = seen.get(job_id) or seen.get(f"{array}_*") or seen.get(job_id, ("", ""))
             self._slurm_state[job_id] = slurm_state
             state = SLURM_STATES.get(slurm_state.split()[0] if slurm_state else "", None)
             code = self._exit_code(job_id)

@@ -4,23 +4,30 @@ A plain module (no pytest import): :func:`start_cluster` makes a temp dir, a mun
 key, and starts ``munged -F``, ``slurmctld -D`` and ``slurmd -D -N NODE`` as child
 processes of this Python process, with a slurm.conf whose every path lives in the
 temp dir and whose ports are free ports on 127.0.0.1 (settings and pitfalls:
-/work/shared/RECIPES.md, "Slurm").  The cluster is ready when a probe job has
-COMPLETED (the first scheduling pass runs ~3 s after slurmctld starts, so ``sinfo``
-alone is not enough).
+/work/shared/RECIPES.md, "Slurm").  The cluster is ready when a probe job (name
+``hsmt-probe``; it stays listed in ``squeue -t all``) has COMPLETED: ``sinfo``
+alone is not enough.
+
+Beyond RECIPES.md: ``SchedulerParameters`` also has ``bf_interval=1``, so the
+backfill scheduler starts jobs within ~1 s where the main scheduler's first pass
+comes ~3 s after slurmctld starts (cluster start 1.1 s instead of 3.2 s, and a
+requeued job is picked up within 1 s of becoming eligible instead of up to 30 s).
 
 Client commands must see ``SLURM_CONF``: use :meth:`SlurmCluster.run` or pass
-``cluster.env`` to ``subprocess``.  :meth:`SlurmCluster.run` runs in the cluster's
-temp dir by default, so ``slurm-N.out`` files of ``sbatch`` land there rather than
-in the caller's working directory.
+``cluster.env`` (os.environ without SLURM_*/SBATCH_*/... plus SLURM_CONF) to
+``subprocess``.  :meth:`SlurmCluster.run` runs in the cluster's temp dir by
+default, so ``slurm-N.out`` files of ``sbatch`` land there rather than in the
+caller's working directory (sbatch's default output is ``$PWD/slurm-%j.out``).
 
 Jobs run as the submitting user (root here), with the submitter's environment
-(``--export=ALL``) and working directory, so they can write anywhere under /tmp.
+(``--export=ALL``, so SLURM_CONF too) and working directory; they can write
+anywhere under /tmp (no PrivateTmp, no cgroup/namespace plugins).
 
 Teardown (:meth:`SlurmCluster.close`): cancel every job first (``slurmstepd``
-outlives slurmd by design), then stop slurmd, slurmctld and munged by PID, kill any
-``slurmstepd`` left over that belongs to THIS cluster (found by the cluster's temp
-dir in its open files / environment), and remove the temp dir.  Exited processes
-may linger as zombies here, so liveness is read from /proc/PID/stat.
+outlives slurmd by design), then stop slurmd, SIGKILL job processes left over
+that belong to THIS cluster (:meth:`SlurmCluster.job_pids`), stop slurmctld and
+munged by PID, and remove the temp dir.  Exited processes may linger as zombies
+here, so liveness is read from /proc/PID/stat.
 
 Requires: slurm-wlm (slurmctld, slurmd, sbatch, squeue, scontrol, scancel, sinfo)
 and munge (munged, mungekey); root.
@@ -151,6 +158,14 @@ def _mentions(pid: int, needle: str) -> bool:
     return False
 
 
+def _ppid(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -192,7 +207,7 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket={munge_socket}
+AuthInfo=socket={munge_socket}{auth_extra}
 StateSaveLocation={dir}/state
 SlurmdSpoolDir={dir}/spool/%n
 SlurmctldPidFile={dir}/slurmctld.pid
@@ -212,7 +227,7 @@ JobCompType=jobcomp/filetxt
 JobCompLoc={dir}/jobcomp.txt
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
-SchedulerParameters=batch_sched_delay=0,sched_min_interval=0
+SchedulerParameters=batch_sched_delay=0,sched_min_interval=0,bf_interval=1
 SlurmdParameters=config_overrides
 ReturnToService=2
 MinJobAge=3600
@@ -312,12 +327,44 @@ class SlurmCluster:
         r = self.run("sinfo", "-h", "-n", self.node, "-o", "%t")
         return r.stdout.strip()
 
+    def probe(self, timeout: float = _READY_TIMEOUT) -> str:
+        """Submit ``true`` (job name ``hsmt-probe``, output to /dev/null) and wait
+        until it is COMPLETED: the scheduler really runs jobs.  Returns its id."""
+        t0 = time.monotonic()
+        job = None
+        while job is None:
+            self._check_running("slurmctld")
+            r = self.run("sbatch", "--parsable", "-o", "/dev/null", "-J", "hsmt-probe", "--wrap", "true")
+            if r.returncode == 0:
+                job = r.stdout.strip()
+            elif time.monotonic() - t0 > timeout:
+                raise TimeoutError(f"sbatch of the probe job failed: {r.stderr.strip()}\n" + self.log_tails())
+            else:
+                time.sleep(0.1)
+        while True:
+            self._check_running("slurmctld")
+            self._check_running("slurmd")
+            st = self.job_state(job)
+            if st == "COMPLETED":
+                return job
+            if st in FINAL_STATES:
+                raise RuntimeError(f"probe job {job} ended {st}\n" + self.log_tails())
+            if time.monotonic() - t0 > timeout:
+                raise TimeoutError(
+                    f"probe job {job} still {st} after {timeout:.0f} s; "
+                    f"node: {self.node_state()!r}\n" + self.log_tails()
+                )
+            time.sleep(0.05)
+
     def log_tails(self, lines: int = 25) -> str:
+        """The last lines of each daemon's log file and of its stderr file."""
         parts = []
         for name, path in (("slurmctld", self.slurmctld_log), ("slurmd", self.slurmd_log),
                            ("munged", self.munged_log)):
-            parts.append(f"---- {name} log {path}:\n{_tail(path, lines)}")
-        return "\n".join(parts)
+            for p in dict.fromkeys((path, path.with_suffix(".stderr"))):
+                if p.exists() and p.stat().st_size:
+                    parts.append(f"---- {name}: {p}\n{_tail(p, lines)}")
+        return "\n".join(parts) or f"(no daemon logs in {self.dir})"
 
     # ------------------------------------------------------------------ daemons
 
@@ -337,11 +384,8 @@ class SlurmCluster:
         proc = self._procs.get(name)
         if proc is None or proc.poll() is not None:
             rc = None if proc is None else proc.returncode
-            log = getattr(self, f"{name}_log")
-            raise RuntimeError(
-                f"{name} exited (rc={rc}); {log.with_suffix('.stderr')}:\n"
-                f"{_tail(log.with_suffix('.stderr'))}\n{self.log_tails()}"
-            )
+            raise RuntimeError(f"{name} {'not started' if proc is None else 'exited'} (rc={rc})\n"
+                               + self.log_tails())
 
     def _terminate(self, name: str, timeout: float = _STOP_TIMEOUT) -> None:
         proc = self._procs.pop(name, None)
@@ -396,7 +440,7 @@ class SlurmCluster:
 
     # ------------------------------------------------------------------- config
 
-    def set_max_array_size(self, n: int, timeout: float = _READY_TIMEOUT) -> None:
+    def set_max_array_size(self, n: int, timeout: float = _READY_TIMEOUT, probe: bool = True) -> None:
         """Rewrite MaxArraySize in slurm.conf and apply it; wait until ``scontrol
         show config`` reports it.
 
@@ -405,14 +449,14 @@ class SlurmCluster:
         (src/slurmctld/job_mgr.c ``max_array_size``), so after any array job a
         reconfigure changes ``show config`` but sbatch keeps accepting the old
         size.  So this restarts slurmctld (state is saved and recovered; slurmd,
-        running jobs and job ids carry on), which takes about a second.
+        running jobs and job ids carry on) and waits for a probe job: ~1.2 s.
         """
         text = self.conf.read_text()
         new, count = re.subn(r"(?m)^MaxArraySize=\d+$", f"MaxArraySize={int(n)}", text)
         if count != 1:
             raise RuntimeError(f"MaxArraySize line not found in {self.conf}")
         self.conf.write_text(new)
-        self.restart_slurmctld(timeout=timeout)
+        self.restart_slurmctld(timeout=timeout, probe=probe)
         deadline = time.monotonic() + timeout
         while True:
             r = self.run("scontrol", "show", "config")
@@ -458,9 +502,12 @@ class SlurmCluster:
         Client commands then fail (``Unable to contact slurm controller``)."""
         self._terminate("slurmctld")
 
-    def restart_slurmctld(self, timeout: float = _READY_TIMEOUT) -> None:
+    def restart_slurmctld(self, timeout: float = _READY_TIMEOUT, probe: bool = True) -> None:
         """Stop and start slurmctld on the same port and state; return when it
-        answers and the node is responding again."""
+        answers, the node is responding and (``probe``) a probe job has run: the
+        first scheduling pass comes ~3 s after slurmctld starts, or within
+        ``bf_interval`` (1 s here) from the backfill scheduler.  About 1.2 s.
+        (The probe queues behind other jobs: on a full node pass probe=False.)"""
         self.stop_slurmctld()
         deadline = time.monotonic() + timeout
         while True:
@@ -472,7 +519,13 @@ class SlurmCluster:
                     raise
                 time.sleep(0.2)
         if self.slurmd_running():
+            # The recovered node stays UNKNOWN until slurmd re-registers, which it
+            # only does on slurmctld's first ping, ~4 s later; a reconfigure makes
+            # slurmd re-register at once.
+            self.run("scontrol", "reconfigure")
             self.start_slurmd(wait=True, timeout=max(1.0, deadline - time.monotonic()))
+            if probe:  # the first scheduling pass runs ~3 s after slurmctld starts
+                self.probe(timeout=max(1.0, deadline - time.monotonic()))
 
     # --------------------------------------------------------------------- jobs
 
@@ -483,6 +536,11 @@ class SlurmCluster:
         if r.returncode != 0:
             raise RuntimeError(f"squeue failed: {r.stderr.strip()}")
         return r.stdout.split()
+
+    def _scancel_active(self) -> None:
+        jobs = self.active_jobs()
+        if jobs:
+            self.run("scancel", *sorted({j.split("_")[0] for j in jobs}))
 
     def cancel_all(self, timeout: float = 20.0) -> None:
         """scancel every unfinished job of this cluster; wait until squeue (default
@@ -499,21 +557,64 @@ class SlurmCluster:
 
     # ----------------------------------------------------------------- teardown
 
-    def stepd_pids(self) -> list[int]:
-        """slurmstepd processes of THIS cluster (they mention its temp dir)."""
+    def job_pids(self) -> list[int]:
+        """Live processes of THIS cluster's jobs: ``slurmstepd`` processes that
+        mention its temp dir (open log/output files, cwd, environment), all their
+        descendants, and any process whose environment holds both
+        ``SLURM_CONF=<this conf>`` and ``SLURM_JOB_ID`` (job processes orphaned by
+        a killed slurmstepd).  Never this process."""
         me = os.getpid()
-        out = []
+        conf_tag = f"SLURM_CONF={self.conf}\0".encode()
+        parents: dict[int, int] = {}
+        found: set[int] = set()
         for name in os.listdir("/proc"):
-            if not name.isdigit() or int(name) == me:
+            if not name.isdigit():
                 continue
             pid = int(name)
-            if _comm(pid).startswith("slurmstepd") and _alive(pid) and _mentions(pid, str(self.dir)):
-                out.append(pid)
-        return out
+            if pid == me or not _alive(pid):
+                continue
+            parents[pid] = _ppid(pid)
+            if _comm(pid).startswith("slurmstepd"):
+                if _mentions(pid, str(self.dir)):
+                    found.add(pid)
+                continue
+            with contextlib.suppress(OSError):
+                with open(f"/proc/{pid}/environ", "rb") as f:
+                    env = f.read() + b"\0"
+                if conf_tag in env and b"\0SLURM_JOB_ID=" in b"\0" + env:
+                    found.add(pid)
+        grew = True
+        while grew:
+            grew = False
+            for pid, ppid in parents.items():
+                if ppid in found and pid not in found and pid != me:
+                    found.add(pid)
+                    grew = True
+        return sorted(found)
+
+    def kill_job_processes(self, timeout: float = 5.0) -> list[int]:
+        """SIGKILL every process of :meth:`job_pids` (for teardown after slurmd is
+        gone; with slurmd up, prefer :meth:`cancel_all`)."""
+        killed: list[int] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            pids = self.job_pids()
+            if not pids:
+                return killed
+            for pid in pids:
+                _signal(pid, signal.SIGKILL)
+            killed += pids
+            _wait_gone(pids, 0.5)
+            if time.monotonic() > deadline:
+                left = self.job_pids()
+                if left:
+                    raise RuntimeError(f"job processes still alive: {left}")
+                return killed
 
     def close(self) -> None:
-        """Cancel all jobs, stop slurmd, slurmctld, munged (by PID), kill leftover
-        slurmstepd of this cluster, remove the temp dir.  Idempotent; raises after
+        """Cancel all jobs (waiting for them if slurmd is up), stop slurmd, SIGKILL
+        leftover job processes of this cluster (:meth:`job_pids`), stop slurmctld
+        and munged (by PID), remove the temp dir.  Idempotent; raises after
         trying everything if a step failed."""
         if self._closed:
             return
@@ -529,11 +630,10 @@ class SlurmCluster:
             if self.slurmd_running():
                 step("cancel jobs", self.cancel_all)
             else:  # without slurmd nothing completes: cancel, don't wait
-                step("cancel jobs", lambda: self.run("scancel", *sorted(
-                    {j.split("_")[0] for j in self.active_jobs()})) if self.active_jobs() else None)
+                step("cancel jobs", self._scancel_active)
         self._closed = True
         step("stop slurmd", self._terminate, "slurmd")
-        step("kill slurmstepd", self._kill_stepds)
+        step("kill job processes", self.kill_job_processes)
         step("stop slurmctld", self._terminate, "slurmctld")
         step("stop munged", self._terminate, "munged")
         with contextlib.suppress(Exception):
@@ -541,14 +641,6 @@ class SlurmCluster:
         shutil.rmtree(self.dir, ignore_errors=True)
         if errors:
             raise RuntimeError(f"teardown of Slurm test cluster {self.dir}: " + "; ".join(errors))
-
-    def _kill_stepds(self) -> None:
-        pids = self.stepd_pids()
-        for pid in pids:
-            _signal(pid, signal.SIGKILL)
-        left = _wait_gone(pids, 5)
-        if left:
-            raise RuntimeError(f"slurmstepd still alive: {left}")
 
     def __enter__(self) -> "SlurmCluster":
         return self
@@ -598,25 +690,32 @@ def _mem_mb() -> int:
 
 
 def start_cluster(max_array_size: int = 1001, partition: str = "debug",
-                  node: str = "hsmtnode", timeout: float = _READY_TIMEOUT) -> SlurmCluster:
+                  node: str = "hsmtnode", timeout: float = _READY_TIMEOUT,
+                  fast_requeue: bool = False) -> SlurmCluster:
     """Start munged, slurmctld and slurmd in a fresh temp dir; return once a probe
-    job has COMPLETED.  Raises SlurmUnavailable / RuntimeError / TimeoutError with
-    the daemons' log tails; everything started is torn down on failure."""
+    job has COMPLETED (~3.2 s).  Raises SlurmUnavailable / RuntimeError /
+    TimeoutError with the daemons' log tails; everything started is torn down on
+    failure.
+
+    ``fast_requeue``: a job requeued because its node went down is eligible again
+    after ``cred_expire`` + 1 s (Slurm default 120 s; here 10 s) and is started by
+    the backfill scheduler every ``bf_interval`` (default 30 s; here 1 s).  With
+    it, a requeued job runs again ~12 s after slurmd comes back instead of ~2 min.
+    """
     problem = missing_requirements()
     if problem:
         raise SlurmUnavailable(problem)
     t0 = time.monotonic()
     d = Path(tempfile.mkdtemp(prefix="hsmt-slurm-"))
-    d.chmod(0o755)  # munged and slurm insist that no one else can write here; read is ok
+    d.chmod(0o755)  # munged insists that no one else can write here; o+x for its socket
     for sub in ("state", "spool", f"spool/{node}", "munge"):
-        (d / sub).mkdir(mode=0o755, exist_ok=True)
-    (d / "munge").chmod(0o700)
+        (d / sub).mkdir(mode=0o755, exist_ok=True)  # munged: socket dir must be o+x
     conf = d / "slurm.conf"
     c = SlurmCluster(
         dir=d, conf=conf, env=_clean_env(conf), partition=partition, node=node,
         ctld_port=0, slurmd_port=0,
         munge_socket=d / "munge" / "munge.socket", munge_key=d / "munge" / "munge.key",
-        munged_log=d / "munged.log", slurmctld_log=d / "slurmctld.log", slurmd_log=d / "slurmd.log",
+        munged_log=d / "munged.stderr", slurmctld_log=d / "slurmctld.log", slurmd_log=d / "slurmd.log",
         max_array_size=max_array_size,
     )
     atexit.register(c.close)
@@ -626,7 +725,8 @@ def start_cluster(max_array_size: int = 1001, partition: str = "debug",
         c._spawn("munged", [
             "munged", "-F", "--force",
             f"--key-file={c.munge_key}", f"--socket={c.munge_socket}",
-            f"--pid-file={d / 'munge' / 'munged.pid'}", f"--log-file={c.munged_log}",
+            # with -F munged logs to stderr (munged.stderr); --log-file is unused
+            f"--pid-file={d / 'munge' / 'munged.pid'}", f"--log-file={d / 'munged.log'}",
             f"--seed-file={d / 'munge' / 'munged.seed'}",
         ], c.munged_log)
         deadline = time.monotonic() + 10
@@ -646,6 +746,7 @@ def start_cluster(max_array_size: int = 1001, partition: str = "debug",
                 host=host, ctld_port=c.ctld_port, slurmd_port=c.slurmd_port,
                 munge_socket=c.munge_socket, dir=d, max_array_size=int(max_array_size),
                 node=node, partition=partition, mem=_mem_mb(),
+                auth_extra=",cred_expire=10" if fast_requeue else "",
             ))
             try:
                 c.start_slurmctld()
@@ -654,32 +755,7 @@ def start_cluster(max_array_size: int = 1001, partition: str = "debug",
                 if attempt == 4:
                     raise
         c.start_slurmd(wait=False)
-        # Ready: a probe job has COMPLETED (scheduling starts ~3 s after slurmctld).
-        job = None
-        while job is None:
-            c._check_running("slurmctld")
-            c._check_running("slurmd")
-            r = c.run("sbatch", "--parsable", "-o", "/dev/null", "-J", "hsmt-probe", "--wrap", "true")
-            if r.returncode == 0:
-                job = r.stdout.strip()
-            elif time.monotonic() - t0 > timeout:
-                raise TimeoutError(f"sbatch of the probe job failed: {r.stderr.strip()}\n" + c.log_tails())
-            else:
-                time.sleep(0.1)
-        while True:
-            c._check_running("slurmctld")
-            c._check_running("slurmd")
-            st = c.job_state(job)
-            if st == "COMPLETED":
-                break
-            if st in FINAL_STATES:
-                raise RuntimeError(f"probe job {job} ended {st}\n" + c.log_tails())
-            if time.monotonic() - t0 > timeout:
-                raise TimeoutError(
-                    f"probe job {job} still {st} {timeout:.0f} s after start; "
-                    f"node: {c.node_state()!r}\n" + c.log_tails()
-                )
-            time.sleep(0.05)
+        c.probe(timeout=max(1.0, timeout - (time.monotonic() - t0)))
         c.start_seconds = time.monotonic() - t0
         return c
     except BaseException:
