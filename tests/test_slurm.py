@@ -155,3 +155,31 @@ def test_slurmd_down_shows_the_node_down_and_the_sweep_finishes_when_it_returns(
         assert (status["state"] == "COMPLETED").all() and (status["attempt"] == 1).all()
     finally:
         cluster.close()
+
+
+def test_the_panel_adds_a_slurm_cluster_and_launches_on_it(workdir, slurm_cluster, tmp_path, monkeypatch):
+    import html
+
+    from hsm_notebook.ui import SweepPanel
+
+    for key, value in slurm_cluster.env.items():
+        if key.startswith("SLURM"):
+            monkeypatch.setenv(key, value)  # as on a login node: the Slurm commands find their cluster
+    panel = SweepPanel(sources=[], refresh_interval=0.1, directory=tmp_path / "s")
+    try:
+        panel.sources_view.kind.value = "Slurm cluster"
+        form = panel.sources_view.form
+        form.walltime.value = "two hours"
+        panel.sources_view.add_button.click()
+        assert "walltime" in html.unescape(panel.message.value) and "D-HH:MM:SS" in html.unescape(panel.message.value)
+        form.walltime.value, form.partition.value, form.cpus.value = "10", slurm_cluster.partition, "1"
+        panel.sources_view.add_button.click()
+        assert [s.source_type for s in panel.sources_view.sources] == ["slurm"]
+        panel.editor.command.value = "python job.py"
+        panel.editor.workdir.value = str(workdir)
+        panel.editor.rows[0][0].value, panel.editor.rows[0][1].value = "x", "range(4)"
+        panel.launch_button.click()
+        panel.sweep.wait(timeout=60)
+        assert panel.sweep.counts() == {"COMPLETED": 4}
+    finally:
+        panel.close()

@@ -97,8 +97,42 @@ class SSHForm(SourceForm):
             python=self.python.value.strip() or "python3")
 
 
+class SlurmForm(SourceForm):
+    kind = "Slurm cluster"
+
+    def __init__(self) -> None:
+        self.name = w.Text(value="slurm", description="Name")
+        self.partition = w.Text(placeholder="(the default partition)", description="Partition")
+        self.walltime = w.Text(placeholder="e.g. 02:00:00", description="Walltime")
+        self.cpus = w.Text(placeholder="e.g. 4", description="CPUs")
+        self.mem = w.Text(placeholder="e.g. 16G", description="Memory")
+        self.gpus = w.Text(placeholder="e.g. 1", description="GPUs")
+        self.account = w.Text(placeholder="(optional)", description="Account")
+        self.slots = w.BoundedIntText(value=500, min=1, max=100000, description="Submit at once")
+        self.widget = w.VBox([self.name, self.partition, self.walltime, self.cpus, self.mem, self.gpus,
+                              self.account, self.slots])
+
+    def build(self) -> ComputeSource:
+        from ..core.state import ResourceSpec
+        from ..sources import SlurmComputeSource
+
+        def number(text: str, field: str):
+            text = text.strip()
+            if not text:
+                return None
+            if not text.isdigit():
+                raise ConfigError(f"must be a whole number, got {text!r}", field)
+            return int(text)
+
+        spec = ResourceSpec(walltime=self.walltime.value.strip() or None, cpus=number(self.cpus.value, "cpus"),
+                            mem=self.mem.value.strip() or None, gpus=number(self.gpus.value, "gpus"),
+                            partition=self.partition.value.strip() or None,
+                            account=self.account.value.strip() or None)
+        return SlurmComputeSource(self.name.value.strip() or "slurm", int(self.slots.value), resources=spec)
+
+
 #: Source types offered in the panel, by label: one small form class per type.
-FORMS: Dict[str, Type[SourceForm]] = {LocalForm.kind: LocalForm, SSHForm.kind: SSHForm}
+FORMS: Dict[str, Type[SourceForm]] = {LocalForm.kind: LocalForm, SSHForm.kind: SSHForm, SlurmForm.kind: SlurmForm}
 
 
 class SourcesView:
