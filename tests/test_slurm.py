@@ -183,3 +183,23 @@ def test_the_panel_adds_a_slurm_cluster_and_launches_on_it(workdir, slurm_cluste
         assert panel.sweep.counts() == {"COMPLETED": 4}
     finally:
         panel.close()
+
+
+def test_slurm_through_an_ssh_login_node(workdir, slurm_cluster, ssh_host):
+    from tests.contract.conftest import ssh_source
+    from tests.test_ssh import _remote
+
+    login = ssh_source(ssh_host, "login", 1)
+    source = SlurmComputeSource("hpc", 100, partition=slurm_cluster.partition, login=login, poll_interval=0.3,
+                                slurm_env={"SLURM_CONF": str(slurm_cluster.conf)})
+    (workdir / "job.py").write_text(
+        "import getpass, os, sys\nfrom hsm_notebook.metrics import log_metrics\n"
+        "log_metrics(x=int(sys.argv[1].split('=')[1]), user=getpass.getuser(), dir=os.environ['HSM_TASK_DIR'])\n")
+    sweep = _sweep(workdir, [source], ParameterSpace(grid={"x": list(range(6))})).run()
+    results = sweep.results()
+    assert sorted(results["x"]) == list(range(6)) and set(results["user"]) == {ssh_host.user}
+    assert results["dir"].str.startswith(f"/home/{ssh_host.user}/.hsm_notebook/sweeps/").all()
+    assert source.commands["sbatch"] == 2  # --test-only, then one array: through the SSH connection
+    job = sweep.status()["job_name"].iloc[0]
+    assert (sweep.directory / "tasks" / job / "stdout.log").exists()  # collected over SSH
+    assert "run.sh" in _remote(ssh_host, f"ls {results['dir'].iloc[0]}")

@@ -14,16 +14,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
-import shlex
+import posixpath
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from ..core.errors import CommandError, ConfigError, SourceError, SubmitError
-from ..core.job import EXIT_CODE_FILE, WRAPPER, JobTemplate, write_params
-from ..core.shell import LocalShell
+from ..core.job import WRAPPER, write_params
 from ..core.source import ComputeSource
 from ..core.state import JobOutcome, JobState, ResourceSpec
+from .slurm_login import login_side
 from .slurm_script import array_script, run_script, sbatch_lines
 
 #: Slurm job states -> JobState: the one table.  Failure states keep their Slurm name in the error.
@@ -85,6 +85,7 @@ class SlurmComputeSource(ComputeSource):
         env: Optional[Dict[str, str]] = None,
         tags: Sequence[str] = (),
         poll_interval: float = 2.0,
+        login: Optional[Any] = None,
     ):
         super().__init__(name, "slurm", max_parallel_jobs)
         spec = resources or ResourceSpec()
@@ -93,11 +94,13 @@ class SlurmComputeSource(ComputeSource):
         if array_throttle is not None and (not isinstance(array_throttle, int) or array_throttle < 1):
             raise ConfigError(f"must be a whole number >= 1, got {array_throttle!r}", "array_throttle")
         self.array, self.array_throttle = array, array_throttle
-        self.python = python or sys.executable
+        self.python = python or (login.python if login is not None else sys.executable)
         self.slurm_env = dict(slurm_env or {})
         self.env, self.tags = dict(env or {}), set(tags)
         self.poll_interval = poll_interval
-        self.shell = LocalShell(name, {**os.environ, **self.slurm_env})
+        self.login = login  # an SSHComputeSource for a login node reached over SSH, or None: this machine
+        self.side = login_side(name, self.slurm_env, login)
+        self.tasks_dir = self.slurm_dir = self.workdir = ""
         self.max_array_size = 1001
         self.gpus = list(range(spec.gpus)) if spec.gpus else None  # what a task may ask for
         self.commands: Dict[str, int] = {"sbatch": 0, "squeue": 0, "scancel": 0, "other": 0}
@@ -113,24 +116,29 @@ class SlurmComputeSource(ComputeSource):
         r["extra"] = dict(r["extra"])
         return {**super().describe(), "resources": r, "array": self.array, "array_throttle": self.array_throttle,
                 "python": self.python, "slurm_env": self.slurm_env, "env": self.env, "tags": sorted(self.tags),
-                "poll_interval": self.poll_interval}
+                "poll_interval": self.poll_interval, "login": self.login.describe() if self.login else None}
 
     @classmethod
     def from_description(cls, **d: Any) -> "SlurmComputeSource":
         """Rebuild from ``describe()`` (used by ``Sweep.attach``)."""
         r = dict(d.pop("resources", None) or {})
+        if d.get("login"):
+            from .ssh import SSHComputeSource
+
+            d["login"] = SSHComputeSource(**{k: v for k, v in d["login"].items() if k != "type"})
         r["modules"] = tuple(r.get("modules") or ())
         return cls(resources=ResourceSpec(**r), **d)
 
     async def _run(self, kind: str, argv: Sequence[str], check: bool = True):
         self.commands[kind if kind in self.commands else "other"] += 1
-        return await self.shell.run(shlex.join(argv), check=check, timeout=120)
+        return await self.side.run(argv, check)
 
     def _argv(self, argv: List[str]) -> List[str]:
         return [self.python, *argv[1:]] if argv and argv[0] in ("python", "python3") else argv
 
     # -- setup and health -------------------------------------------------------------
     async def setup(self, sweep_dir: Path, sweep_id: str) -> bool:
+        self.tasks_dir, self.slurm_dir, self.workdir = await self.side.setup(self, sweep_dir, sweep_id)
         try:
             config = (await self._run("other", ["scontrol", "show", "config"])).stdout
         except (CommandError, OSError) as exc:
@@ -146,8 +154,6 @@ class SlurmComputeSource(ComputeSource):
         if test.exit_code != 0:
             message = " ".join((test.stderr or test.stdout).split())
             raise SourceError(f"Slurm refuses these resources: {message}", self.name)
-        (Path(sweep_dir) / "tasks").mkdir(parents=True, exist_ok=True)
-        (Path(sweep_dir) / "slurm").mkdir(exist_ok=True)
         self.stats.health_status = "healthy"
         return True
 
@@ -179,14 +185,16 @@ class SlurmComputeSource(ComputeSource):
     # -- submission ---------------------------------------------------------------------
     async def submit_job(self, params: Dict[str, Any], job_name: str, sweep_id: str,
                          wandb_group: Optional[str] = None) -> str:
-        job_dir = self.job_dir(job_name)
+        job_dir = self.job_dir(job_name)  # here: params, and the collected files
         job_dir.mkdir(parents=True, exist_ok=True)
         write_params(job_dir, params)
-        argv, env = self.job_command(params, job_name, sweep_id, wandb_group, str(job_dir))
-        workdir = (self.template or JobTemplate(("true",))).workdir or str(self.sweep_dir)
-        (job_dir / "run.sh").write_text(run_script(workdir, env, self._argv(argv), str(job_dir), WRAPPER))
+        remote_dir = posixpath.join(self.tasks_dir, job_name)  # on the login node (the same, locally)
+        argv, env = self.job_command(params, job_name, sweep_id, wandb_group, remote_dir)
+        if self.login is not None:  # the uploaded hsm_notebook.metrics, as on the SSH source
+            env["PYTHONPATH"] = self.login.jobs.pythonpath
+        run_sh = run_script(self.workdir, env, self._argv(argv), remote_dir, WRAPPER)
         future = asyncio.get_running_loop().create_future()
-        self._starts.append((job_name, future))
+        self._starts.append((job_name, future, run_sh))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.get_running_loop().create_task(self._flush())
         job_id = await future
@@ -199,24 +207,28 @@ class SlurmComputeSource(ComputeSource):
             size = min(self.max_array_size, 1000) if self.array else 1
             batch, self._starts = self._starts[:size], self._starts[size:]
             try:
-                ids = await self._sbatch([name for name, _ in batch])
+                ids = await self._sbatch([(name, run_sh) for name, _, run_sh in batch])
             except Exception as exc:  # noqa: BLE001 - handed to every submitter of the batch
-                for _, future in batch:
+                for _, future, _ in batch:
                     future.set_exception(exc)
             else:
-                for (_, future), job_id in zip(batch, ids):
+                for (_, future, _), job_id in zip(batch, ids):
                     future.set_result(job_id)
 
-    async def _sbatch(self, names: List[str]) -> List[str]:
-        assert self.sweep_dir is not None and self.sweep_id is not None
+    async def _sbatch(self, jobs: List[tuple[str, str]]) -> List[str]:
+        """One array for ``jobs`` ((name, run.sh text), ...): all files in one write, one sbatch."""
+        assert self.sweep_id is not None
         self._batch += 1
-        base = self.sweep_dir / "slurm" / f"chunk-{os.getpid()}-{self._batch}"
-        manifest, script = Path(f"{base}.jobs"), Path(f"{base}.sh")
-        manifest.write_text("".join(f"{n}\n" for n in names))
-        script.write_text(array_script(self.resources, f"hsm-{self.sweep_id}"[:60], str(manifest),
-                                       str(self.sweep_dir / "tasks")))
+        base = posixpath.join(self.slurm_dir, f"chunk-{os.getpid()}-{self._batch}")
+        manifest, script = f"{base}.jobs", f"{base}.sh"
+        names = [name for name, _ in jobs]
+        await self.side.write([
+            *((posixpath.join(self.tasks_dir, name, "run.sh"), text) for name, text in jobs),
+            (manifest, "".join(f"{n}\n" for n in names)),
+            (script, array_script(self.resources, f"hsm-{self.sweep_id}"[:60], manifest, self.tasks_dir)),
+        ])
         throttle = f"%{self.array_throttle}" if self.array_throttle else ""
-        argv = ["sbatch", "--parsable", f"--array=0-{len(names) - 1}{throttle}", str(script)]
+        argv = ["sbatch", "--parsable", f"--array=0-{len(names) - 1}{throttle}", script]
         result = await self._run("sbatch", argv, check=False)
         if result.exit_code != 0:
             message = (result.stderr or result.stdout).strip()
@@ -230,13 +242,16 @@ class SlurmComputeSource(ComputeSource):
         out = (await self._run("squeue", ["squeue", "-h", "-r", "-t", "all", "-o", _SQUEUE_FORMAT,
                                           "-j", ",".join(arrays)], check=False)).stdout
         seen = parse_squeue(out)
+        names = {j: (self.active_jobs.get(j) or self.completed_jobs.get(j)) for j in job_ids}
+        codes = await self.side.exit_codes({j: posixpath.join(self.tasks_dir, info.job_name)
+                                            for j, info in names.items() if info is not None})
         states: Dict[str, JobState] = {}
         for job_id in job_ids:
             array = job_id.split("_")[0]
             slurm_state, reason = seen.get(job_id) or seen.get(f"{array}_*") or seen.get(job_id, ("", ""))
             self._slurm_state[job_id] = slurm_state
             state = SLURM_STATES.get(slurm_state.split()[0] if slurm_state else "", None)
-            code = self._exit_code(job_id)
+            code = codes.get(job_id)
             if state is None:  # not listed any more (or never): the exit-code file decides
                 state = JobState.LOST if code is None else (JobState.COMPLETED if code == 0 else JobState.FAILED)
             elif state in (JobState.COMPLETED, JobState.FAILED) and code is not None and slurm_state == "COMPLETED":
@@ -247,15 +262,6 @@ class SlurmComputeSource(ComputeSource):
                 self._reasons.pop(job_id, None)
             states[job_id] = state
         return states
-
-    def _exit_code(self, job_id: str) -> Optional[int]:
-        info = self.active_jobs.get(job_id) or self.completed_jobs.get(job_id)
-        if info is None or info.task_dir is None:
-            return None
-        try:
-            return int((Path(info.task_dir) / EXIT_CODE_FILE).read_text().strip())
-        except (FileNotFoundError, ValueError):
-            return None
 
     def job_detail(self, job_id: str) -> Optional[str]:
         reason = self._reasons.get(job_id)
@@ -280,7 +286,11 @@ class SlurmComputeSource(ComputeSource):
         return result.exit_code == 0
 
     async def collect_results(self, job_ids: Optional[List[str]] = None) -> bool:
-        return True  # the job folders are on the filesystem shared with the compute nodes
+        """Locally a no-op (shared filesystem); through a login node, the folders come home."""
+        names = [(self.completed_jobs.get(j) or self.active_jobs.get(j)).job_name for j in (job_ids or [])
+                 if (self.completed_jobs.get(j) or self.active_jobs.get(j)) is not None]
+        await self.side.fetch(names, [self.job_dir(n) for n in names])
+        return True
 
     async def cleanup(self):
-        return None
+        await self.side.close()
