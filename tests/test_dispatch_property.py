@@ -72,7 +72,7 @@ class FakeFlakySource(ComputeSource):
         pass
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=int(__import__("os").environ.get("HSM_PROP_EXAMPLES", "60")), deadline=None)
 @given(
     seed=st.integers(0, 2**31),
     slots=st.lists(st.integers(1, 4), min_size=1, max_size=3),

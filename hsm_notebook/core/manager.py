@@ -362,8 +362,10 @@ class DistributedJobManager(ControlMixin):
 
     # -- failover and health ---------------------------------------------------------------
     def _fail_over(self, tid: str, attempt: int, why: str) -> None:
-        self.store.finish(tid, attempt, JobOutcome(JobState.LOST, error=why))
-        if self.retry.delay(JobState.LOST, attempt) is not None:
+        meaning = self.store.finish(tid, attempt, JobOutcome(JobState.LOST, error=why))
+        # only the task's live attempt sends it back to the queue: a task that already has its
+        # result (an earlier attempt won) must never run again
+        if meaning == "current" and self.retry.delay(JobState.LOST, attempt) is not None:
             self.store.requeue(tid, f"queued again: {why}")
         self.requeue()
 

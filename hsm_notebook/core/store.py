@@ -34,6 +34,7 @@ from .events import Event
 from .state import JobOutcome, JobState
 
 LEDGER = "ledger.sqlite"
+_ACTIVE = tuple(s.value for s in JobState if s.is_active)
 RECORD = "sweep.yaml"
 LOCK = ".controller.lock"
 SCHEMA_VERSION = 1
@@ -249,10 +250,12 @@ class SweepStore:
                 "error=COALESCE(?, error) WHERE task_id=? AND attempt=?",
                 (state.value, job_id, start, error, task_id, attempt),
             )
+            # only while this attempt is the task's live one: a failed-over attempt (an orphan) that
+            # reports in later changes its own row, never the task's
             conn.execute(
                 "UPDATE tasks SET state=?, job_id=COALESCE(?, job_id), start_time=COALESCE(start_time, ?), "
-                "detail=?, error=COALESCE(?, error) WHERE task_id=? AND attempt=?",
-                (state.value, job_id, start, detail, error, task_id, attempt),
+                "detail=?, error=COALESCE(?, error) WHERE task_id=? AND attempt=? AND state IN (?, ?, ?)",
+                (state.value, job_id, start, detail, error, task_id, attempt, *_ACTIVE),
             )
             source = conn.execute("SELECT source FROM attempts WHERE task_id=? AND attempt=?", (task_id, attempt)).fetchone()
             self._event(conn, task_id, attempt, state, source[0] if source else None, job_id, detail or error)
