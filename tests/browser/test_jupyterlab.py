@@ -66,3 +66,22 @@ def test_run_all_twice_on_one_kernel(jupyter_server, page):
     assert not any(o.get("output_type") == "error" for cell in saved for o in cell), saved
     # The panel of the second run is there.
     assert page.locator(".widget-button.hsm-launch").count() >= 1
+
+
+def test_the_quickstart_runs_with_run_all(jupyter_server, page, tmp_path):
+    import json
+    from pathlib import Path
+
+    notebook = json.loads((Path(__file__).resolve().parents[2] / "notebooks" / "01_quickstart.ipynb").read_text())
+    for cell in notebook["cells"]:  # as a newcomer opens it: nothing run yet
+        if cell["cell_type"] == "code":
+            cell["outputs"], cell["execution_count"] = [], None
+    quickstart = tmp_path / "01_quickstart.ipynb"
+    quickstart.write_text(json.dumps(notebook))
+    prompts = run_all(page, jupyter_server.notebook_url(quickstart))
+    assert all(prompt_number(p) is not None for p in prompts), prompts
+    saved = output_json(page)
+    assert not any(o.get("output_type") == "error" for cell in saved for o in cell), saved
+    texts = " ".join(output_texts(page))
+    assert "{'COMPLETED': 12}" in texts and "diverged at lr=0.01" in texts
+    assert page.locator(".widget-button.hsm-launch").count() == 1  # the panel is shown
