@@ -23,15 +23,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _jobs import JOB  # noqa: E402
 from hsm_notebook import LocalComputeSource, ParameterSpace, SSHComputeSource, Sweep  # noqa: E402
 from hsm_notebook.core import _loop  # noqa: E402
 from tests.servers.sshd import SSHServer  # noqa: E402
 
-JOB = """import json, os, sys
-args = dict(a.split("=", 1) for a in sys.argv[1:])
-with open(os.path.join(os.environ["HSM_TASK_DIR"], "metrics.json"), "w") as f:
-    json.dump({"y": int(args["i"]) * 2}, f)
-"""
 MANAGER_LAYER = ("core/manager.py", "core/dispatch.py", "core/monitor.py", "core/store.py", "core/events.py",
                  "core/retry.py", "core/source.py")
 

@@ -22,13 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _jobs import JOB  # noqa: E402
 from hsm_notebook import LocalComputeSource, ParameterSpace, Sweep  # noqa: E402
 
-JOB = """import json, os, sys
-args = dict(a.split("=", 1) for a in sys.argv[1:])
-with open(os.path.join(os.environ["HSM_TASK_DIR"], "metrics.json"), "w") as f:
-    json.dump({"y": int(args["i"]) * 2}, f)
-"""
 
 
 async def raw_loop(job: Path, root: Path, n: int, slots: int) -> float:

@@ -20,14 +20,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _jobs import JOB  # noqa: E402
 from hsm_notebook import ParameterSpace, SlurmComputeSource, Sweep  # noqa: E402
 from tests.servers.slurm import start_cluster  # noqa: E402
 
-JOB = """import json, os, sys
-args = dict(a.split("=", 1) for a in sys.argv[1:])
-with open(os.path.join(os.environ["HSM_TASK_DIR"], "metrics.json"), "w") as f:
-    json.dump({"y": int(args["i"]) * 2}, f)
-"""
 
 
 def individual(cluster, n: int, root: Path) -> tuple[float, int, int]:

@@ -25,15 +25,11 @@ sys.path.insert(0, str(ROOT))
 
 import asyncssh  # noqa: E402
 
+from _jobs import JOB  # noqa: E402
 from hsm_notebook import ParameterSpace, SSHComputeSource, Sweep  # noqa: E402
 from tests.servers.sshd import HEAVY_BASHRC, SSHServer  # noqa: E402
 
 PY = "/usr/bin/python3"
-JOB = """import json, os, sys
-args = dict(a.split("=", 1) for a in sys.argv[1:])
-with open(os.path.join(os.environ["HSM_TASK_DIR"], "metrics.json"), "w") as f:
-    json.dump({"y": int(args["i"]) * 2}, f)
-"""
 SLOTS = 8
 
 

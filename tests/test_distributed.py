@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
-import time
 
 import pytest
 
@@ -13,13 +12,7 @@ from hsm_notebook import ConfigError, LocalComputeSource, ParameterSpace, RetryP
 from hsm_notebook.core._loop import run_sync
 from tests.contract.conftest import ssh_source
 from tests.test_ssh import _remote
-
-
-def _until(cond, timeout=60, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"{what} not reached in {timeout} s"
-        time.sleep(0.05)
+from tests.helpers import until as _until
 
 
 def _attempts(sweep):

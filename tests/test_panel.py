@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-import time
 
 import pytest
 
@@ -12,6 +11,7 @@ from hsm_notebook.ui import SweepPanel
 from hsm_notebook.ui.magic import open_panel
 from hsm_notebook.ui.params_editor import parse_values, rows_to_space
 from hsm_notebook.core.errors import ConfigError
+from tests.helpers import until as _until
 
 
 @pytest.fixture()
@@ -29,13 +29,6 @@ def _msg(panel):
 def _fill(panel, rows):
     for (name, values, kind), (n, v, k) in zip(rows, panel.editor.rows):
         n.value, v.value, k.value = name, values, kind
-
-
-def _until(cond, timeout=60):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.05)
 
 
 @pytest.mark.parametrize("text, values", [

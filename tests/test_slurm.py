@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ from hsm_notebook.core.job import WRAPPER
 from hsm_notebook.core.state import JobState
 from hsm_notebook.sources.slurm import SLURM_STATES
 from hsm_notebook.sources.slurm_script import array_script, run_script, sbatch_lines
+from tests.helpers import until as _until
 
 DATA = Path(__file__).parent / "data"
 
@@ -23,13 +23,6 @@ def slurm_source(cluster, name="slurm", slots=500, **kwargs) -> SlurmComputeSour
 
 def _sweep(workdir, sources, space, **kw):
     return Sweep(space, ["python", "job.py"], sources, workdir=workdir, poll_interval=0.3, **kw)
-
-
-def _until(cond, timeout=60, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"{what} not reached in {timeout} s"
-        time.sleep(0.1)
 
 
 def test_generated_scripts_match_the_recorded_text():

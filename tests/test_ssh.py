@@ -21,17 +21,11 @@ from hsm_notebook import ConnectError, LocalComputeSource, ParameterSpace, Sourc
 from hsm_notebook.core._loop import run_sync
 from tests.contract.conftest import ssh_source
 from tests.servers.sshd import _keygen, empty_known_hosts, other_host_key_known_hosts, small_tmpfs
+from tests.helpers import until as _until
 
 
 def _sweep(workdir, sources, space, **kw):
     return Sweep(space, ["python", "job.py"], sources, workdir=workdir, poll_interval=0.2, **kw)
-
-
-def _until(cond, timeout=60, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"{what} not reached in {timeout} s"
-        time.sleep(0.1)
 
 
 def _remote(h, command: str) -> str:

@@ -89,6 +89,7 @@ class JobTemplate:
         return [f"{prefix}{k}={format_value(v)}" for k, v in params.items()]
 
     def argv(self, params: Mapping[str, Any]) -> list[str]:
+        """The command followed by the parameter arguments."""
         return [*self.command, *self.args(params)]
 
     def environ(
@@ -104,6 +105,7 @@ class JobTemplate:
         return env
 
     def to_dict(self) -> dict[str, Any]:
+        """As plain data, for the sweep record."""
         return {"command": list(self.command), "arg_style": self.arg_style, "workdir": self.workdir, "env": dict(self.env)}
 
     @classmethod

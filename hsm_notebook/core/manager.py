@@ -96,6 +96,7 @@ class DistributedJobManager(ControlMixin):
 
     # -- the main loop -------------------------------------------------------------------
     async def run(self) -> None:
+        """Drive the sweep until no task is waiting or running (re-adopting what a previous controller left)."""
         self._wake = asyncio.Event()
         self.running = True
         self.store.on_event = self.events.publish

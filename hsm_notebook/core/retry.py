@@ -35,5 +35,6 @@ class RetryPolicy:
         return None
 
     def to_dict(self) -> dict:
+        """As plain data, for the sweep record."""
         return {"max_attempts": self.max_attempts, "retry_failed": self.retry_failed,
                 "backoff": self.backoff, "max_backoff": self.max_backoff}

@@ -148,6 +148,7 @@ class ComputeSource(ABC):
         self._on_change()
 
     def job_dir(self, job_name: str) -> Path:
+        """The job's folder: ``<sweep dir>/tasks/<job name>``."""
         if self.sweep_dir is None:
             raise SourceError("not bound to a sweep; the manager calls bind() before setup()", self.name)
         return self.sweep_dir / "tasks" / check_job_name(job_name)
@@ -197,21 +198,26 @@ class ComputeSource(ABC):
 
     @property
     def current_job_count(self) -> int:
+        """Jobs started and not finished."""
         return len(self.active_jobs)
 
     @property
     def available_slots(self) -> int:
+        """Free slots (``max_parallel_jobs`` minus active jobs)."""
         return max(0, self.max_parallel_jobs - len(self.active_jobs))
 
     @property
     def is_available(self) -> bool:
+        """A free slot and not unhealthy."""
         return self.available_slots > 0 and self.stats.health_status in ("healthy", "degraded", "unknown")
 
     @property
     def utilization(self) -> float:
+        """Active jobs over slots, 0 to 1."""
         return len(self.active_jobs) / self.max_parallel_jobs
 
     def get_stats(self) -> ComputeSourceStats:
+        """The source's counters, with the active count brought up to date."""
         self.stats.active_jobs = len(self.active_jobs)
         return self.stats
 

@@ -284,6 +284,7 @@ class ParameterSpace:
         return pd.DataFrame(rows, index=pd.Index([task_id(p) for p in rows], name="task_id"))
 
     def with_ids(self) -> Iterator[tuple[str, Params]]:
+        """``(task_id, params)`` for every combination, lazily."""
         for params in self:
             yield task_id(params), params
 
@@ -299,6 +300,7 @@ class ParameterSpace:
         return out
 
     def to_yaml(self, path: str | Path | None = None) -> str:
+        """The space as YAML (the reference ``sweep:`` form); written atomically to ``path`` when given."""
         text = yaml.safe_dump({"sweep": self.to_dict()}, sort_keys=False)
         if path is not None:
             from .store import atomic_write

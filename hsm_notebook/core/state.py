@@ -29,6 +29,7 @@ class JobState(enum.StrEnum):
 
     @property
     def is_terminal(self) -> bool:
+        """COMPLETED, FAILED, CANCELLED or LOST: nothing more will happen to this job."""
         return self in _TERMINAL
 
     @property

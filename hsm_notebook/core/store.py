@@ -147,19 +147,23 @@ class SweepStore:
 
     @property
     def conn(self) -> sqlite3.Connection:
+        """The writer connection (the controller's)."""
         if self._conn is None:
             self._conn = _connect(self.directory / LEDGER)
         return self._conn
 
     def record(self) -> dict[str, Any]:
+        """What ``sweep.yaml`` says."""
         return yaml.safe_load((self.directory / RECORD).read_text())
 
     def update_record(self, **changes: Any) -> None:
+        """Change keys of ``sweep.yaml`` (atomically)."""
         record = self.record()
         record.update(changes)
         atomic_write(self.directory / RECORD, yaml.safe_dump(record, sort_keys=False))
 
     def close(self) -> None:
+        """Close the writer connection (reopened on use)."""
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -184,6 +188,7 @@ class SweepStore:
         self._lock_fd = fd
 
     def release(self) -> None:
+        """Give up the controller lock."""
         if self._lock_fd is not None:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             os.close(self._lock_fd)
@@ -192,6 +197,7 @@ class SweepStore:
     # -- writes (controller only) --------------------------------------------------------
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` ... ``COMMIT``; nested uses join the outer one."""
         conn = self.conn
         if conn.in_transaction:  # nested: join the outer one
             yield conn
@@ -322,6 +328,7 @@ class SweepStore:
                                  (JobState.PENDING.value,)).fetchone()[0]
 
     def task_state(self, task_id: str) -> JobState:
+        """The task's current state."""
         return JobState(self.conn.execute("SELECT state FROM tasks WHERE task_id=?", (task_id,)).fetchone()[0])
 
     def cancel_pending(self, task_ids: Iterable[str] | None = None) -> int:
@@ -379,5 +386,6 @@ class SweepStore:
         ).fetchall()
 
     def counts(self) -> dict[str, int]:
+        """Number of tasks in each state."""
         with contextlib.closing(self.reader()) as conn:
             return dict(conn.execute("SELECT state, COUNT(*) FROM tasks GROUP BY state").fetchall())

@@ -181,6 +181,7 @@ class Sweep:
     # -- running ---------------------------------------------------------------------------
     @property
     def running(self) -> bool:
+        """True while this process drives the sweep."""
         return self._future is not None and not self._future.done()
 
     @property
@@ -192,6 +193,7 @@ class Sweep:
 
     @property
     def directory(self) -> Path:
+        """The sweep's folder."""
         return self.store.directory
 
     def start(self) -> "Sweep":
@@ -229,6 +231,7 @@ class Sweep:
         return self
 
     async def wait_async(self) -> "Sweep":
+        """``await sweep.wait_async()``: the awaitable twin of ``wait()``."""
         if self._future is not None:
             await asyncio.wrap_future(self._future)
         return self
@@ -238,6 +241,7 @@ class Sweep:
         return self.start().wait()
 
     async def run_async(self) -> "Sweep":
+        """``await sweep.run_async()``: start, then wait."""
         return await self.start().wait_async()
 
     def complete(self, sources: Optional[Sequence[ComputeSource]] = None) -> "Sweep":
@@ -291,6 +295,7 @@ class Sweep:
         return _loop.run_sync(self._cancel(ids))
 
     async def cancel_async(self, task_id: str | Iterable[str] | None = None) -> int:
+        """The awaitable twin of ``cancel()``."""
         if not self.running:
             return await asyncio.to_thread(self.cancel, task_id)
         ids = [task_id] if isinstance(task_id, str) else (list(task_id) if task_id is not None else None)
@@ -386,6 +391,7 @@ class Sweep:
         return self._param_names
 
     def counts_by_source(self) -> dict[str | None, dict[str, int]]:
+        """``{source: {state: n}}`` (tasks never submitted under None)."""
         return counts_by_source(self.store)
 
     def history(self, task_id: str) -> pd.DataFrame:

@@ -57,6 +57,7 @@ class LocalJobManager:
         self._procs: dict[Path, subprocess.Popen] = {}
 
     def start(self, job_dir: Path, argv: List[str], env: Dict[str, str], cwd: str | None) -> int:
+        """Start the job's wrapper in its own session; returns the wrapper's pid."""
         job_dir.mkdir(parents=True, exist_ok=True)
         try:
             proc = subprocess.Popen(
@@ -96,6 +97,7 @@ class LocalJobManager:
             return None
 
     def state(self, job_dir: Path) -> JobState:
+        """The job's state from its files (exit code, pid) and, for the living, the process table."""
         rc = self._exit_code(job_dir)
         if rc is not None:
             proc = self._procs.pop(job_dir, None)

@@ -61,6 +61,7 @@ class RemoteJobManager:
         return "\n".join(lines)
 
     async def start(self, jobs: Sequence[tuple[str, Sequence[str], Dict[str, str]]]) -> None:
+        """Start every job of the batch with one remote command; SubmitError if the host refuses."""
         result = await self.conn.run(self.start_script(jobs), check=False)
         if result.exit_code != 0 or "started" not in result.stdout:
             names = ", ".join(name for name, _, _ in jobs)

@@ -1,0 +1,7 @@
+"""The trivial job every benchmark runs: it writes a small metrics JSON into its task dir."""
+
+JOB = """import json, os, sys
+args = dict(a.split("=", 1) for a in sys.argv[1:])
+with open(os.path.join(os.environ["HSM_TASK_DIR"], "metrics.json"), "w") as f:
+    json.dump({"y": int(args["i"]) * 2}, f)
+"""
