@@ -14,7 +14,6 @@ import concurrent.futures
 import contextlib
 import datetime as dt
 import json
-import os
 import secrets
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Iterable, Mapping, Optional, Sequence
@@ -37,31 +36,12 @@ from .job import STDERR_FILE, STDOUT_FILE, JobTemplate, tail
 from .dispatch import STRATEGIES
 from .events import Event, EventBus
 from .manager import DistributedJobManager
+from .records import check_sources, default_sweeps_dir, rebuild_source, retry_policy
 from .retry import RetryPolicy
 from .source import ComputeSource
 from .space import ParameterSpace
 from .state import RERUNNABLE, JobState
 from .store import SweepStore
-
-
-def _source_types() -> dict[str, type]:
-    from ..sources import LocalComputeSource, SlurmComputeSource, SSHComputeSource
-
-    return {"local": LocalComputeSource, "ssh": SSHComputeSource, "slurm": SlurmComputeSource.from_description}
-
-
-def rebuild_source(description: Mapping[str, Any]) -> ComputeSource:
-    """A built-in source from its ``describe()`` record (used by ``attach``)."""
-    kwargs = dict(description)
-    kind = kwargs.pop("type")
-    cls = _source_types().get(kind)
-    if cls is None:
-        raise ConfigError(
-            f"the sweep used a {kind!r} source named {kwargs.get('name')!r}, which cannot be rebuilt "
-            "automatically; pass it again: Sweep.attach(dir, sources=[...])",
-            "sources",
-        )
-    return cls(**kwargs)
 
 
 class Sweep:
@@ -96,7 +76,7 @@ class Sweep:
         if not workdir.is_dir():
             raise ConfigError(f"{workdir} is not a directory", "workdir")
         template = JobTemplate(parse_command(command), arg_style, str(workdir), dict(env or {}))
-        sources = self._check_sources(sources, template)
+        sources = check_sources(sources, template)
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         sweep_id = f"{name + '-' if name else ''}{stamp}-{secrets.token_hex(2)}"
         directory = Path(directory) if directory else default_sweeps_dir() / sweep_id
@@ -104,30 +84,12 @@ class Sweep:
             "sweep_id": sweep_id, "name": name, "created": dt.datetime.now().isoformat(timespec="seconds"),
             "space": space.to_dict(), "job": template.to_dict(), "wandb_group": wandb_group,
             "sources": [s.describe() for s in sources], "poll_interval": poll_interval, "strategy": strategy,
-            "retry": _retry_policy(retry).to_dict(), "health_interval": health_interval, "max_failures": max_failures,
+            "retry": retry_policy(retry).to_dict(), "health_interval": health_interval, "max_failures": max_failures,
         }
         if strategy not in STRATEGIES:
             raise ConfigError(f"must be one of {STRATEGIES}, got {strategy!r}", "strategy")
         store = SweepStore.create(directory, record, space.with_ids(), requires)
         self._init(store, sources, record)
-
-    @staticmethod
-    def _check_sources(sources: Optional[Sequence[ComputeSource]], template: JobTemplate) -> list[ComputeSource]:
-        if sources is None:
-            from ..sources import LocalComputeSource
-
-            sources = [LocalComputeSource()]
-        if isinstance(sources, ComputeSource):
-            sources = [sources]
-        sources = list(sources)
-        if not sources or not all(isinstance(s, ComputeSource) for s in sources):
-            raise ConfigError("must be a list of ComputeSource objects, e.g. [LocalComputeSource()]", "sources")
-        names = [s.name for s in sources]
-        if len(set(names)) != len(names):
-            raise ConfigError(f"each source needs its own name, got {names}", "sources")
-        for s in sources:
-            s.validate(template)
-        return sources
 
     def _init(self, store: SweepStore, sources: list[ComputeSource], record: Mapping[str, Any]) -> None:
         self.store = store
@@ -173,7 +135,7 @@ class Sweep:
         if sources is None:
             sources = [rebuild_source(d) for d in record.get("sources", [])]
         self = cls.__new__(cls)
-        self._init(store, cls._check_sources(sources, JobTemplate.from_dict(record["job"])), record)
+        self._init(store, check_sources(sources, JobTemplate.from_dict(record["job"])), record)
         if resume and not self.done:
             self.start()
         return self
@@ -206,7 +168,7 @@ class Sweep:
             wandb_group=self._record.get("wandb_group"),
             poll_interval=self._record.get("poll_interval", 1.0),
             strategy=self._record.get("strategy", "least_loaded"),
-            retry=_retry_policy(self._record.get("retry")),
+            retry=retry_policy(self._record.get("retry")),
             health_interval=self._record.get("health_interval", 30.0),
             max_failures=self._record.get("max_failures", 3),
             events=self.bus,
@@ -263,7 +225,7 @@ class Sweep:
                 return self
             self.wait()  # the manager ended just now: start a new one below
         if sources is not None:
-            self.sources = self._check_sources(sources, self.template)
+            self.sources = check_sources(sources, self.template)
             self._record["sources"] = [s.describe() for s in self.sources]
             self.store.update_record(sources=self._record["sources"])
         self.store.reset(states)
@@ -430,20 +392,3 @@ class Sweep:
         total = sum(counts.values())
         parts = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
         return f"<Sweep {self.id}: {total} tasks ({parts}) in {self.directory}>"
-
-
-def _retry_policy(value: RetryPolicy | Mapping[str, Any] | None) -> RetryPolicy:
-    if value is None:
-        return RetryPolicy()
-    if isinstance(value, RetryPolicy):
-        return value
-    if isinstance(value, Mapping):
-        unknown = set(value) - {"max_attempts", "retry_failed", "backoff", "max_backoff"}
-        if unknown:
-            raise ConfigError(f"unknown keys {sorted(unknown)}", "retry")
-        return RetryPolicy(**value)
-    raise ConfigError(f"must be a RetryPolicy or a mapping, got {value!r}", "retry")
-
-
-def default_sweeps_dir() -> Path:
-    return Path(os.environ.get("HSM_SWEEPS_DIR", Path.cwd() / "sweeps"))

@@ -1,0 +1,68 @@
+"""How a sweep is written down and rebuilt: sources from their ``describe()`` records,
+the retry policy from its dict, where new sweep folders go."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+from .errors import ConfigError
+from .job import JobTemplate
+from .retry import RetryPolicy
+from .source import ComputeSource
+
+
+def _source_types() -> dict[str, type]:
+    from ..sources import LocalComputeSource, SlurmComputeSource, SSHComputeSource
+
+    return {"local": LocalComputeSource, "ssh": SSHComputeSource, "slurm": SlurmComputeSource.from_description}
+
+
+def rebuild_source(description: Mapping[str, Any]) -> ComputeSource:
+    """A built-in source from its ``describe()`` record (used by ``attach``)."""
+    kwargs = dict(description)
+    kind = kwargs.pop("type")
+    cls = _source_types().get(kind)
+    if cls is None:
+        raise ConfigError(
+            f"the sweep used a {kind!r} source named {kwargs.get('name')!r}, which cannot be rebuilt "
+            "automatically; pass it again: Sweep.attach(dir, sources=[...])",
+            "sources",
+        )
+    return cls(**kwargs)
+
+
+def retry_policy(value: RetryPolicy | Mapping[str, Any] | None) -> RetryPolicy:
+    if value is None:
+        return RetryPolicy()
+    if isinstance(value, RetryPolicy):
+        return value
+    if isinstance(value, Mapping):
+        unknown = set(value) - {"max_attempts", "retry_failed", "backoff", "max_backoff"}
+        if unknown:
+            raise ConfigError(f"unknown keys {sorted(unknown)}", "retry")
+        return RetryPolicy(**value)
+    raise ConfigError(f"must be a RetryPolicy or a mapping, got {value!r}", "retry")
+
+
+def default_sweeps_dir() -> Path:
+    return Path(os.environ.get("HSM_SWEEPS_DIR", Path.cwd() / "sweeps"))
+
+
+def check_sources(sources: Optional[Sequence[ComputeSource]], template: JobTemplate) -> list[ComputeSource]:
+    if sources is None:
+        from ..sources import LocalComputeSource
+
+        sources = [LocalComputeSource()]
+    if isinstance(sources, ComputeSource):
+        sources = [sources]
+    sources = list(sources)
+    if not sources or not all(isinstance(s, ComputeSource) for s in sources):
+        raise ConfigError("must be a list of ComputeSource objects, e.g. [LocalComputeSource()]", "sources")
+    names = [s.name for s in sources]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"each source needs its own name, got {names}", "sources")
+    for s in sources:
+        s.validate(template)
+    return sources
