@@ -25,6 +25,7 @@ class ControlMixin:
             self._queue = collections.deque(q for q in self._queue if wanted is not None and q[0] not in wanted)
             if wanted is None:
                 self._exhausted = True
+            self._next_retry = self.store.next_retry()  # cancelled tasks no longer wait out a backoff
         jobs = [(self.sources[s], job_id) for (s, job_id), (tid, _) in self._active.items()
                 if (wanted is None or tid in wanted) and (source is None or s == source)]
         self._cancel_requested.update(self._active[(src.name, j)][0] for src, j in jobs)

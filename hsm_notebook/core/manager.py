@@ -86,6 +86,8 @@ class DistributedJobManager(ControlMixin):
         self._dirty: set[str] = set()
         self._details: dict[Key, Optional[str]] = {}
         self._cancel_requested: set[str] = set()
+        # when the earliest backoff ends: kept here so the loop never scans the ledger for it
+        self._next_retry: Optional[float] = None
         self._last_poll: dict[str, float] = {}
         self._closed: dict[str, str] = {}  # name -> why it takes no new work (user: drain/disable)
         self._not_set_up: set[str] = set()
@@ -103,6 +105,7 @@ class DistributedJobManager(ControlMixin):
         try:
             await self._setup_all()
             await self._recover()
+            self._next_retry = self.store.next_retry()
             self._recovered.set()
             while True:
                 self.monitor.tick(self.sources)
@@ -132,9 +135,8 @@ class DistributedJobManager(ControlMixin):
 
     def _timeout(self) -> float:
         timeout = self.poll_interval
-        due = self.store.next_retry()
-        if due is not None:
-            timeout = min(timeout, max(0.01, due - time.time()))
+        if self._next_retry is not None:
+            timeout = min(timeout, max(0.01, self._next_retry - time.time()))
         return max(0.01, min([timeout, *(s.poll_interval for s in self.sources.values() if s.active_jobs)]))
 
     def notify(self, source: Optional[str] = None) -> None:
@@ -155,7 +157,7 @@ class DistributedJobManager(ControlMixin):
             return False
         if any(key not in self._orphans for key in self._active):
             return False
-        return not self._has_pending() and self.store.next_retry() is None
+        return not self._has_pending() and self._next_retry is None
 
     # -- setup and recovery -------------------------------------------------------------
     async def _setup(self, source: ComputeSource) -> None:
@@ -214,9 +216,9 @@ class DistributedJobManager(ControlMixin):
                 self._cursor = rows[-1]["idx"]
             else:
                 self._exhausted = True
-        if not self._queue and self._exhausted:
-            due = self.store.next_retry()
-            if due is not None and due <= time.time():
+        if not self._queue and self._exhausted and self._next_retry is not None and self._next_retry <= time.time():
+            self._next_retry = self.store.next_retry()  # the ledger's answer, asked only when one falls due
+            if self._next_retry is not None and self._next_retry <= time.time():
                 self.requeue()
                 return self._has_pending()
         return bool(self._queue)
@@ -225,6 +227,7 @@ class DistributedJobManager(ControlMixin):
         """Tasks were put back to PENDING in the ledger: read the queue again from the start."""
         self._queue.clear()
         self._cursor, self._exhausted = -1, False
+        self._next_retry = self.store.next_retry()
         self.notify()
 
     def _closed_sources(self) -> set[str]:
@@ -358,8 +361,10 @@ class DistributedJobManager(ControlMixin):
         elif meaning == "current" and outcome.state in (JobState.LOST, JobState.FAILED):
             delay = self.retry.delay(outcome.state, attempt)
             if delay is not None:
+                due = time.time() + delay
                 self.store.requeue(tid, f"retry {attempt + 1}/{self.retry.max_attempts} in {delay:.0f} s after "
-                                        f"{outcome.state.value}", time.time() + delay)
+                                        f"{outcome.state.value}", due)
+                self._next_retry = due if self._next_retry is None else min(self._next_retry, due)
 
     # -- failover and health ---------------------------------------------------------------
     def _fail_over(self, tid: str, attempt: int, why: str) -> None:
