@@ -48,6 +48,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .proc import _alive, _signal, _wait_gone
+
 __all__ = [
     "INSTALL_HINT",
     "SlurmCluster",
@@ -103,34 +105,12 @@ def missing_requirements() -> str | None:
 # --------------------------------------------------------------------------- /proc
 
 
-def _state(pid: int) -> str | None:
-    """Process state letter from /proc/PID/stat; None if gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-        return data.rsplit(b")", 1)[1].split()[0].decode()
-    except (OSError, IndexError):
-        return None
 
 
-def _alive(pid: int) -> bool:
-    st = _state(pid)
-    return st is not None and st not in ("Z", "X")
 
 
-def _signal(pid: int, sig: int) -> None:
-    if pid > 1:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, sig)
 
 
-def _wait_gone(pids, timeout: float) -> list[int]:
-    deadline = time.monotonic() + timeout
-    left = [p for p in pids if _alive(p)]
-    while left and time.monotonic() < deadline:
-        time.sleep(0.02)
-        left = [p for p in left if _alive(p)]
-    return left
 
 
 def _comm(pid: int) -> str:

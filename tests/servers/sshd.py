@@ -40,6 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from .proc import _alive, _signal, _wait_gone
+
 __all__ = [
     "SSHD",
     "HEAVY_BASHRC",
@@ -158,25 +160,8 @@ def _pids() -> list[int]:
     return [int(name) for name in os.listdir("/proc") if name.isdigit()]
 
 
-def _state(pid: int) -> str | None:
-    """The process state letter from /proc/PID/stat; None if the process is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    except OSError:
-        return None
-    try:
-        return data.rsplit(b")", 1)[1].split()[0].decode()
-    except IndexError:
-        return None
 
 
-def _alive(pid: int) -> bool:
-    """True unless the process is gone, a zombie or dead (state Z/X)."""
-    st = _state(pid)
-    return st is not None and st not in ("Z", "X")
 
 
 def _cmdline(pid: int) -> bytes:
@@ -199,19 +184,8 @@ def _uids(pid: int) -> tuple[int, ...]:
     return ()
 
 
-def _signal(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, sig)
 
 
-def _wait_gone(pids, timeout: float) -> list[int]:
-    """Wait until no pid in ``pids`` is alive; return those still alive at the end."""
-    deadline = time.monotonic() + timeout
-    left = [p for p in pids if _alive(p)]
-    while left and time.monotonic() < deadline:
-        time.sleep(0.02)
-        left = [p for p in left if _alive(p)]
-    return left
 
 
 # --------------------------------------------------------------------------- helpers
