@@ -55,13 +55,69 @@ def test_sampling_is_seeded_distinct_and_respects_filters():
     assert len(s1) == 10 and len({task_id(p) for p in s1}) == 10
     odd = ParameterSpace(grid=big, sample=5, seed=1, filter=lambda p: p["a"] % 2 == 1)
     assert len(odd) == 5 and all(p["a"] % 2 == 1 for p in odd)
-    assert len(ParameterSpace(grid={"a": [1, 2]}, sample=5)) == 2  # cannot draw more than exist
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"grid": {"a": [1, 2], "b": [1, 2]}, "sample": 100}, "sample=100 but the space has only 4 combinations"),
+        ({"combinations": [{"a": 1}, {"a": 2}], "fixed": {"c": 0}, "sample": 3}, "only 2 combinations"),
+    ],
+)
+def test_sample_larger_than_the_space_is_a_config_error(kwargs, words):
+    with pytest.raises(ConfigError) as err:
+        ParameterSpace(**kwargs)
+    assert err.value.field == "sample" and words in str(err.value) and "lower sample or drop it" in str(err.value)
+    assert len(ParameterSpace(grid={"a": [1, 2], "b": [1, 2]}, sample=4)) == 4  # the whole space is fine
+
+
+def test_sample_larger_than_what_exclude_and_filter_keep_is_a_config_error():
+    space = ParameterSpace(grid={"a": list(range(10))}, exclude=[{"a": 0}], filter=lambda p: p["a"] < 4, sample=5)
+    with pytest.raises(ConfigError) as err:
+        len(space)
+    assert err.value.field == "sample" and "sample=5 but only 3 of the 10" in str(err.value)
+    assert "loosen exclude/filter" in str(err.value)
 
 
 def test_explicit_list_of_dicts():
     space = ParameterSpace(combinations=[{"a": 1, "b": 2}, {"a": 3, "b": {"c": 4}}])
-    assert list(space) == [{"a": 1, "b": 2, "b.c": None}, {"a": 3, "b": None, "b.c": 4}]
+    assert list(space) == [{"a": 1, "b": 2}, {"a": 3, "b.c": 4}]
     assert len(space) == 2
+
+
+def test_explicit_combinations_keep_exactly_their_own_keys(tmp_path):
+    combos = [{"lr": 0.1, "bs": 32}, {"lr": 0.2}, {"opt": "sgd", "lr": 0.3, "bs": None}]
+    space = ParameterSpace(combinations=combos, fixed={"epochs": 3})
+    expected = [{"lr": 0.1, "bs": 32, "epochs": 3}, {"lr": 0.2, "epochs": 3},
+                {"lr": 0.3, "bs": None, "opt": "sgd", "epochs": 3}]
+    assert list(space) == expected and len(space) == 3
+    assert [space[i] for i in range(3)] == expected and space[-2] == expected[1]
+    assert [tid for tid, _ in space.with_ids()] == [task_id(p) for p in expected]
+    assert task_id(space[1]) == task_id({"epochs": 3, "lr": 0.2})  # no bs: None in the id either
+    again = ParameterSpace.from_dict(space.to_dict())
+    assert list(again) == expected
+    space.to_yaml(tmp_path / "s.yaml")
+    assert list(ParameterSpace.from_yaml(tmp_path / "s.yaml")) == expected
+    df = space.preview()
+    assert list(df.columns) == ["lr", "bs", "opt", "epochs"] and list(df.index) == [task_id(p) for p in expected]
+    assert df.loc[task_id(expected[0]), "bs"] == 32 and type(df.loc[task_id(expected[0]), "bs"]) is int
+    assert df.isna().loc[task_id(expected[1]), "bs"] and df.loc[task_id(expected[2]), "bs"] is None
+
+
+def test_explicit_combinations_cross_with_a_grid_and_exclude_needs_the_key_to_be_set():
+    space = ParameterSpace(grid={"seed": [1, 2]}, combinations=[{"lr": 0.1, "bs": 32}, {"lr": 0.2}],
+                           exclude=[{"bs": None}, {"seed": 2, "bs": 32}])
+    assert list(space) == [{"seed": 1, "lr": 0.1, "bs": 32}, {"seed": 1, "lr": 0.2}, {"seed": 2, "lr": 0.2}]
+
+
+def test_exclude_compares_values_with_their_types():
+    space = ParameterSpace(grid={"x": [1, True, 1.0, "1", 0, False, None]}, exclude=[{"x": 1}])
+    assert [p["x"] for p in space] == [True, "1", 0, False, None]  # 1 and 1.0 go; True stays
+    kept = [p["x"] for p in ParameterSpace(grid={"x": [1, True, 0, False]}, exclude=[{"x": True}, {"x": 0}])]
+    assert kept == [1, False] and type(kept[0]) is int
+    lists = ParameterSpace(grid={"x": [[1, 0], [True, False], [1.0, 0.0]]}, exclude=[{"x": [True, False]}])
+    assert [p["x"] for p in lists] == [[1, 0], [1.0, 0.0]]
+    assert [p["x"] for p in ParameterSpace(grid={"x": [[1, 0], [2]]}, exclude=[{"x": (1, 0)}])] == [[2]]
 
 
 def test_task_ids_are_stable_across_processes():
@@ -132,6 +188,13 @@ def test_preview_is_a_small_dataframe_indexed_by_task_id():
         ({"grid": {"a": [1]}, "sample": 0}, "sample", ">= 1"),
         ({"grid": {"a": [1]}, "exclude": [{"zz": 1}]}, "exclude", "unknown parameters"),
         ({"paired": [{}]}, "paired[0]", "empty group"),
+        ({"grid": {"a=b": [1]}}, "grid", "'a=b' contains '='"),
+        ({"grid": {"model": {"w=1": [1]}}}, "grid", "'model.w=1' contains '='"),
+        ({"grid": {"learning rate": [1]}}, "grid", "'learning rate' contains whitespace"),
+        ({"fixed": {"name\t": 1}}, "fixed", "contains whitespace"),
+        ({"paired": [{"-lr": [1], "b": [2]}]}, "paired[0]", "'-lr' starts with '-'"),
+        ({"combinations": [{"a": 1}, {"--b": 2}]}, "combinations", "'--b' starts with '-'"),
+        ({"grid": {"": [1]}}, None, "non-empty"),
     ],
 )
 def test_bad_spaces_name_the_field_and_the_fix(kwargs, field, words):
@@ -158,6 +221,19 @@ def test_bad_yaml_is_a_config_error(tmp_path, text, words):
     with pytest.raises(ConfigError, match=None) as err:
         SweepFile.load(path)
     assert words in str(err.value)
+
+
+def test_bad_parameter_names_say_which_characters_are_allowed():
+    with pytest.raises(ConfigError) as err:
+        ParameterSpace(grid={"a b": [1]})
+    assert "name=value" in str(err.value) and "other than '=' and whitespace, not starting with '-'" in str(err.value)
+
+
+def test_usual_parameter_names_stay_valid():
+    names = ["lr", "model.width", "data_split", "data.split", "x-y", "+trainer.devices", "++seed", "~callbacks",
+             "model/encoder", "db@backup", "layers.0.size", "α"]
+    space = ParameterSpace(grid={n: [1] for n in names}, fixed={"model": {"depth": 2}})
+    assert list(space.names) == [*names, "model.depth"]
 
 
 def test_yaml_reads_exponent_floats_as_numbers(tmp_path):

@@ -27,6 +27,14 @@ Params = dict[str, Any]
 
 _SPACE_KEYS = {"grid", "paired", "fixed", "exclude", "sample", "combinations"}
 
+#: A row of the explicit-combinations factor that does not set this name.
+_ABSENT = object()
+
+_NAME_RULE = (
+    "use printable characters other than '=' and whitespace, not starting with '-' "
+    "(e.g. lr, model.width, data_split, +trainer.devices)"
+)
+
 
 def task_id(params: Mapping[str, Any]) -> str:
     """A stable id for one combination: the same in every process, run and machine."""
@@ -68,9 +76,36 @@ def _jsonable(value: Any, field: str) -> Any:
     return value
 
 
+def _name_problem(name: str) -> str | None:
+    """Why ``name=value`` could not be split back into this name, or None."""
+    if not name:
+        return "is empty"
+    if "=" in name:
+        return "contains '='"
+    if any(ch.isspace() or not ch.isprintable() for ch in name):
+        return "contains whitespace or a control character"
+    if name.startswith("-"):
+        return "starts with '-', so it would be read as an option"
+    return None
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    """Equality as a person means it: True is not 1, 1 is 1.0, "1" is not 1 (also inside lists/dicts)."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(map(_same_value, a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_value(a[k], b[k]) for k in a)
+    return a == b
+
+
 @dataclass(frozen=True)
 class _Factor:
-    """Columns that advance together; ``rows`` is a list of value tuples."""
+    """Columns that advance together; ``rows`` is a list of value tuples.
+
+    In the explicit-combinations factor a row holds ``_ABSENT`` for the names it does not set.
+    """
 
     names: tuple[str, ...]
     rows: tuple[tuple[Any, ...], ...]
@@ -90,9 +125,11 @@ class ParameterSpace:
     >>> space[0]
     {'lr': 0.001, 'model.width': 128, 'seed': 1, 'split': 'a', 'epochs': 3}
 
-    ``exclude`` is a list of partial combinations to drop (``{"lr": 0.01, "model.width": 256}``);
+    ``exclude`` is a list of partial combinations to drop (``{"lr": 0.01, "model.width": 256}``;
+    values match by type as well: ``True`` is not ``1``, but ``1`` is ``1.0``);
     ``filter`` is a predicate ``params -> bool`` that keeps a combination; ``sample``
     draws that many combinations at random with ``seed`` (the same ones every time).
+    ``combinations`` is an explicit list; each keeps exactly its own keys.
     """
 
     def __init__(
@@ -123,14 +160,9 @@ class ParameterSpace:
         self._fixed = {k: _jsonable(v, f"fixed.{k}") for k, v in flatten(self._spec["fixed"]).items()}
         for key in self._fixed:
             self._claim(key, "fixed", seen)
-        self._exclude = [flatten(e) for e in self._spec["exclude"]]
-        for e in self._exclude:
-            unknown = set(e) - set(seen)
-            if unknown:
-                raise ConfigError(f"names unknown parameters {sorted(unknown)}; known: {sorted(seen)}", "exclude")
+        self._exclude = [self._pattern(i, e, seen) for i, e in enumerate(self._spec["exclude"])]
         self._filter = filter
-        if sample is not None and (not isinstance(sample, int) or isinstance(sample, bool) or sample < 1):
-            raise ConfigError(f"must be a whole number >= 1, got {sample!r}", "sample")
+        self._check_sample(sample)
         self._sample, self._seed = sample, seed
         self._sample_idx: list[int] | None = None
         self._count: int | None = None
@@ -139,6 +171,9 @@ class ParameterSpace:
     # -- construction ---------------------------------------------------------------
     @staticmethod
     def _claim(key: str, where: str, seen: dict[str, str]) -> None:
+        problem = _name_problem(key)
+        if problem:
+            raise ConfigError(f"parameter name {key!r} {problem}; a job gets it as name=value, so {_NAME_RULE}", where)
         if key in seen:
             raise ConfigError(f"parameter given twice (in {seen[key]} and in {where}); keep one", key)
         seen[key] = where
@@ -181,8 +216,27 @@ class ParameterSpace:
             self._claim(key, "combinations", seen)
         rows = []
         for j, c in enumerate(flat):
-            rows.append(tuple(_jsonable(c.get(n), f"combinations[{j}].{n}") for n in names))
+            rows.append(tuple(_jsonable(c[n], f"combinations[{j}].{n}") if n in c else _ABSENT for n in names))
         self._factors.append(_Factor(names, tuple(rows)))
+
+    @staticmethod
+    def _pattern(i: int, exclude: Mapping[str, Any], seen: Mapping[str, str]) -> Params:
+        pattern = flatten(exclude)
+        unknown = set(pattern) - set(seen)
+        if unknown:
+            raise ConfigError(f"names unknown parameters {sorted(unknown)}; known: {sorted(seen)}", "exclude")
+        return {k: _jsonable(v, f"exclude[{i}].{k}") for k, v in pattern.items()}
+
+    def _check_sample(self, sample: Any) -> None:
+        if sample is None:
+            return
+        if not isinstance(sample, int) or isinstance(sample, bool) or sample < 1:
+            raise ConfigError(f"must be a whole number >= 1, got {sample!r}", "sample")
+        if sample > self.total:
+            raise ConfigError(
+                f"sample={sample} but the space has only {self.total} combinations; lower sample or drop it",
+                "sample",
+            )
 
     @staticmethod
     def _values(values: Any, field: str, hint: str = "") -> list[Any]:
@@ -222,14 +276,14 @@ class ParameterSpace:
         params: Params = {}
         for factor in reversed(self._factors):
             index, r = divmod(index, len(factor))
-            params.update(zip(factor.names, factor.rows[r]))
+            params.update((n, v) for n, v in zip(factor.names, factor.rows[r]) if v is not _ABSENT)
         ordered = {n: params[n] for n in self.names if n in params}
         ordered.update(self._fixed)
         return ordered
 
     def _keep(self, params: Params) -> bool:
         for pattern in self._exclude:
-            if all(params.get(k) == v for k, v in pattern.items()):
+            if all(k in params and _same_value(params[k], v) for k, v in pattern.items()):
                 return False
         return self._filter is None or bool(self._filter(params))
 
@@ -251,6 +305,12 @@ class ParameterSpace:
                 tried.add(i)
                 if self._keep(self._combo(i)):
                     chosen.add(i)
+            if len(chosen) < self._sample:
+                raise ConfigError(
+                    f"sample={self._sample} but only {len(chosen)} of the {total} combinations pass "
+                    "exclude/filter; lower sample or loosen exclude/filter",
+                    "sample",
+                )
             self._sample_idx = sorted(chosen)
         return self._sample_idx
 
@@ -281,7 +341,11 @@ class ParameterSpace:
         import pandas as pd
 
         rows = self.take(n)
-        return pd.DataFrame(rows, index=pd.Index([task_id(p) for p in rows], name="task_id"))
+        columns = [name for name in self.names if any(name in p for p in rows)]
+        ragged = len({tuple(p) for p in rows}) > 1  # explicit combinations with their own keys
+        index = pd.Index([task_id(p) for p in rows], name="task_id")
+        # object dtype keeps 32 as 32 (not 32.0) in a column that some rows do not set
+        return pd.DataFrame(rows, columns=columns, index=index, dtype=object if ragged else None)
 
     def with_ids(self) -> Iterator[tuple[str, Params]]:
         """``(task_id, params)`` for every combination, lazily."""
