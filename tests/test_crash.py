@@ -77,5 +77,7 @@ def test_sigkill_then_attach_runs_every_task_exactly_once(workdir, kill_after):
                              "WHERE a.attempt < t.attempt").fetchall()
     for job_name, state, error in earlier:  # only attempts that never started may be followed by another
         assert (state, error) == ("LOST", "controller stopped before the job started")
-        assert not (directory / "tasks" / job_name / "pid").exists()
+        pid = directory / "tasks" / job_name / "pid"  # absent, or claimed by the controller: never ran
+        assert not pid.exists() or pid.read_text().strip() == "never"
+        assert not (directory / "tasks" / job_name / "stdout.log").exists()
     assert len(Sweep.attach(directory, resume=False).results()) == 40

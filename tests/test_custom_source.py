@@ -65,9 +65,23 @@ def test_a_user_source_runs_a_sweep(workdir):
     assert sorted(sweep.results()["score"]) == [2.0, 4.0, 6.0, 8.0]
 
 
-def test_attach_asks_for_a_user_source_by_name(workdir):
-    sweep = Sweep(ParameterSpace(grid={"x": [1]}), ["python", "job.py"], [ThreadSource("mine")], workdir=workdir)
-    with pytest.raises(ConfigError, match="'threads' source named 'mine'.*pass it again"):
+def test_attach_rebuilds_a_user_source_from_its_record(workdir):
+    sweep = Sweep(ParameterSpace(grid={"x": [1]}), ["python", "job.py"], [ThreadSource("mine", 1)], workdir=workdir)
+    again = Sweep.attach(sweep.directory)
+    assert [(type(s), s.name, s.max_parallel_jobs) for s in again.sources] == [(ThreadSource, "mine", 1)]
+    assert again.wait(timeout=60).counts() == {"COMPLETED": 1}
+
+
+class HostSource(ThreadSource):
+    """Its constructor takes what ``describe()`` does not record, and it does not extend describe()."""
+
+    def __init__(self, host: str):
+        super().__init__(host, 1)
+
+
+def test_attach_asks_for_a_user_source_it_cannot_rebuild(workdir):
+    sweep = Sweep(ParameterSpace(grid={"x": [1]}), ["python", "job.py"], [HostSource("box")], workdir=workdir)
+    with pytest.raises(ConfigError, match="'threads' source named 'box'.*pass it again"):
         Sweep.attach(sweep.directory)
-    again = Sweep.attach(sweep.directory, sources=[ThreadSource("mine")])
+    again = Sweep.attach(sweep.directory, sources=[HostSource("box")])
     assert again.wait(timeout=60).counts() == {"COMPLETED": 1}

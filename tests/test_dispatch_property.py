@@ -34,6 +34,7 @@ class FakeFlakySource(ComputeSource):
         self.fate: Dict[str, JobState] = {}
         self.peak = 0
         self.healthy = True
+        self.running: set = set()
 
     async def setup(self, sweep_dir, sweep_id):
         return True
@@ -41,7 +42,8 @@ class FakeFlakySource(ComputeSource):
     async def submit_job(self, params, job_name, sweep_id, wandb_group=None):
         self.left[job_name] = self.rng.randint(0, 3)
         self.fate[job_name] = JobState.LOST if self.rng.random() < self.lose else JobState.COMPLETED
-        running = sum(1 for j in self.left if j in self.active_jobs) + 1
+        self.running.add(job_name)  # from submission until it reports an end (orphans included)
+        running = len(self.running)
         self.peak = max(self.peak, running)
         assert running <= self.max_parallel_jobs, f"{self.name}: {running} jobs on {self.max_parallel_jobs} slots"
         return job_name
@@ -50,6 +52,7 @@ class FakeFlakySource(ComputeSource):
         if self.left[job_id] > 0:
             self.left[job_id] -= 1
             return JobState.RUNNING
+        self.running.discard(job_id)
         return self.fate[job_id]
 
     async def cancel_job(self, job_id):

@@ -197,6 +197,21 @@ def test_a_source_that_fails_setup_is_reported_in_the_panel(workdir, panels):
     assert not panel.launch_button.disabled  # still usable: can try again
 
 
+def test_a_sweep_stopped_by_a_failure_says_why_in_the_panel(workdir, panels):
+    class BrokenPolls(LocalComputeSource):
+        async def poll(self, job_ids):
+            raise KeyError("job_info")
+
+    sweep = Sweep(ParameterSpace(grid={"x": [1, 2]}), ["python", "job.py"], [BrokenPolls("broken", 1)],
+                  workdir=workdir, poll_interval=0.05, max_failures=2)
+    panel = sweep.panel()
+    panels.append(panel)
+    panel.launch_button.click()
+    _until(lambda: "no source can take the remaining tasks" in _msg(panel), 60, "the reason in the panel")
+    assert "polling failed 2 times in a row: KeyError: 'job_info'" in _msg(panel)
+    assert not panel.complete_button.disabled  # still usable: complete() once the source is fixed
+
+
 def test_the_sources_tab_shows_health_and_drains_a_source(workdir, panels):
     sweep = Sweep(ParameterSpace(grid={"x": list(range(6))}, fixed={"sleep": 0.3}), ["python", "job.py"],
                   [LocalComputeSource("one", 1), LocalComputeSource("two", 1)], workdir=workdir, poll_interval=0.1)

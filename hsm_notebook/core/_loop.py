@@ -54,11 +54,21 @@ def spawn(coro: Coroutine[Any, Any, T]) -> "concurrent.futures.Future[T]":
     return asyncio.run_coroutine_threadsafe(coro, get_loop())
 
 
+def refuse_in_loop(call: str) -> None:
+    """A blocking call on the package's own loop thread would wait for that very thread forever
+    (an ``on_event`` callback runs there): refuse it in words instead."""
+    if in_loop_thread():
+        raise HsmError(
+            f"{call} blocks, and it was called on hsm_notebook's own loop thread (from an on_event callback?), "
+            "where it would wait for itself forever; from a callback, only look at the event, or start a "
+            "thread (threading.Thread(target=...).start()) that makes the call, or await the *_async twin")
+
+
 def run_sync(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
     """The blocking twin of a coroutine: works in scripts, pytest and Jupyter cells."""
     if in_loop_thread():
         coro.close()
-        raise HsmError("a blocking hsm_notebook call was made from its own event loop; await the async version")
+        refuse_in_loop(getattr(coro, "__qualname__", "a blocking call"))
     return spawn(coro).result(timeout)
 
 

@@ -1,6 +1,6 @@
 """What users do to a running sweep's manager: cancel, add, drain, disable, enable; and
 the per-source stats they look at.  A mixin of ``DistributedJobManager``: it uses the
-manager's state (sources, active attempts, ledger, monitor) and changes nothing else."""
+manager's state (sources, gates, live attempts, ledger, monitor) and changes nothing else."""
 
 from __future__ import annotations
 
@@ -10,15 +10,21 @@ import time
 from typing import Any, Iterable, Optional
 
 from .errors import ConfigError
+from .gate import By, Gate, Mode
 from .source import ComputeSource
 
 
 class ControlMixin:
     # -- control -----------------------------------------------------------------------
     async def cancel(self, task_ids: Optional[Iterable[str]] = None, source: Optional[str] = None) -> int:
-        """Cancel queued and running tasks: all, those in ``task_ids``, or those on ``source``."""
+        """Cancel waiting, in-flight and running tasks: all, those in ``task_ids``, or those on
+        ``source``.  A submission still in flight is cancelled the moment it returns; the request
+        holds until the task has ended (it is never retried)."""
         await self._recovered.wait()
+        self._raise_if_stopped()
         wanted = None if task_ids is None else set(task_ids)
+        if source is not None:
+            self._need(source)
         n = 0
         if source is None:
             n = self.store.cancel_pending(wanted)
@@ -26,12 +32,19 @@ class ControlMixin:
             if wanted is None:
                 self._exhausted = True
             self._next_retry = self.store.next_retry()  # cancelled tasks no longer wait out a backoff
-        jobs = [(self.sources[s], job_id) for (s, job_id), (tid, _) in self._active.items()
-                if (wanted is None or tid in wanted) and (source is None or s == source)]
-        self._cancel_requested.update(self._active[(src.name, j)][0] for src, j in jobs)
-        results = await asyncio.gather(*(src.cancel_job(job_id) for src, job_id in jobs), return_exceptions=True)
-        for src, _ in jobs:
-            self.notify(src.name)
+        for tid, (src, _) in self._submitting.items():
+            if (wanted is None or tid in wanted) and (source is None or src == source) and tid not in self._cancel:
+                self._cancel.add(tid)
+                n += 1
+        jobs = [(self.sources[s], job_id, live.tid) for (s, job_id), live in self.live.items()
+                if not live.orphan and live.ended is None
+                and (wanted is None or live.tid in wanted) and (source is None or s == source)]
+        self._cancel.update(tid for *_, tid in jobs)
+        results = await asyncio.gather(*(self._cancel_one(src, job_id) for src, job_id, _ in jobs),
+                                        return_exceptions=True)
+        for (src, _, _), result in zip(jobs, results):
+            if isinstance(result, BaseException):
+                self._fault(src, "cancelling", result)
         return n + sum(1 for r in results if r is True)
 
     async def add_source(self, source: ComputeSource) -> None:
@@ -41,28 +54,30 @@ class ControlMixin:
         source.validate(self.template)
         await self._setup(source)
         self.sources[source.name] = source
+        self.gates[source.name] = Gate()
         self.monitor.watch(source)
         self.notify()
 
     def drain(self, name: str) -> None:
         """No new tasks go to ``name``; its running tasks finish."""
         self._need(name)
-        self._closed[name] = "draining"
+        self.gates[name].close(Mode.DRAINING, By.USER, "draining")
         self.notify()
 
     async def disable(self, name: str) -> int:
         """No new tasks go to ``name``; its running tasks are stopped and queued again elsewhere."""
         self._need(name)
-        self._closed[name] = "disabled by the user"
-        await self._on_disable(self.sources[name], "disabled by the user")
-        jobs = [j for (s, j) in self._orphans if s == name]
-        results = await asyncio.gather(*(self.sources[name].cancel_job(j) for j in jobs), return_exceptions=True)
+        await self._disable(self.sources[name], By.USER, "disabled by the user")
+        jobs = [j for (s, j), live in self.live.items() if s == name and live.orphan and live.ended is None]
+        results = await asyncio.gather(*(self._cancel_one(self.sources[name], j) for j in jobs), return_exceptions=True)
         self.notify(name)
         return sum(1 for r in results if r is True)
 
     def enable(self, name: str) -> None:
+        """Undo ``drain``/``disable`` (also a source disabled because it kept failing)."""
         self._need(name)
-        self._closed.pop(name, None)
+        self.gates[name].open(Mode.ENABLED)
+        self.faults.streaks.clear()
         self.notify()
 
     def _need(self, name: str) -> None:
@@ -75,14 +90,16 @@ class ControlMixin:
         rows = []
         for name, s in self.sources.items():
             h = self.monitor.health.get(name)
+            gate = self.gates[name]
             done = [t for t in self._done_times[name] if now - t <= 60]
-            stats = s.get_stats()
+            stats = s.stats
             rows.append({
-                "source": name, "type": s.source_type, "state": self._closed.get(name) or (
-                    "disabled" if h is not None and not h.enabled else "enabled"),
-                "health": h.status if h else stats.health_status, "reason": h.reason if h else None,
-                "slots": s.max_parallel_jobs, "active": len(s.active_jobs), "completed": stats.completed_jobs,
+                "source": name, "type": s.source_type, "state": gate.mode.value,
+                "health": h.status if h else stats.health_status,
+                "reason": gate.reason or (h.reason if h else None) or self.faults.summary(name),
+                "slots": s.max_parallel_jobs, "active": self._load[name], "completed": stats.completed_jobs,
                 "failed": stats.failed_jobs, "per_minute": len(done),
                 "avg_duration_s": round(stats.average_job_duration, 2) if stats.average_job_duration else None,
+                "problems": self.faults.summary(name),
             })
         return rows

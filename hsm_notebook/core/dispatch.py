@@ -12,7 +12,7 @@ only sources that meet them are considered.
 
 from __future__ import annotations
 
-from typing import Any, Collection, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from .source import ComputeSource
 
@@ -36,24 +36,18 @@ def meets(source: ComputeSource, requires: Optional[Mapping[str, Any]]) -> bool:
     return set(requires.get("tags") or ()) <= caps["tags"]
 
 
-def free_slots(source: ComputeSource, reserved: Mapping[str, int]) -> int:
-    return source.available_slots - reserved.get(source.name, 0)
-
-
 def choose(
     sources: Sequence[ComputeSource],
-    reserved: Mapping[str, int],
+    load: Callable[[str], int],
     strategy: str = "least_loaded",
     turn: int = 0,
     requires: Optional[Mapping[str, Any]] = None,
-    closed: Collection[str] = (),
 ) -> ComputeSource | None:
     """A source with a free slot that meets ``requires``, or None.
 
-    ``reserved`` counts submissions in flight per source; ``closed`` names sources that take
-    no new work (disabled or draining)."""
-    free = [s for s in sources
-            if s.name not in closed and s.is_available and free_slots(s, reserved) > 0 and meets(s, requires)]
+    ``sources`` are those that take work (the manager's gates decide which); ``load(name)``
+    counts the slots in use on a source (its live jobs and submissions in flight)."""
+    free = [s for s in sources if load(s.name) < s.max_parallel_jobs and meets(s, requires)]
     if not free:
         return None
     if strategy == "round_robin":
@@ -62,6 +56,6 @@ def choose(
         def score(s: ComputeSource) -> float:
             avg = s.stats.average_job_duration
             speed = 1.0 / avg if avg else 1.0
-            return speed * free_slots(s, reserved) / s.max_parallel_jobs
+            return speed * (s.max_parallel_jobs - load(s.name)) / s.max_parallel_jobs
         return max(free, key=score)
-    return min(free, key=lambda s: (len(s.active_jobs) + reserved.get(s.name, 0)) / s.max_parallel_jobs)
+    return min(free, key=lambda s: load(s.name) / s.max_parallel_jobs)

@@ -7,6 +7,7 @@ what is wrong *and* what to do next, because they end up in front of a person
 
 from __future__ import annotations
 
+import asyncio
 from typing import Sequence
 
 
@@ -52,7 +53,9 @@ class SubmitError(SourceError):
 class CommandError(SourceError):
     """A command run by a source exited badly.
 
-    Carries everything needed to understand the failure without re-running it.
+    Carries everything needed to understand the failure without re-running it.  The
+    message names the command by its first line only (a start script may hold hundreds
+    of jobs): ``argv`` keeps the whole of it.
     """
 
     def __init__(
@@ -68,6 +71,43 @@ class CommandError(SourceError):
         self.stdout = stdout
         self.stderr = stderr
         code = "lost connection (no exit status)" if exit_code is None else f"exit code {exit_code}"
-        tail = (stderr or stdout).strip().splitlines()[-5:]
+        tail = [shorten(line, 200) for line in (stderr or stdout).strip().splitlines()[-5:]]
         detail = ("\n  " + "\n  ".join(tail)) if tail else ""
-        super().__init__(f"command {self.argv!r} failed with {code}{detail}", source)
+        super().__init__(f"command {command_label(self.argv)} failed with {code}{detail}", source)
+
+
+class CommandTimeout(CommandError, asyncio.TimeoutError):
+    """A command got no answer in time (the host may be overloaded or hung)."""
+
+    def __init__(self, argv: Sequence[str], timeout: float | None, where: str, source: str | None = None):
+        self.timeout = timeout
+        super().__init__(argv, None, "", f"no answer from {where} in {timeout} s", source)
+
+
+#: Failures of the infrastructure rather than of the job: worth another try later.
+INFRASTRUCTURE = (ConnectError, CommandTimeout, asyncio.TimeoutError, ConnectionError, OSError)
+
+
+def is_infrastructure(exc: BaseException) -> bool:
+    """True for faults of the machine or the network (retried), False for the job's own."""
+    return isinstance(exc, INFRASTRUCTURE) or (isinstance(exc, CommandError) and exc.exit_code is None)
+
+
+def shorten(text: str, limit: int = 300) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was left out."""
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
+def command_label(argv: Sequence[str]) -> str:
+    """A command as a person wants to see it in an error: its first line, bounded."""
+    words = " ".join(str(a) for a in argv)
+    first, _, rest = words.strip().partition("\n")
+    return repr(shorten(first, 120) + (" ..." if rest else ""))
+
+
+def describe_error(exc: BaseException, limit: int = 300) -> str:
+    """``Type: message`` in one bounded line (never a whole script)."""
+    text = str(exc) or "(no message)"
+    name = type(exc).__name__
+    return shorten(text if isinstance(exc, HsmError) else f"{name}: {text}", limit)

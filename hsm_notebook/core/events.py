@@ -8,11 +8,14 @@ own code listen here instead of polling the ledger.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from dataclasses import dataclass
 from typing import AsyncIterator, Callable, Optional
 
 from .state import JobState
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,8 @@ class EventBus:
     def __init__(self) -> None:
         self._subscribers: list[Callable[[Optional[Event]], None]] = []
         self._lock = threading.Lock()
+        #: (listener, error type) -> how many times it raised
+        self.errors: dict[tuple[str, str], int] = {}
 
     def publish(self, event: Optional[Event]) -> None:
         """Deliver ``event`` (None means: the sweep's run ended) to every subscriber."""
@@ -38,8 +43,17 @@ class EventBus:
         for callback in subscribers:
             try:
                 callback(event)
-            except Exception:  # noqa: BLE001 - one listener must not break the manager
-                pass
+            except Exception as exc:  # noqa: BLE001 - one listener must not break the manager
+                self._report(callback, exc)
+
+    def _report(self, callback: Callable, exc: Exception) -> None:
+        """A listener raised: say so once per listener and cause (then count), never every event."""
+        key = (getattr(callback, "__qualname__", repr(callback)), type(exc).__name__)
+        self.errors[key] = self.errors.get(key, 0) + 1
+        if self.errors[key] == 1:
+            log.warning("event listener %s raised %s: %s (further errors of this kind are counted, not logged; "
+                        "listeners run on hsm_notebook's loop thread: keep them quick and non-blocking)",
+                        key[0], key[1], exc)
 
     def subscribe(self, callback: Callable[[Optional[Event]], None]) -> Callable[[], None]:
         with self._lock:

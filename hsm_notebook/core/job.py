@@ -10,10 +10,11 @@ every source that runs processes (local, SSH, Slurm's batch script calls it too)
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional, Sequence
 
 from .errors import ConfigError
 
@@ -27,18 +28,57 @@ STDERR_FILE = "stderr.log"
 EXIT_CODE_FILE = "exit_code"
 PID_FILE = "pid"
 CANCEL_FILE = "cancelled"
+LAUNCH_FILE = "launch"  # SSH: "PID STARTTIME" of the launched wrapper, written by the start script
+GPUS_FILE = "gpus"  # in the LOCAL job dir: the GPU ids pinned to the job ("0,1"), restored on attach
+#: A pid file holding this was created by a controller, not by the wrapper: the job never started
+#: and never will (the wrapper's exclusive create fails, so it exits without running anything).
+NEVER = "never"
 
 #: ``sh -c WRAPPER hsm-job JOB_DIR CMD ARG...``.  All three streams are redirected so the
 #: wrapper never holds the caller's pipes.  With ``HSM_EVENTS`` set, the wrapper appends the
 #: job's name to that file when it ends: a remote watcher turns that into a wake-up.
+#:
+#: The wrapper first *claims* the job by creating the pid file exclusively (``set -C``: an
+#: O_EXCL open in dash, bash and ash; ``true``, not ``:``, because a failed redirection on a
+#: special builtin would exit the shell with an error).  So a pid file, even empty, means the
+#: wrapper started; a controller that finds none may claim the job itself (:func:`claim`) and
+#: then knows it can never start.  The one second start of the same folder is a scheduler's
+#: requeue (``SLURM_RESTART_COUNT``), which runs again unless a controller claimed the job.  A
+#: wrapper that cannot write its pid (a full disk) runs nothing: its exit code could not be
+#: written either, and a retry would run the task twice.
 WRAPPER = (
-    'd=$1; shift; echo $$ > "$d/pid"; '
+    'd=$1; shift; set -C; { true > "$d/pid"; } 2>/dev/null || '
+    '{ [ "${SLURM_RESTART_COUNT:-0}" != 0 ] && read p < "$d/pid" && [ "$p" != never ]; } || exit 0; '
+    'set +C; echo $$ > "$d/pid" || exit 1; '
     '"$@" > "$d/stdout.log" 2> "$d/stderr.log" < /dev/null; '
     'echo $? > "$d/exit_code"; '
     '[ -z "$HSM_EVENTS" ] || echo "${d##*/}" >> "$HSM_EVENTS"'
 )
 # pid and exit_code are written with one small write() each (no temp file + mv: that cost an
 # extra process per file per job); readers treat an empty file as not written yet.
+
+
+def claim(job_dir: Path) -> bool:
+    """Claim a job that has not started for the controller: create its pid file exclusively,
+    holding :data:`NEVER`.  True: the job never started and now never will.  False: its wrapper
+    claimed it first (it started)."""
+    job_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(job_dir / PID_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as f:
+        f.write(NEVER + "\n")
+    return True
+
+
+def read_pid(job_dir: Path) -> Optional[str]:
+    """The pid file's text, stripped: None if absent, "" while the wrapper writes it (or could
+    not: a full disk), :data:`NEVER` if a controller claimed the job, else the wrapper's pid."""
+    try:
+        return (job_dir / PID_FILE).read_text().strip()
+    except FileNotFoundError:
+        return None
 
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -111,6 +151,30 @@ class JobTemplate:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "JobTemplate":
         return cls(tuple(data["command"]), data.get("arg_style", "hydra"), data.get("workdir"), dict(data.get("env") or {}))
+
+
+def reference_template(
+    command: Sequence[str] | str | None = None, *, python_path: str | None = None, script_path: str | None = None,
+    project_dir: str | Path | None = None, arg_style: str = "hydra",
+) -> JobTemplate | None:
+    """The job of a source driven without a ``Sweep``, from the reference's constructor
+    arguments: ``command`` (a list, or a string split like a shell), or ``python_path``
+    (default ``python``; may be ``"conda run -n env python"``) followed by ``script_path``; run
+    in ``project_dir`` (default: the current directory).  None when none of them is given."""
+    from .config import parse_command
+
+    if command is None and not script_path:
+        if python_path is not None:
+            raise ConfigError("python_path needs script_path (the script to run)", "script_path")
+        return None
+    if command is not None and (script_path or python_path is not None):
+        raise ConfigError("give command, or python_path and script_path, not both", "command")
+    if command is None:
+        command = [*parse_command(python_path or "python", "python_path"), str(script_path)]
+    workdir = Path(project_dir or ".").expanduser().absolute()
+    if not workdir.is_dir():
+        raise ConfigError(f"{workdir} is not a directory", "project_dir")
+    return JobTemplate(parse_command(command), arg_style, str(workdir), {})
 
 
 def write_params(job_dir: Path, params: Mapping[str, Any]) -> None:

@@ -1,27 +1,56 @@
 """Health monitoring: periodic ``health_check`` of every source, off the dispatch path.
 
-A source is disabled after ``max_failures`` consecutive failed checks (an exception, a
-timeout, or status "unhealthy") and enabled again on the next healthy one.  The manager
-is told through two callbacks, and the reason is kept for ``status()`` and the panel.
+The monitor only asks and reads the answers: each check runs in its own (supervised) task,
+its report is read into ``healthy`` / ``degraded`` / ``unhealthy`` with a reason, and the
+manager is told.  What follows from it (disable after ``max_failures`` unhealthy checks in a
+row, enable on recovery) is the manager's decision, kept in its gates.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from datetime import datetime
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Mapping, Optional
 
+from .errors import describe_error
 from .source import ComputeSource
+
+#: Words sources use for their health (the reference's, and common others) -> ours.
+HEALTH_WORDS: Dict[str, str] = {
+    **dict.fromkeys(("healthy", "ok", "good", "up", "online", "available", "ready", "idle", "active"), "healthy"),
+    **dict.fromkeys(("degraded", "overloaded", "busy", "warning", "warn", "slow", "full", "limited"), "degraded"),
+    **dict.fromkeys(("unhealthy", "error", "down", "offline", "unavailable", "unreachable", "failed", "fail",
+                     "dead", "critical"), "unhealthy"),
+}
+
+
+def read_health(report: Any) -> tuple[str, Optional[str], dict]:
+    """``(status, reason, report)`` from what a ``health_check()`` returned: a dict with a
+    ``status`` (any word of ``HEALTH_WORDS``, any case), or just such a word."""
+    if isinstance(report, Mapping):
+        raw = report.get("status")
+        reason = report.get("reason") or report.get("message") or report.get("error")
+        report = dict(report)
+    else:
+        raw, reason, report = report, None, {"status": report}
+    word = str(raw).strip().lower()
+    status = HEALTH_WORDS.get(word)
+    if status is None:
+        return "degraded", (f"health_check() said {raw!r}, which is none of healthy, degraded, unhealthy "
+                            "(or ok, overloaded, error, ...): taken as degraded"), report
+    if status != "healthy" and not reason and word != status:
+        reason = word  # "overloaded" says more than "degraded"
+    return status, (str(reason) if reason else None), report
 
 
 @dataclass
 class Health:
     status: str = "unknown"
     reason: Optional[str] = None
-    failures: int = 0
+    failures: int = 0  # unhealthy checks in a row
     checked_at: Optional[float] = None
-    enabled: bool = True
     report: dict = field(default_factory=dict)
 
 
@@ -29,13 +58,11 @@ class HealthMonitor:
     def __init__(
         self,
         interval: float,
-        max_failures: int,
         timeout: float,
-        on_disable: Callable[[ComputeSource, str], Awaitable[None]],
-        on_enable: Callable[[ComputeSource], Awaitable[None]],
+        spawn: Callable[..., asyncio.Task],
+        on_result: Callable[[ComputeSource, Health], Any],
     ):
-        self.interval, self.max_failures, self.timeout = interval, max_failures, timeout
-        self.on_disable, self.on_enable = on_disable, on_enable
+        self.interval, self.timeout, self.spawn, self.on_result = interval, timeout, spawn, on_result
         self.health: Dict[str, Health] = {}
         self._checking: Dict[str, asyncio.Task] = {}
         self._last: Dict[str, float] = {}
@@ -50,38 +77,28 @@ class HealthMonitor:
             if name in self._checking or now - self._last.get(name, 0.0) < self.interval:
                 continue
             self._last[name] = now
-            self._checking[name] = asyncio.get_running_loop().create_task(self._check(source))
+            task = self.spawn(self._check(source), source, "health check")
+            self._checking[name] = task
+            task.add_done_callback(lambda _t, n=name: self._checking.pop(n, None))
 
     async def _check(self, source: ComputeSource) -> None:
         h = self.health.setdefault(source.name, Health())
         try:
-            try:
-                report = await asyncio.wait_for(source.health_check(), self.timeout)
-                status, reason = report.get("status", "unknown"), report.get("reason")
-            except asyncio.TimeoutError:
-                report, status, reason = {}, "unhealthy", f"no answer to a health check in {self.timeout:.0f} s"
-            except Exception as exc:  # noqa: BLE001 - any failure of a check is a failed check
-                report, status, reason = {}, "unhealthy", f"{type(exc).__name__}: {exc}"
-            h.report, h.status, h.reason, h.checked_at = report, status, reason, time.time()
-            if status == "unhealthy":
-                h.failures += 1
-                if h.enabled and h.failures >= self.max_failures:
-                    h.enabled = False
-                    source.stats.health_status = "unhealthy"
-                    await self.on_disable(source, reason or "unhealthy")
-            else:
-                h.failures = 0
-                source.stats.health_status = status
-                if not h.enabled:
-                    h.enabled = True
-                    await self.on_enable(source)
-        finally:
-            self._checking.pop(source.name, None)
+            status, reason, report = read_health(await asyncio.wait_for(source.health_check(), self.timeout))
+        except asyncio.TimeoutError:
+            status, reason, report = "unhealthy", f"no answer to a health check in {self.timeout:.0f} s", {}
+        except Exception as exc:  # noqa: BLE001 - any failure of a check is a failed check
+            status, reason, report = "unhealthy", describe_error(exc), {}
+        h.report, h.status, h.reason, h.checked_at = report, status, reason, time.time()
+        h.failures = h.failures + 1 if status == "unhealthy" else 0
+        source.stats.health_status, source.stats.last_health_check = status, datetime.now()
+        await self.on_result(source, h)
 
-    def disabled(self) -> set[str]:
-        return {name for name, h in self.health.items() if not h.enabled}
+    def checking(self) -> set[asyncio.Task]:
+        """The checks in flight."""
+        return set(self._checking.values())
 
     def cancel(self) -> None:
-        for task in self._checking.values():
+        for task in list(self._checking.values()):
             task.cancel()
         self._checking.clear()

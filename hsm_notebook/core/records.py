@@ -7,30 +7,16 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
+from . import registry
 from .errors import ConfigError
 from .job import JobTemplate
 from .retry import RetryPolicy
 from .source import ComputeSource
 
 
-def _source_types() -> dict[str, type]:
-    from ..sources import LocalComputeSource, SlurmComputeSource, SSHComputeSource
-
-    return {"local": LocalComputeSource, "ssh": SSHComputeSource, "slurm": SlurmComputeSource.from_description}
-
-
 def rebuild_source(description: Mapping[str, Any]) -> ComputeSource:
-    """A built-in source from its ``describe()`` record (used by ``attach``)."""
-    kwargs = dict(description)
-    kind = kwargs.pop("type")
-    cls = _source_types().get(kind)
-    if cls is None:
-        raise ConfigError(
-            f"the sweep used a {kind!r} source named {kwargs.get('name')!r}, which cannot be rebuilt "
-            "automatically; pass it again: Sweep.attach(dir, sources=[...])",
-            "sources",
-        )
-    return cls(**kwargs)
+    """A source from its ``describe()`` record (used by ``attach``): built-in or the user's own."""
+    return registry.rebuild(description)
 
 
 def retry_policy(value: RetryPolicy | Mapping[str, Any] | None) -> RetryPolicy:
@@ -52,9 +38,7 @@ def default_sweeps_dir() -> Path:
 
 def check_sources(sources: Optional[Sequence[ComputeSource]], template: JobTemplate) -> list[ComputeSource]:
     if sources is None:
-        from ..sources import LocalComputeSource
-
-        sources = [LocalComputeSource()]
+        sources = [registry.default_source()]
     if isinstance(sources, ComputeSource):
         sources = [sources]
     sources = list(sources)

@@ -13,7 +13,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Optional, Protocol, Sequence
 
-from .errors import CommandError
+from .errors import CommandError, CommandTimeout
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class LocalShell:
         except asyncio.TimeoutError:
             proc.kill()
             await proc.wait()
-            raise CommandError([script], None, "", f"timed out after {timeout} s", self.source) from None
+            raise CommandTimeout([script], timeout, "this machine", self.source) from None
         result = CommandResult(script, proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
         if check and result.exit_code != 0:
             raise CommandError([script], result.exit_code, result.stdout, result.stderr, self.source)

@@ -15,8 +15,9 @@ import time
 from abc import ABC, abstractmethod
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
+from . import registry
 from .errors import ConfigError, SourceError
 from .job import (
     CANCEL_FILE,
@@ -26,6 +27,7 @@ from .job import (
     STDERR_FILE,
     JobTemplate,
     check_job_name,
+    reference_template,
     tail,
 )
 from .state import ComputeSourceStats, JobInfo, JobOutcome, JobState
@@ -39,14 +41,35 @@ def split_job_name(job_name: str) -> tuple[str | None, int | None]:
     return (m["task"], int(m["attempt"])) if m else (None, None)
 
 
+#: What a source may report for a job it was given, in the reference API's words and a few
+#: common others (case-insensitive).  "PENDING" from a source means waiting in *its* queue.
+#: "UNKNOWN" (or anything not listed) means: no answer for this job this round.
+SOURCE_STATES: Dict[str, JobState] = {
+    "PENDING": JobState.QUEUED, "SUBMITTING": JobState.QUEUED, "SUBMITTED": JobState.QUEUED,
+    "QUEUED": JobState.QUEUED, "WAITING": JobState.QUEUED, "STARTING": JobState.QUEUED,
+    "RUNNING": JobState.RUNNING, "ACTIVE": JobState.RUNNING,
+    "COMPLETED": JobState.COMPLETED, "DONE": JobState.COMPLETED, "SUCCESS": JobState.COMPLETED,
+    "SUCCEEDED": JobState.COMPLETED, "FINISHED": JobState.COMPLETED,
+    "FAILED": JobState.FAILED, "ERROR": JobState.FAILED, "TIMEOUT": JobState.FAILED,
+    "CANCELLED": JobState.CANCELLED, "CANCELED": JobState.CANCELLED, "KILLED": JobState.CANCELLED,
+    "LOST": JobState.LOST,
+}
+
+
+def reported_state(value: Any) -> Optional[JobState]:
+    """A source's answer about one of its jobs as a state, or None when it does not know
+    ("UNKNOWN", or a word nobody defined): the manager asks again next round."""
+    key = value.value if isinstance(value, JobState) else str(value).strip().upper()
+    return SOURCE_STATES.get(key)
+
+
 def to_state(value: Any) -> JobState:
-    """Accept a ``JobState`` or the reference API's plain strings (case-insensitive)."""
-    if isinstance(value, JobState):
-        return value
-    try:
-        return JobState(str(value).upper())
-    except ValueError:
-        raise SourceError(f"unknown job state {value!r}; return a JobState") from None
+    """A ``JobState`` or the reference API's plain strings (case-insensitive); SourceError for
+    anything else."""
+    state = reported_state(value)
+    if state is None:
+        raise SourceError(f"unknown job state {value!r}; return a JobState or one of {sorted(SOURCE_STATES)}")
+    return state
 
 
 class ComputeSource(ABC):
@@ -55,11 +78,23 @@ class ComputeSource(ABC):
     Subclasses implement the seven coroutines.  The manager calls :meth:`bind`
     before :meth:`setup`, so ``self.sweep_dir``, ``self.sweep_id`` and
     ``self.template`` are set when ``setup`` runs; :meth:`job_command` turns
-    ``params`` into the argv and environment of a job.
+    ``params`` into the argv and environment of a job.  Driven without the manager (the
+    reference's style), ``setup`` binds the source itself (:meth:`bind_self`) to the job
+    given to its constructor (:meth:`own_job`).
     """
 
     #: Seconds between status polls when the source cannot signal changes itself.
     poll_interval: float = 1.0
+    #: The job to run when no manager binds this source (see :meth:`own_job`), and the
+    #: constructor arguments it came from (recorded by :meth:`describe`).
+    own_template: Optional[JobTemplate] = None
+    job_args: Mapping[str, Any] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Every subclass, users' own included, is registered so ``Sweep.attach`` can rebuild it
+        from its ``describe()`` record (see ``core.registry``)."""
+        super().__init_subclass__(**kwargs)
+        registry.register(cls)
 
     def __init__(self, name: str, source_type: str, max_parallel_jobs: int):
         if not isinstance(max_parallel_jobs, int) or isinstance(max_parallel_jobs, bool) or max_parallel_jobs < 1:
@@ -69,8 +104,14 @@ class ComputeSource(ABC):
         self.name = name
         self.source_type = source_type
         self.max_parallel_jobs = max_parallel_jobs
+        #: The reference API's own bookkeeping, kept for sources written for it (``track`` and
+        #: ``update_job_status`` maintain it).  The manager never reads it: which jobs are live,
+        #: and where, is the manager's (and the ledger's) to know.
         self.active_jobs: dict[str, JobInfo] = {}
         self.completed_jobs: dict[str, JobInfo] = {}
+        #: job id -> job name of every job of this source in the sweep, written by the manager when a
+        #: submission returns (and on re-adoption): how a source finds a job's folder from its id.
+        self.job_names: dict[str, str] = {}
         self.stats = ComputeSourceStats(name, source_type, max_parallel_jobs)
         self.sweep_dir: Path | None = None
         self.sweep_id: str | None = None
@@ -111,9 +152,19 @@ class ComputeSource(ABC):
         """Release connections and other resources; safe to call twice."""
 
     # -- hooks with defaults (override for speed or for recovery) --------------------
-    async def poll(self, job_ids: List[str]) -> Dict[str, JobState]:
-        """States of many jobs at once.  Override with one batched query per round."""
-        return {job_id: to_state(await self.get_job_status(job_id)) for job_id in job_ids}
+    async def poll(self, job_ids: List[str]) -> Dict[str, Any]:
+        """States of many jobs at once.  Override with one batched query per round.
+
+        A job may be left out, or answered "UNKNOWN": the manager asks again next round.  The
+        default asks ``get_job_status`` for each job; one job's error does not hide the others'
+        answers (it comes back as the exception, and the manager reports it)."""
+        answers: Dict[str, Any] = {}
+        for job_id in job_ids:  # one at a time, as the reference's manager asks
+            try:
+                answers[job_id] = await self.get_job_status(job_id)
+            except Exception as exc:  # noqa: BLE001 - handed to the manager, which reports it
+                answers[job_id] = exc
+        return answers
 
     def job_detail(self, job_id: str) -> Optional[str]:
         """A word on a waiting job for ``status()`` (Slurm: the pending reason), or None."""
@@ -124,21 +175,60 @@ class ComputeSource(ABC):
         was in fact started, else None (the manager then starts it again)."""
         return None
 
+    def adopt(self, job_id: str, job_name: str) -> None:
+        """Called by the manager (after ``setup`` and ``recover_job``) for every job a previous
+        controller left running that this one re-adopts: take back what the job holds (e.g.
+        its pinned GPUs, recorded with its attempt in ``job_dir(job_name)``)."""
+
     async def outcome(self, job_id: str, state: JobState) -> JobOutcome:
         """What a finished job left behind, read from its (collected) job dir."""
-        info = self.active_jobs.get(job_id) or self.completed_jobs.get(job_id)
-        if info is None or info.task_dir is None:
+        name = self.job_names.get(job_id)
+        if name is None or self.sweep_dir is None:
             return JobOutcome(state)
-        return read_outcome(Path(info.task_dir), state)
+        return read_outcome(self.job_dir(name), state)
 
     def validate(self, template: JobTemplate) -> None:
         """Reject a template this source cannot run, before any job starts (``ConfigError``)."""
 
     def describe(self) -> Dict[str, Any]:
-        """How to rebuild this source on reattach (built-in sources only)."""
-        return {"type": self.source_type, "name": self.name, "max_parallel_jobs": self.max_parallel_jobs}
+        """How to rebuild this source (``Sweep.attach``): its type, its class's import path and
+        its constructor's arguments.  Extend it with your constructor's other arguments."""
+        return {"type": self.source_type, "class": registry.class_path(type(self)), "name": self.name,
+                "max_parallel_jobs": self.max_parallel_jobs, **self.job_args}
+
+    @classmethod
+    def from_description(cls, description: Mapping[str, Any]) -> "ComputeSource":
+        """The inverse of :meth:`describe`: ``cls(**description)`` less ``type`` and ``class``.
+        Override it when the constructor does not take what ``describe()`` records."""
+        return cls(**{k: v for k, v in description.items() if k not in registry.BOOKKEEPING})
 
     # -- shared machinery -------------------------------------------------------------
+    def own_job(
+        self, command: Sequence[str] | str | None = None, *, python_path: Optional[str] = None,
+        script_path: Optional[str] = None, project_dir: Optional[str] = None, arg_style: str = "hydra",
+    ) -> None:
+        """Keep the reference's constructor arguments: what ``setup()`` binds this source to when
+        the manager did not (``command``, or ``python_path`` + ``script_path``, in ``project_dir``)."""
+        self.own_template = reference_template(command, python_path=python_path, script_path=script_path,
+                                               project_dir=project_dir, arg_style=arg_style)
+        args = {"command": list(command) if isinstance(command, (list, tuple)) else command,
+                "python_path": python_path, "script_path": script_path,
+                "project_dir": self.own_template.workdir if self.own_template else project_dir}
+        self.job_args = {k: v for k, v in args.items() if v is not None}
+        if self.job_args and arg_style != "hydra":
+            self.job_args["arg_style"] = arg_style
+
+    def bind_self(self, sweep_dir: Path, sweep_id: str) -> None:
+        """Called first in ``setup``: a source set up without the manager's :meth:`bind` (the
+        reference's driving style: setup, submit_job, get_job_status, ...) binds itself to
+        ``sweep_dir`` and to the job given to its constructor."""
+        if self.sweep_dir is not None and Path(sweep_dir) == self.sweep_dir and sweep_id == self.sweep_id:
+            return  # bound by the manager
+        template = self.own_template or self.template
+        if template is not None:
+            self.validate(template)
+        self.template, self.sweep_dir, self.sweep_id = template, Path(sweep_dir), sweep_id
+
     def bind(self, template: JobTemplate, sweep_dir: Path, sweep_id: str, on_change: Callable[[], None]) -> None:
         """Called by the manager before ``setup``."""
         self.template, self.sweep_dir, self.sweep_id, self._on_change = template, Path(sweep_dir), sweep_id, on_change
@@ -150,7 +240,7 @@ class ComputeSource(ABC):
     def job_dir(self, job_name: str) -> Path:
         """The job's folder: ``<sweep dir>/tasks/<job name>``."""
         if self.sweep_dir is None:
-            raise SourceError("not bound to a sweep; the manager calls bind() before setup()", self.name)
+            raise SourceError("not set up for a sweep; call setup(sweep_dir, sweep_id) first", self.name)
         return self.sweep_dir / "tasks" / check_job_name(job_name)
 
     def job_command(
@@ -158,7 +248,8 @@ class ComputeSource(ABC):
     ) -> tuple[list[str], dict[str, str]]:
         """The argv and the extra environment of one job, per the sweep's template."""
         if self.template is None:
-            raise SourceError("no job template; the manager calls bind() before submitting", self.name)
+            raise SourceError("no command to run: pass command=... (or python_path=..., script_path=...) "
+                              "to the source, or run it in a Sweep", self.name)
         task, _ = split_job_name(job_name)
         env = self.template.environ(
             job_dir=job_dir, job_name=job_name, sweep_id=sweep_id, task_id=task, wandb_group=wandb_group
@@ -171,14 +262,17 @@ class ComputeSource(ABC):
         info = JobInfo(job_id, job_name, dict(params), self.name, JobState.QUEUED, datetime.now(),
                        task_dir=str(task_dir) if task_dir is not None else None)
         self.active_jobs[job_id] = info
+        self.job_names[job_id] = job_name
         self.stats.total_submitted += 1
         return info
 
-    def update_job_status(self, job_id: str, new_status: JobState) -> None:
-        """Move a job between active and completed, keeping the stats."""
+    def update_job_status(self, job_id: str, new_status: JobState | str) -> None:
+        """Move a job between active and completed, keeping the stats (the reference API's
+        bookkeeping; the reference's strings are accepted)."""
         info = self.active_jobs.get(job_id)
         if info is None:
             return
+        new_status = reported_state(new_status) or info.status
         info.status = new_status
         if new_status == JobState.RUNNING and info.start_time is None:
             info.start_time = datetime.now()
@@ -196,19 +290,20 @@ class ComputeSource(ABC):
                 avg = self.stats.average_job_duration
                 self.stats.average_job_duration = d if avg is None else avg + (d - avg) / n
 
+    # The reference API's views of its own bookkeeping (the manager counts slots itself).
     @property
     def current_job_count(self) -> int:
-        """Jobs started and not finished."""
+        """Jobs started and not finished, as the source's own records say."""
         return len(self.active_jobs)
 
     @property
     def available_slots(self) -> int:
-        """Free slots (``max_parallel_jobs`` minus active jobs)."""
+        """Free slots (``max_parallel_jobs`` minus active jobs), as the source's own records say."""
         return max(0, self.max_parallel_jobs - len(self.active_jobs))
 
     @property
     def is_available(self) -> bool:
-        """A free slot and not unhealthy."""
+        """A free slot and not unhealthy, as the source's own records say."""
         return self.available_slots > 0 and self.stats.health_status in ("healthy", "degraded", "unknown")
 
     @property

@@ -18,10 +18,16 @@ the writer.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import glob
 import json
 import os
+import secrets
+import shutil
+import socket
 import sqlite3
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -81,6 +87,122 @@ def _connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+# -- folders left by an interrupted Sweep(...) ------------------------------------------
+#: A sweep folder is built in a hidden sibling ``.<name>.creating-<hex>`` and renamed into place.
+CREATING = ".creating-"
+#: Files a sweep folder holds; any of them without both LEDGER and RECORD marks an unfinished one.
+_SWEEP_FILES = (LEDGER, LEDGER + "-wal", LEDGER + "-shm", LEDGER + "-journal", RECORD, LOCK)
+
+
+def _building_for(directory: Path) -> str | None:
+    """The folder name a hidden build folder ``.<name>.creating-<hex>`` was made for, else None."""
+    name = directory.name
+    if not name.startswith(".") or CREATING not in name:
+        return None
+    target, _, suffix = name[1:].rpartition(CREATING)
+    return target if target and suffix and all(c in "0123456789abcdef" for c in suffix) else None
+
+
+def _lock_holder(directory: Path) -> str | None:
+    """Who holds the controller lock in ``directory`` ("pid N on HOST"); None when no live process does."""
+    try:
+        fd = os.open(directory / LOCK, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return os.read(fd, 256).decode(errors="replace").strip() or "another process"
+    finally:
+        os.close(fd)
+    return None
+
+
+def _unfinished(directory: Path) -> str | None:
+    """What a folder left by an interrupted ``Sweep(...)`` is and what to do about it; None for a
+    whole sweep folder, an empty folder, a missing one or one that holds no sweep files at all."""
+    redo = "delete it and create the sweep again"
+    target = _building_for(directory)
+    if target is not None and directory.is_dir():
+        holder = _lock_holder(directory)
+        if holder is not None:
+            return (f"{directory} is the folder of sweep {target} being created right now by {holder}; "
+                    f"wait for that Sweep(...) to return, then use {directory.parent / target}")
+        return (f"{directory} is an unfinished sweep folder left by an interrupted Sweep(...) "
+                f"(it was being built for {directory.parent / target}); {redo}")
+    if not directory.is_dir() or ((directory / LEDGER).is_file() and (directory / RECORD).is_file()):
+        return None
+    if not any((directory / name).exists() for name in _SWEEP_FILES):
+        return None
+    missing = " and ".join(name for name in (RECORD, LEDGER) if not (directory / name).is_file())
+    return f"{directory} is an unfinished sweep folder left by an interrupted Sweep(...) (no {missing}); {redo}"
+
+
+def _check_new(directory: Path) -> None:
+    """Refuse, with what to do instead, a ``directory`` a new sweep cannot be created in."""
+    problem = _unfinished(directory)
+    if problem is not None:
+        raise ConfigError(problem, "directory")
+    if (directory / LEDGER).exists() and (directory / RECORD).exists():
+        raise ConfigError(f"{directory} already holds a sweep; use Sweep.attach() to reopen it", "directory")
+    try:
+        if directory.is_dir() and any(directory.iterdir()):
+            raise ConfigError(f"{directory} holds other files; give a new or an empty folder for the sweep", "directory")
+    except OSError as exc:
+        raise ConfigError(f"{directory} is not readable ({exc.strerror}); choose another directory", "directory") from None
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError(f"{directory} is a file; give a new or an empty folder for the sweep", "directory")
+
+
+def _build_folder(directory: Path) -> Path:
+    """A new hidden sibling of ``directory`` to build the sweep in (made with the usual mode)."""
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            build = directory.parent / f".{directory.name}{CREATING}{secrets.token_hex(4)}"
+            with contextlib.suppress(FileExistsError):
+                build.mkdir()
+                return build
+    except OSError as exc:
+        raise ConfigError(f"{directory} is not writable ({exc.strerror}); choose another directory", "directory") from None
+
+
+def _move_into_place(build: Path, directory: Path) -> None:
+    """Rename the finished ``build`` folder to ``directory``: one atomic step, also onto an existing
+    empty folder (which keeps its mode).  Where the OS refuses that rename (an empty mount point),
+    the files are moved in one by one with ``sweep.yaml`` last: a crash in between leaves a folder
+    that ``_unfinished`` names."""
+    existing = directory.is_dir()
+    if existing:
+        os.chmod(build, stat.S_IMODE(directory.stat().st_mode))
+    try:
+        os.rename(build, directory)
+        return
+    except OSError as exc:
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST) or not existing:
+            raise ConfigError(f"{directory} is not writable or was filled by another process meanwhile "
+                              f"({exc.strerror}); choose another directory", "directory") from None
+    for entry in sorted(build.iterdir(), key=lambda p: (p.name == RECORD, p.name != LOCK)):
+        shutil.move(str(entry), str(directory / entry.name))
+    build.rmdir()
+
+
+def _requirements(requires: Callable[[dict], Any], params: dict) -> str | None:
+    """``requires(params)`` as JSON for the ledger; a value that is not a JSON mapping is a ConfigError."""
+    req = requires(params)
+    if req is None:
+        return None
+    shown = repr(params) if len(repr(params)) <= 200 else repr(params)[:200] + "..."
+    hint = "return a dict of JSON values such as {'gpus': 1}, or None"
+    if not isinstance(req, Mapping):
+        raise ConfigError(f"returned a {type(req).__name__} for the task {shown}; {hint}", "requires")
+    try:
+        return json.dumps(dict(req), allow_nan=False) if req else None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"returned a {type(req).__name__} that is not JSON for the task {shown} ({exc}); {hint}",
+                          "requires") from None
+
+
 class SweepStore:
     """Reads and writes one sweep directory.  The writer is the controller's loop thread."""
 
@@ -89,61 +211,77 @@ class SweepStore:
         self._conn: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
         self.on_event: Callable[[Event], None] | None = None
+        self._unpublished: list[Event] = []  # events of the open transaction, sent after its commit
 
     # -- creation and opening ---------------------------------------------------------
     @classmethod
     def create(cls, directory: Path, record: Mapping[str, Any], tasks: Iterable[tuple[str, dict]],
                requires: Callable[[dict], Any] | None = None) -> "SweepStore":
+        """A new sweep folder, whole or not at all.
+
+        The ledger, ``sweep.yaml`` and ``tasks/`` are built in a hidden sibling
+        ``.<name>.creating-<hex>`` (its controller lock held meanwhile, so others can tell a build
+        in progress from a crashed one) and renamed to ``directory`` at the end.  An error removes
+        the sibling; a crash leaves only it, which ``open`` and ``create`` name as unfinished.
+        ``directory`` may exist if it is empty."""
         directory = Path(directory).absolute()
+        _check_new(directory)
+        build = _build_folder(directory)
+        store = cls(build)
         try:
-            directory.mkdir(parents=True, exist_ok=True)
-            probe = directory / ".write-test"
-            probe.write_text("")
-            probe.unlink()
-        except OSError as exc:
-            raise ConfigError(f"{directory} is not writable ({exc.strerror}); choose another directory", "directory") from None
-        if (directory / LEDGER).exists() or (directory / RECORD).exists():
-            raise ConfigError(f"{directory} already holds a sweep; use Sweep.attach() to reopen it", "directory")
-        store = cls(directory)
-        conn = store.conn
+            store.acquire()
+            store._fill(record, tasks, requires)
+            store.close()
+            _move_into_place(build, directory)
+        except BaseException:
+            store.close()
+            store.release()
+            shutil.rmtree(build, ignore_errors=True)
+            raise
+        store.directory = directory
+        store.release()
+        return store
+
+    def _fill(self, record: Mapping[str, Any], tasks: Iterable[tuple[str, dict]],
+              requires: Callable[[dict], Any] | None) -> None:
+        """Write the ledger (one PENDING row per task), ``sweep.yaml`` and ``tasks/`` of a new folder."""
+        conn = self.conn
         conn.executescript(_SCHEMA)
         conn.execute("BEGIN IMMEDIATE")
-        try:
-            count = 0
-            for count, (tid, params) in enumerate(tasks, start=1):
-                try:
-                    req = requires(params) if requires is not None else None
-                    conn.execute(
-                        "INSERT INTO tasks (task_id, idx, params, state, requires) VALUES (?, ?, ?, ?, ?)",
-                        (tid, count - 1, json.dumps(params), JobState.PENDING.value, json.dumps(req) if req else None),
-                    )
-                except sqlite3.IntegrityError:
-                    raise ConfigError(f"combination {params} appears twice; each must be unique", "space") from None
-            if count == 0:
-                raise ConfigError("the parameter space is empty (everything filtered out?)", "space")
-            conn.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            store.close()
-            for name in (LEDGER, LEDGER + "-wal", LEDGER + "-shm"):
-                with contextlib.suppress(FileNotFoundError):
-                    (directory / name).unlink()
-            raise
-        atomic_write(directory / RECORD, yaml.safe_dump(dict(record), sort_keys=False))
-        (directory / "tasks").mkdir(exist_ok=True)
-        return store
+        count = 0
+        for count, (tid, params) in enumerate(tasks, start=1):
+            req = _requirements(requires, params) if requires is not None else None
+            try:
+                conn.execute(
+                    "INSERT INTO tasks (task_id, idx, params, state, requires) VALUES (?, ?, ?, ?, ?)",
+                    (tid, count - 1, json.dumps(params), JobState.PENDING.value, req),
+                )
+            except sqlite3.IntegrityError:
+                raise ConfigError(f"combination {params} appears twice; each must be unique", "space") from None
+        if count == 0:
+            raise ConfigError("the parameter space is empty (everything filtered out?)", "space")
+        conn.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        conn.execute("COMMIT")
+        atomic_write(self.directory / RECORD, yaml.safe_dump(dict(record), sort_keys=False))
+        (self.directory / "tasks").mkdir()
 
     @classmethod
     def open(cls, directory: Path) -> "SweepStore":
+        """An existing sweep folder; a folder left by an interrupted creation is named as such."""
         directory = Path(directory).absolute()
-        if not (directory / LEDGER).is_file() or not (directory / RECORD).is_file():
-            raise ConfigError(
-                f"{directory} is not a sweep directory (no {RECORD} and {LEDGER}); "
-                "give the folder a sweep was created in, e.g. sweeps/<sweep id>",
-                "directory",
-            )
-        return cls(directory)
+        problem = _unfinished(directory)
+        if problem is None and (directory / LEDGER).is_file() and (directory / RECORD).is_file():
+            return cls(directory)
+        if problem is None and not directory.exists():
+            builds = sorted(directory.parent.glob(f".{glob.escape(directory.name)}{CREATING}*"))
+            if builds and (problem := _unfinished(builds[0])) is not None:
+                problem = f"{directory} does not exist: {problem}"
+        if problem is None and directory.is_dir() and not any(directory.iterdir()):
+            problem = (f"{directory} is an empty folder, not a sweep (an interrupted Sweep(...) can leave one); "
+                       "delete it, or give the folder a sweep was created in, e.g. sweeps/<sweep id>")
+        raise ConfigError(problem or (
+            f"{directory} is not a sweep directory (no {RECORD} and {LEDGER}); "
+            "give the folder a sweep was created in, e.g. sweeps/<sweep id>"), "directory")
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -177,14 +315,15 @@ class SweepStore:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "another process"
+            holder = os.read(fd, 256).decode(errors="replace").strip() or "another process"
             os.close(fd)
             raise SweepLockedError(
-                f"sweep {self.directory.name} is being driven by {holder}; stop that controller "
-                "(or wait for it), or read its progress without driving it: Sweep.attach(dir, resume=False)"
+                f"sweep {self.directory.name} is being driven by {holder}; nothing was changed. To change it, "
+                "stop that controller (or wait for it to end) and try again, or do it in the process that drives "
+                "it; to watch its progress without driving it: Sweep.attach(dir, resume=False)"
             ) from None
         os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()}".encode())
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
         self._lock_fd = fd
 
     def release(self) -> None:
@@ -197,18 +336,55 @@ class SweepStore:
     # -- writes (controller only) --------------------------------------------------------
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One ``BEGIN IMMEDIATE`` ... ``COMMIT``; nested uses join the outer one."""
+        """One ``BEGIN IMMEDIATE`` ... ``COMMIT``; nested uses join the outer one.
+
+        Events recorded inside are published only after the commit (a listener never sees a
+        transition that rolls back, and never holds the write lock).  A failed write of the
+        ledger (a full disk, a removed folder) is a :class:`StoreError` that says what to do."""
         conn = self.conn
         if conn.in_transaction:  # nested: join the outer one
             yield conn
             return
-        conn.execute("BEGIN IMMEDIATE")
         try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                self._unpublished.clear()
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._unpublished.clear()
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise self.ledger_error(exc) from exc
+        events, self._unpublished = self._unpublished, []
+        if self.on_event is not None:
+            for event in events:
+                self.on_event(event)
+
+    def ledger_error(self, exc: sqlite3.Error) -> StoreError:
+        """What a failed ledger read or write means for the user, in words."""
+        where = self.directory / LEDGER
+        text = str(exc)
+        if "full" in text or "disk I/O" in text:
+            hint = ("free space on that disk, then Sweep.attach(dir) to carry on: jobs still running are "
+                    "re-adopted and nothing that started runs again")
+        elif "locked" in text:
+            hint = "another process holds the ledger's write lock too long; stop it, then Sweep.attach(dir)"
+        else:
+            hint = "check the sweep folder (was it moved or removed?), then Sweep.attach(dir)"
+        return StoreError(f"the ledger {where} cannot be used ({text}); {hint}")
+
+    def _query(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
+        """A read on the writer connection, with ledger errors in words."""
+        try:
+            return self.conn.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise self.ledger_error(exc) from exc
 
     def _event(self, conn, task_id: str, attempt: int | None, state: JobState, source=None, job_id=None, detail=None):
         t = time.time()
@@ -216,8 +392,7 @@ class SweepStore:
             "INSERT INTO events (time, task_id, attempt, state, source, job_id, detail) VALUES (?,?,?,?,?,?,?)",
             (t, task_id, attempt, state.value, source, job_id, detail),
         )
-        if self.on_event is not None:
-            self.on_event(Event(t, task_id, attempt, state, source, job_id, detail))
+        self._unpublished.append(Event(t, task_id, attempt, state, source, job_id, detail))
 
     def begin_attempt(self, task_id: str, source: str) -> tuple[int, str] | None:
         """Record the intent to start a PENDING task on ``source``; returns (attempt, job_name),
@@ -324,12 +499,12 @@ class SweepStore:
 
     def next_retry(self) -> float | None:
         """When the earliest task waiting out a retry backoff becomes due."""
-        return self.conn.execute("SELECT MIN(retry_at) FROM tasks WHERE state=? AND retry_at IS NOT NULL",
-                                 (JobState.PENDING.value,)).fetchone()[0]
+        return self._query("SELECT MIN(retry_at) FROM tasks WHERE state=? AND retry_at IS NOT NULL",
+                           (JobState.PENDING.value,))[0][0]
 
     def task_state(self, task_id: str) -> JobState:
         """The task's current state."""
-        return JobState(self.conn.execute("SELECT state FROM tasks WHERE task_id=?", (task_id,)).fetchone()[0])
+        return JobState(self._query("SELECT state FROM tasks WHERE task_id=?", (task_id,))[0][0])
 
     def cancel_pending(self, task_ids: Iterable[str] | None = None) -> int:
         """Mark tasks that never started as CANCELLED."""
@@ -370,20 +545,20 @@ class SweepStore:
 
     def pending(self, limit: int, after_idx: int = -1) -> list[sqlite3.Row]:
         """Pending tasks that are due (not waiting out a retry backoff), in order."""
-        return self.conn.execute(
+        return self._query(
             "SELECT task_id, idx, params, requires FROM tasks WHERE state=? AND idx>? "
             "AND (retry_at IS NULL OR retry_at <= ?) ORDER BY idx LIMIT ?",
             (JobState.PENDING.value, after_idx, time.time(), limit),
-        ).fetchall()
+        )
 
     def in_flight(self) -> list[sqlite3.Row]:
         """Attempts that were started (or about to be) and have not ended: to re-adopt."""
         states = [s.value for s in JobState if s.is_active]
         marks = ",".join("?" * len(states))
-        return self.conn.execute(
+        return self._query(
             f"SELECT task_id, attempt, source, job_name, job_id, state, params FROM tasks WHERE state IN ({marks})",
-            states,
-        ).fetchall()
+            tuple(states),
+        )
 
     def counts(self) -> dict[str, int]:
         """Number of tasks in each state."""

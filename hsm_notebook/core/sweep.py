@@ -14,13 +14,14 @@ import concurrent.futures
 import contextlib
 import datetime as dt
 import json
+import re
 import secrets
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Iterable, Mapping, Optional, Sequence
 
 import pandas as pd
 
-from . import _loop
+from . import _loop, registry
 from .config import SweepFile, parse_command
 from .errors import ConfigError, HsmError
 from .frames import (
@@ -42,6 +43,10 @@ from .source import ComputeSource
 from .space import ParameterSpace
 from .state import RERUNNABLE, JobState
 from .store import SweepStore
+
+
+#: A sweep's name becomes part of its folder's name: no path separators, no hidden folder, no "..".
+_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
 
 
 class Sweep:
@@ -69,9 +74,14 @@ class Sweep:
         requires: Optional[Callable[[dict], Optional[Mapping[str, Any]]]] = None,
         health_interval: float = 30.0,
         max_failures: int = 3,
+        unknown_timeout: float = 120.0,
+        stall_timeout: float = 600.0,
     ):
         if not isinstance(space, ParameterSpace):
             raise ConfigError(f"must be a ParameterSpace, got {type(space).__name__}", "space")
+        if name is not None and not (isinstance(name, str) and _NAME.fullmatch(name) and ".." not in name):
+            raise ConfigError(f"must be 1 to 100 letters, digits, '.', '_' or '-' (no '/', no '..', not starting "
+                              f"with '.'), got {name!r}: it names the sweep's folder under the sweeps directory", "name")
         workdir = Path(workdir or Path.cwd()).absolute()
         if not workdir.is_dir():
             raise ConfigError(f"{workdir} is not a directory", "workdir")
@@ -85,6 +95,7 @@ class Sweep:
             "space": space.to_dict(), "job": template.to_dict(), "wandb_group": wandb_group,
             "sources": [s.describe() for s in sources], "poll_interval": poll_interval, "strategy": strategy,
             "retry": retry_policy(retry).to_dict(), "health_interval": health_interval, "max_failures": max_failures,
+            "unknown_timeout": unknown_timeout, "stall_timeout": stall_timeout,
         }
         if strategy not in STRATEGIES:
             raise ConfigError(f"must be one of {STRATEGIES}, got {strategy!r}", "strategy")
@@ -113,9 +124,7 @@ class Sweep:
         if command is None:
             raise ConfigError("no command: add 'command: [python, train.py]' to the file or pass command=", "command")
         if sources is None and spec.max_parallel_jobs is not None:
-            from ..sources import LocalComputeSource
-
-            sources = [LocalComputeSource(max_parallel_jobs=spec.max_parallel_jobs)]
+            sources = [registry.default_source(max_parallel_jobs=spec.max_parallel_jobs)]
         kwargs.setdefault("name", spec.name)
         kwargs.setdefault("arg_style", spec.arg_style)
         kwargs.setdefault("env", spec.env)
@@ -171,6 +180,8 @@ class Sweep:
             retry=retry_policy(self._record.get("retry")),
             health_interval=self._record.get("health_interval", 30.0),
             max_failures=self._record.get("max_failures", 3),
+            unknown_timeout=self._record.get("unknown_timeout", 120.0),
+            stall_timeout=self._record.get("stall_timeout", 600.0),
             events=self.bus,
         )
         self._future = _loop.spawn(self._drive(self._manager))
@@ -185,6 +196,7 @@ class Sweep:
 
     def wait(self, timeout: Optional[float] = None) -> "Sweep":
         """Block until the sweep's tasks have all ended; re-raises what stopped the manager."""
+        _loop.refuse_in_loop("sweep.wait()")
         if self._future is not None:
             try:
                 self._future.result(timeout)
@@ -224,12 +236,18 @@ class Sweep:
             if _loop.run_sync(self._requeue(states)):
                 return self
             self.wait()  # the manager ended just now: start a new one below
-        if sources is not None:
-            self.sources = check_sources(sources, self.template)
-            self._record["sources"] = [s.describe() for s in self.sources]
-            self.store.update_record(sources=self._record["sources"])
-        self.store.reset(states)
-        self.store.close()
+        new_sources = check_sources(sources, self.template) if sources is not None else None
+        self.store.acquire()  # before any write: refused (another live controller), it changes nothing
+        try:
+            if new_sources is not None:
+                self.sources = new_sources
+                self._record["sources"] = [s.describe() for s in self.sources]
+                self.store.update_record(sources=self._record["sources"])
+            self.store.reset(states)
+            self.store.close()
+        except BaseException:
+            self.store.release()
+            raise
         return self.start()
 
     async def _requeue(self, states: tuple[JobState, ...]) -> bool:
@@ -249,9 +267,17 @@ class Sweep:
                 return 0
             return _loop.run_sync(self._manager.cancel(ids, source=source))
         if not self.running:
-            if not self.store.in_flight():
-                n = self.store.cancel_pending(ids)
-                self.store.close()
+            self.store.acquire()  # before any write: refused (another live controller), it changes nothing
+            try:
+                idle = not self.store.in_flight()
+                if idle:
+                    n = self.store.cancel_pending(ids)
+                    self.store.close()
+            except BaseException:
+                self.store.release()
+                raise
+            if idle:
+                self.store.release()
                 return n
             self.start()  # jobs from an earlier controller are still out there: adopt them first
         return _loop.run_sync(self._cancel(ids))
@@ -345,11 +371,9 @@ class Sweep:
 
     @property
     def param_names(self) -> list[str]:
-        """The parameter names, in the space's order."""
+        """The parameter names, in the space's order (every name any combination has)."""
         if self._param_names is None:
-            with contextlib.closing(self.store.reader()) as conn:
-                row = conn.execute("SELECT params FROM tasks ORDER BY idx LIMIT 1").fetchone()
-            self._param_names = list(json.loads(row["params"])) if row else []
+            self._param_names = list(ParameterSpace.from_dict(self._record["space"]).names)
         return self._param_names
 
     def counts_by_source(self) -> dict[str | None, dict[str, int]]:
@@ -362,9 +386,7 @@ class Sweep:
 
     def panel(self) -> "Any":
         """The notebook panel of this sweep (an ipywidgets view; displaying it shows it)."""
-        from ..ui import SweepPanel
-
-        return SweepPanel(self)
+        return registry.panel(self)
 
     def task(self, task_id: str) -> dict[str, Any]:
         """One task's row: params, state, source, attempt, exit code, error, metrics."""

@@ -10,6 +10,8 @@ the moment a job exits, so no slot idles until the next poll.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import os
 import shutil
 import signal
@@ -20,22 +22,24 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from ..core.errors import ConfigError, SubmitError
-from ..core.job import CANCEL_FILE, EXIT_CODE_FILE, PID_FILE, WRAPPER, JobTemplate, write_params
+from ..core.gpus import GpuPool
+from ..core.job import CANCEL_FILE, EXIT_CODE_FILE, NEVER, WRAPPER, JobTemplate, claim, read_pid, write_params
 from ..core.source import ComputeSource
-from ..core.state import JobState
+from ..core.state import JobOutcome, JobState
 
 _PYTHON_NAMES = ("python", "python3")
 
 
 def pid_alive(pid: int, marker: str | None = None) -> bool:
-    """True if ``pid`` runs and is not a zombie (and, on Linux, has ``marker`` in its argv)."""
+    """True if ``pid`` runs and is not a zombie (and, on Linux, has ``marker`` as one of its
+    argv items: a reused pid is not the job's)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
                 return False
         if marker is not None:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
-                return marker.encode() in f.read()
+                return any(_same_dir(arg, marker) for arg in f.read().split(b"\0"))
         return True
     except FileNotFoundError:
         return False
@@ -47,6 +51,42 @@ def pid_alive(pid: int, marker: str | None = None) -> bool:
             return False
         except PermissionError:
             return True
+
+
+def _same_dir(arg: bytes, job_dir: str) -> bool:
+    """Is this argv item the job dir, maybe spelled through another path (a symlink)?"""
+    if arg == os.fsencode(job_dir):
+        return True
+    tail = os.fsencode("/" + os.path.basename(job_dir))
+    return arg.endswith(tail) and os.path.realpath(os.fsdecode(arg)) == os.path.realpath(job_dir)
+
+
+class ProcessTable:
+    """Which live process has a given argv item (a job dir): one read of /proc, made the first
+    time a poll round asks and shared by the round.  Empty where there is no /proc."""
+
+    def __init__(self) -> None:
+        self._items: Optional[Dict[bytes, List[tuple[int, bytes]]]] = None  # by last path component
+
+    def find(self, item: str) -> Optional[int]:
+        if self._items is None:
+            self._items = {}
+            try:
+                pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+            except OSError:
+                pids = []
+            for pid in pids:
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as f:
+                        argv = f.read()  # empty for zombies and kernel threads
+                except OSError:
+                    continue
+                for arg in argv.split(b"\0"):
+                    self._items.setdefault(arg.rsplit(b"/", 1)[-1], []).append((pid, arg))
+        for pid, arg in self._items.get(os.fsencode(os.path.basename(item)), []):
+            if _same_dir(arg, item) and pid_alive(pid, item):
+                return pid
+        return None
 
 
 class LocalJobManager:
@@ -96,8 +136,12 @@ class LocalJobManager:
         except FileNotFoundError:
             return None
 
-    def state(self, job_dir: Path) -> JobState:
-        """The job's state from its files (exit code, pid) and, for the living, the process table."""
+    def state(self, job_dir: Path, table: Optional[ProcessTable] = None) -> JobState:
+        """The job's state from its files (exit code, pid) and, for the living, the process table.
+
+        LOST only when that is certain: the wrapper's process is gone without an exit code, or
+        the job never started and has been claimed so that it never will (see ``job.WRAPPER``).
+        A job without a pid file whose launcher still runs (a slow start) is QUEUED."""
         rc = self._exit_code(job_dir)
         if rc is not None:
             proc = self._procs.pop(job_dir, None)
@@ -106,29 +150,81 @@ class LocalJobManager:
             if rc == "0":
                 return JobState.COMPLETED
             return JobState.CANCELLED if (job_dir / CANCEL_FILE).exists() else JobState.FAILED
+        table = table or ProcessTable()
+        text = read_pid(job_dir)
+        if text is None:  # not started: still starting, or never to start
+            if self.find(job_dir, table) is not None:
+                return JobState.QUEUED
+            if not claim(job_dir):  # its wrapper claimed it just now
+                return self.state(job_dir, table)
+            text = NEVER
+        if text == NEVER:
+            return JobState.CANCELLED if (job_dir / CANCEL_FILE).exists() else JobState.LOST
         proc = self._procs.get(job_dir)
         if proc is not None and proc.poll() is None:
             return JobState.RUNNING
-        pid = self._read_pid(job_dir)
-        if pid is not None and proc is None and pid_alive(pid, str(job_dir)):
+        # a pid: is that process still the job's wrapper?  Empty: the wrapper claimed the job and is
+        # writing its pid (or could not: a full disk, and then it ran nothing): is it still there?
+        alive = pid_alive(int(text), str(job_dir)) if text.isdigit() else self.find(job_dir, table) is not None
+        if alive:
             return JobState.RUNNING
         if self._exit_code(job_dir) is not None:  # finished between the two checks
-            return self.state(job_dir)
+            return self.state(job_dir, table)
         if (job_dir / CANCEL_FILE).exists():
             return JobState.CANCELLED
         return JobState.LOST
 
+    def find(self, job_dir: Path, table: Optional[ProcessTable] = None) -> Optional[int]:
+        """The pid of a live process started for the job (its launcher or wrapper: the job dir is
+        one of its argv items; Popen returns only after exec), or None."""
+        proc = self._procs.get(job_dir)
+        if proc is not None and proc.poll() is None:
+            return proc.pid
+        return (table or ProcessTable()).find(str(job_dir))
+
+    def started(self, job_dir: Path) -> bool:
+        """Did the job start, or may it still (a launcher still starting)?  False only when it
+        provably never will: then its pid file is claimed for the controller."""
+        if not job_dir.is_dir():
+            return False  # the launcher is started after the folder is made
+        text = read_pid(job_dir)
+        if text is None and self.find(job_dir) is None:
+            if claim(job_dir):
+                return False
+            text = read_pid(job_dir)
+        return text != NEVER
+
+    @staticmethod
+    def lost_reason(job_dir: Path) -> Optional[str]:
+        """Why a LOST job is lost, when its files say more than "vanished without an exit code"."""
+        text = read_pid(job_dir)
+        if text == NEVER:
+            return "the job never started (its launcher is gone); it was claimed so it never will"
+        if text == "":
+            return "the job's wrapper could not write its pid (is the disk full?) and ran nothing"
+        return None
+
     @staticmethod
     def _read_pid(job_dir: Path) -> Optional[int]:
-        try:
-            return int((job_dir / PID_FILE).read_text())
-        except (FileNotFoundError, ValueError):
-            return None
+        text = read_pid(job_dir)
+        return int(text) if text and text.isdigit() else None
 
     async def stop(self, job_dir: Path) -> bool:
-        """TERM the job's process group, then KILL it after the grace period."""
-        pid = self._read_pid(job_dir)
+        """TERM the job's process group, then KILL it after the grace period.  A job that has not
+        started is claimed instead, so that it never does."""
+        if (job_dir / EXIT_CODE_FILE).exists():
+            return False
         proc = self._procs.get(job_dir)
+        if read_pid(job_dir) is None and job_dir.is_dir():
+            (job_dir / CANCEL_FILE).touch()
+            if claim(job_dir):
+                if proc is not None and proc.poll() is None:  # our launcher, still starting: end it now
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGTERM)
+                return True
+        if read_pid(job_dir) == NEVER:
+            return False
+        pid = self._read_pid(job_dir)
         pid = pid if pid is not None else (proc.pid if proc else None)
         if pid is None or (job_dir / EXIT_CODE_FILE).exists():
             return False
@@ -157,7 +253,13 @@ class LocalComputeSource(ComputeSource):
     GPUs through ``CUDA_VISIBLE_DEVICES``; then at most ``len(gpus) // gpus_per_job``
     jobs run at once.  A command starting with ``python``/``python3`` runs with
     ``python`` (default: this kernel's own interpreter, ``sys.executable``).
+
+    Driven without a ``Sweep`` (the reference's style: ``setup``, ``submit_job``, ...), it runs
+    ``command``, or ``python_path script_path``, in ``project_dir`` with the parameters as
+    ``arg_style`` arguments (``key=value`` by default).
     """
+
+    source_type = "local"
 
     def __init__(
         self,
@@ -170,6 +272,11 @@ class LocalComputeSource(ComputeSource):
         cancel_grace: float = 5.0,
         env: Optional[Dict[str, str]] = None,
         tags: Sequence[str] = (),
+        command: Sequence[str] | str | None = None,
+        python_path: Optional[str] = None,
+        script_path: Optional[str] = None,
+        project_dir: Optional[str] = None,
+        arg_style: str = "hydra",
     ):
         slots = max_parallel_jobs if max_parallel_jobs is not None else (os.cpu_count() or 1)
         if gpus is not None:
@@ -183,9 +290,10 @@ class LocalComputeSource(ComputeSource):
         self.python = python or sys.executable
         self.env, self.tags = dict(env or {}), set(tags)
         self.jobs = LocalJobManager(cancel_grace)
-        self._free_gpus: list[int] = list(self.gpus or [])
-        self._job_gpus: dict[str, list[int]] = {}
+        self.pool = GpuPool(self.gpus, gpus_per_job, name)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.own_job(command, python_path=python_path, script_path=script_path, project_dir=project_dir,
+                     arg_style=arg_style)
 
     def describe(self) -> Dict[str, Any]:
         return {**super().describe(), "gpus": self.gpus, "gpus_per_job": self.gpus_per_job, "python": self.python,
@@ -212,6 +320,7 @@ class LocalComputeSource(ComputeSource):
         return argv
 
     async def setup(self, sweep_dir: Path, sweep_id: str) -> bool:
+        self.bind_self(sweep_dir, sweep_id)
         self._loop = asyncio.get_running_loop()
         (Path(sweep_dir) / "tasks").mkdir(parents=True, exist_ok=True)
         self.stats.health_status = "healthy"
@@ -224,36 +333,40 @@ class LocalComputeSource(ComputeSource):
         job_dir.mkdir(parents=True, exist_ok=True)
         write_params(job_dir, params)
         argv, env = self.job_command(params, job_name, sweep_id, wandb_group, str(job_dir))
-        if self.gpus is not None:
-            if len(self._free_gpus) < self.gpus_per_job:
-                raise SubmitError("no free GPU (all pinned to running jobs)", self.name)
-            mine = [self._free_gpus.pop(0) for _ in range(self.gpus_per_job)]
-            self._job_gpus[job_name] = mine
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, mine))
-        self.jobs.start(job_dir, self._argv0(argv), env, self.template.workdir if self.template else None)
+        if self.pool.enabled:
+            env.update(self.pool.env(self.pool.take(job_name, job_dir)))
+        try:
+            self.jobs.start(job_dir, self._argv0(argv), env, self.template.workdir if self.template else None)
+        except BaseException:
+            self.pool.release(job_name)
+            raise
         self.track(job_name, job_name, params, job_dir)
         if self._loop is not None:
             self.jobs.watch(job_dir, self._loop, self.notify)
         return job_name
 
     async def recover_job(self, job_name: str) -> Optional[str]:
-        job_dir = self.job_dir(job_name)
-        deadline = time.monotonic() + 2.0  # a wrapper started just before a crash writes its pid within ms
-        while self.jobs._read_pid(job_dir) is None:
-            if not job_dir.exists() or time.monotonic() > deadline:
-                return None
-            await asyncio.sleep(0.05)
-        return job_name
+        # no waiting: a job without a pid file whose launcher is gone is claimed, so it never starts
+        return job_name if self.jobs.started(self.job_dir(job_name)) else None
+
+    def adopt(self, job_id: str, job_name: str) -> None:
+        self.pool.adopt(job_id, self.job_dir(job_name))
 
     async def get_job_status(self, job_id: str) -> str:
         return self.jobs.state(self.job_dir(job_id))
 
     async def poll(self, job_ids: List[str]) -> Dict[str, JobState]:
-        states = {j: self.jobs.state(self.job_dir(j)) for j in job_ids}
+        table = ProcessTable()  # read once per round, and only if a job has no pid yet
+        states = {j: self.jobs.state(self.job_dir(j), table) for j in job_ids}
         for job_id, state in states.items():
-            if state.is_terminal and job_id in self._job_gpus:
-                self._free_gpus.extend(self._job_gpus.pop(job_id))
+            if state.is_terminal:
+                self.pool.release(job_id)
         return states
+
+    async def outcome(self, job_id: str, state: JobState) -> JobOutcome:
+        outcome = await super().outcome(job_id, state)
+        reason = self.jobs.lost_reason(self.job_dir(job_id)) if outcome.state == JobState.LOST else None
+        return dataclasses.replace(outcome, error=reason, start_time=None) if reason else outcome
 
     async def cancel_job(self, job_id: str) -> bool:
         return await self.jobs.stop(self.job_dir(job_id))

@@ -17,8 +17,9 @@ import os
 import posixpath
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+from ..core import registry
 from ..core.errors import CommandError, ConfigError, SourceError, SubmitError
 from ..core.job import WRAPPER, write_params
 from ..core.source import ComputeSource
@@ -67,8 +68,13 @@ class SlurmComputeSource(ComputeSource):
     ``max_parallel_jobs`` is how many tasks may be submitted at once; ``array_throttle``
     adds ``%N`` to each array; ``array=False`` submits one job per task.  ``slurm_env``
     is added to the environment of the Slurm commands (e.g. ``SLURM_CONF``).
+
+    Driven without a ``Sweep`` (the reference's style), each task runs ``command``, or
+    ``python_path script_path``, in ``project_dir`` with the parameters as ``arg_style``
+    arguments (``key=value`` by default).
     """
 
+    source_type = "slurm"
     poll_interval = 2.0
 
     def __init__(
@@ -86,6 +92,11 @@ class SlurmComputeSource(ComputeSource):
         tags: Sequence[str] = (),
         poll_interval: float = 2.0,
         login: Optional[Any] = None,
+        command: Sequence[str] | str | None = None,
+        python_path: Optional[str] = None,
+        script_path: Optional[str] = None,
+        project_dir: Optional[str] = None,
+        arg_style: str = "hydra",
     ):
         super().__init__(name, "slurm", max_parallel_jobs)
         spec = resources or ResourceSpec()
@@ -109,6 +120,8 @@ class SlurmComputeSource(ComputeSource):
         self._starts: list = []
         self._flusher: Optional[asyncio.Task] = None
         self._batch = 0
+        self.own_job(command, python_path=python_path, script_path=script_path, project_dir=project_dir,
+                     arg_style=arg_style)
 
     def describe(self) -> Dict[str, Any]:
         r = dataclasses.asdict(self.resources)
@@ -119,14 +132,15 @@ class SlurmComputeSource(ComputeSource):
                 "poll_interval": self.poll_interval, "login": self.login.describe() if self.login else None}
 
     @classmethod
-    def from_description(cls, **d: Any) -> "SlurmComputeSource":
-        """Rebuild from ``describe()`` (used by ``Sweep.attach``)."""
+    def from_description(cls, description: Mapping[str, Any]) -> "SlurmComputeSource":
+        """Rebuild from ``describe()`` (used by ``Sweep.attach``): the resources and the login
+        node's SSH source are records of their own."""
+        d = {k: v for k, v in description.items() if k not in registry.BOOKKEEPING}
         r = dict(d.pop("resources", None) or {})
         if d.get("login"):
-            from .ssh import SSHComputeSource
-
-            d["login"] = SSHComputeSource(**{k: v for k, v in d["login"].items() if k != "type"})
+            d["login"] = registry.rebuild(d["login"])
         r["modules"] = tuple(r.get("modules") or ())
+        r["extra"] = dict(r.get("extra") or {})
         return cls(resources=ResourceSpec(**r), **d)
 
     async def _run(self, kind: str, argv: Sequence[str], check: bool = True):
@@ -138,6 +152,7 @@ class SlurmComputeSource(ComputeSource):
 
     # -- setup and health -------------------------------------------------------------
     async def setup(self, sweep_dir: Path, sweep_id: str) -> bool:
+        self.bind_self(sweep_dir, sweep_id)
         self.tasks_dir, self.slurm_dir, self.workdir = await self.side.setup(self, sweep_dir, sweep_id)
         try:
             config = (await self._run("other", ["scontrol", "show", "config"])).stdout

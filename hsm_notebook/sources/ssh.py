@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from .. import metrics as metrics_module
-from ..core.errors import SourceError, SubmitError
+from ..core.errors import SourceError
+from ..core.gpus import GpuPool
 from ..core.job import JobTemplate, write_params
 from ..core.source import ComputeSource
 from ..core.state import JobOutcome, JobState
@@ -31,6 +32,10 @@ from .sync import DEFAULT_EXCLUDE, sync_project
 log = logging.getLogger(__name__)
 
 _PYTHON_NAMES = ("python", "python3")
+
+#: Codes of jobs that ended without an exit code (see ssh_jobs._POLL), with what is known of why.
+_GONE = {"L": "", "N": "the job never started on the remote (its launcher is gone); it was claimed so it never will",
+         "E": "the job's wrapper could not write its pid on the remote (is the disk full?) and ran nothing"}
 _REMOTE_INIT = '"""Job-side helpers of hsm_notebook, uploaded by SSHComputeSource."""\n'
 class SSHComputeSource(ComputeSource):
     """A remote machine over SSH.  ``host`` may be an ``~/.ssh/config`` alias.
@@ -40,7 +45,13 @@ class SSHComputeSource(ComputeSource):
     changed one).  ``python`` replaces a leading ``python``/``python3`` in the command.
     The working directory (the sweep's ``workdir``) is synced to
     ``<remote_root>/projects/<name>-<hash>`` and jobs run there.
+
+    Driven without a ``Sweep`` (the reference's style), it runs ``command``, or
+    ``python_path script_path``, in the remote copy of ``project_dir``, with the parameters as
+    ``arg_style`` arguments (``key=value`` by default).
     """
+
+    source_type = "ssh"
 
     def __init__(
         self,
@@ -67,6 +78,11 @@ class SSHComputeSource(ComputeSource):
         cancel_grace: float = 5.0,
         env: Optional[Dict[str, str]] = None,
         tags: Sequence[str] = (),
+        command: Sequence[str] | str | None = None,
+        python_path: Optional[str] = None,
+        script_path: Optional[str] = None,
+        project_dir: Optional[str] = None,
+        arg_style: str = "hydra",
     ):
         super().__init__(name or host, "ssh", max_parallel_jobs)
         self.target = SSHTarget(host, port, username, list(client_keys) if client_keys else None, known_hosts,
@@ -79,16 +95,16 @@ class SSHComputeSource(ComputeSource):
         self.env, self.tags = dict(env or {}), set(tags)
         self.jobs: Optional[RemoteJobManager] = None
         self.facts: Dict[str, Any] = {}
-        self._queued_since: Dict[str, float] = {}
         self._unreachable_since: Optional[float] = None
-        self._free_gpus: List[int] = []
-        self._job_gpus: Dict[str, List[int]] = {}
+        self.pool = GpuPool(gpus, gpus_per_job, self.name)
         self.poll_rounds = 0
-        self._lost_reasons: Dict[str, str] = {}
+        self._lost_reasons: Dict[str, tuple[str, bool]] = {}
         self._watcher: Optional[asyncio.Task] = None
         self._starts: list = []
         self._flusher: Optional[asyncio.Task] = None
         self.events: Optional[str] = None
+        self.own_job(command, python_path=python_path, script_path=script_path, project_dir=project_dir,
+                     arg_style=arg_style)
 
     def describe(self) -> Dict[str, Any]:
         t = self.target
@@ -105,6 +121,7 @@ class SSHComputeSource(ComputeSource):
 
     # -- setup -------------------------------------------------------------------------
     async def setup(self, sweep_dir: Path, sweep_id: str) -> bool:
+        self.bind_self(sweep_dir, sweep_id)
         await self.conn.connect()
         template = self.template or JobTemplate(("true",))
         program = self._argv(list(template.command))[0]
@@ -149,7 +166,7 @@ class SSHComputeSource(ComputeSource):
         if self.gpus is None and self.facts.get("nvidia") == "yes":
             out = (await self.conn.run("nvidia-smi --query-gpu=index --format=csv,noheader", check=False)).stdout
             self.gpus = [int(x) for x in out.split() if x.isdigit()] or None
-        self._free_gpus = list(self.gpus or [])
+        self.pool.reset(self.gpus)
         if self.gpus:
             self.max_parallel_jobs = min(self.max_parallel_jobs, max(1, len(self.gpus) // self.gpus_per_job))
         self.stats.health_status = "healthy"
@@ -200,20 +217,20 @@ class SSHComputeSource(ComputeSource):
         assert self.jobs is not None
         remote_dir = posixpath.join(self.jobs.tasks_dir, job_name)
         argv, env = self.job_command(params, job_name, sweep_id, wandb_group, remote_dir)
-        if self.gpus:
-            if len(self._free_gpus) < self.gpus_per_job:
-                raise SubmitError("no free GPU (all pinned to running jobs)", self.name)
-            mine = [self._free_gpus.pop(0) for _ in range(self.gpus_per_job)]
-            self._job_gpus[job_name] = mine
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, mine))
         local = self.job_dir(job_name)
         local.mkdir(parents=True, exist_ok=True)
         write_params(local, params)
+        if self.pool.enabled:  # the pins are recorded with the attempt, for a controller that attaches
+            env.update(self.pool.env(self.pool.take(job_name, local)))
         future = asyncio.get_running_loop().create_future()
         self._starts.append((job_name, self._argv(argv), env, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.get_running_loop().create_task(self._flush_starts())
-        await future
+        try:
+            await future
+        except BaseException:
+            self.pool.release(job_name)
+            raise
         self.track(job_name, job_name, params, local)
         return job_name
 
@@ -234,8 +251,13 @@ class SSHComputeSource(ComputeSource):
     async def recover_job(self, job_name: str) -> Optional[str]:
         await self._ensure()
         assert self.jobs is not None
+        # the same decision as a poll: a job whose launcher is gone before it started is claimed
+        # on the remote ("N"), so it can never start; anything else started or may still start
         code = (await self.jobs.states([job_name])).get(job_name, ("Q", None, False))[0]
-        return job_name if code != "Q" else None
+        return None if code == "N" else job_name
+
+    def adopt(self, job_id: str, job_name: str) -> None:
+        self.pool.adopt(job_id, self.job_dir(job_name))
 
     async def get_job_status(self, job_id: str) -> str:
         return (await self.poll([job_id]))[job_id]
@@ -252,29 +274,25 @@ class SSHComputeSource(ComputeSource):
             if now - self._unreachable_since < self.give_up_after:
                 raise
             log.warning("giving up on %s after %.0f s: %s", self.name, now - self._unreachable_since, exc)
+            for j in job_ids:
+                self.pool.release(j)
             return {j: JobState.LOST for j in job_ids}
         self.poll_rounds += 1
         states = {}
-        now = time.monotonic()
-        for job_id in job_ids:
+        for job_id in job_ids:  # no clocks: the remote's files and processes decide (see _POLL)
             code, rc, cancelled = raw.get(job_id, ("Q", None, False))
             if code == "X":
                 state = JobState.COMPLETED if rc == 0 else (JobState.CANCELLED if cancelled else JobState.FAILED)
             elif code == "R":
                 state = JobState.RUNNING
-            elif code == "L":
+            elif code in _GONE:
                 state = JobState.CANCELLED if cancelled else JobState.LOST
-                if state == JobState.LOST:
-                    self._lost_reasons[job_id] = await self._disk_note()
-            else:  # not started yet: give the remote a while, then it is lost
-                first = self._queued_since.setdefault(job_id, now)
-                state = JobState.QUEUED if now - first < (5 if code == "E" else 60) else JobState.LOST
-                if state == JobState.LOST:
-                    self._lost_reasons[job_id] = await self._disk_note() or "the job never started on the remote"
-            if state != JobState.QUEUED:
-                self._queued_since.pop(job_id, None)
-            if state.is_terminal and job_id in self._job_gpus:
-                self._free_gpus.extend(self._job_gpus.pop(job_id))
+                if state == JobState.LOST:  # (note, whether it replaces "vanished without an exit code")
+                    self._lost_reasons[job_id] = (await self._disk_note() or _GONE[code], code != "L")
+            else:  # Q: its launcher is still starting it
+                state = JobState.QUEUED
+            if state.is_terminal:
+                self.pool.release(job_id)
             states[job_id] = state
         return states
 
@@ -288,9 +306,9 @@ class SSHComputeSource(ComputeSource):
 
     async def outcome(self, job_id: str, state: JobState) -> JobOutcome:
         outcome = await super().outcome(job_id, state)
-        note = self._lost_reasons.pop(job_id, "")
+        note, replace = self._lost_reasons.pop(job_id, ("", False))
         if note and outcome.state == JobState.LOST:
-            return dataclasses.replace(outcome, error="; ".join(filter(None, [outcome.error, note])))
+            return dataclasses.replace(outcome, error="; ".join(filter(None, [None if replace else outcome.error, note])))
         return outcome
 
     async def cancel_job(self, job_id: str) -> bool:

@@ -20,7 +20,7 @@ from typing import Any, Optional, Sequence
 
 import asyncssh
 
-from ..core.errors import CommandError, ConnectError
+from ..core.errors import CommandError, CommandTimeout, ConnectError
 from ..core.shell import CommandResult
 
 
@@ -158,8 +158,7 @@ class SSHConnection:
                 rc, out = await self._exchange(script, timeout)
             except (asyncio.TimeoutError, TimeoutError):
                 await self.close()  # the shell's state is unknown now
-                raise CommandError([script], None, "", f"no answer from {self.target.label} in {timeout} s",
-                                   self.source) from None
+                raise CommandTimeout([script], timeout, self.target.label, self.source) from None
         self.commands_run += 1
         result = CommandResult(script, rc, out)
         if check and rc != 0:

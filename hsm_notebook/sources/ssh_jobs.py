@@ -21,20 +21,35 @@ from ..core.job import PARAMS_FILE, WRAPPER
 from ..core.shell import join
 from .ssh_connection import SSHConnection
 
-#: Per job: "<name> <code> [exit code]"; X=exited, R=running, L=gone without exit code, Q=not started
-#: yet, E=the wrapper started but its pid file stayed empty (it could not write: a full disk).
-# No `exit` in any script: they run inside the persistent shell, which must survive them.
+#: Per job: "<name> <code> [exit code]"; X=exited, R=running (or just started), L=its wrapper is gone
+#: without an exit code, Q=not started yet, its launcher still running (a slow start), N=never
+#: started: its launcher is gone and the job is claimed (pid file "never"), so it never will,
+#: E=its wrapper claimed the job but could not write its pid (a full disk) and ran nothing.
+#: The launcher's pid (the wrapper's own: setsid and nohup exec without forking, as the job
+#: is not a process group leader) is checked with its start time against pid reuse.  Builtins
+#: only, except `mkdir` for a job whose folder was never made.
+# No `exit` in any script: they run inside the persistent shell, which must survive them (and
+# `set -C` is always undone).
 _POLL = r"""if cd {tasks} 2>/dev/null; then for j in {jobs}; do
   c=""; [ -f "$j/cancelled" ] && c=" C"
   rc=""; [ -f "$j/exit_code" ] && read rc < "$j/exit_code"
   if [ -n "$rc" ]; then echo "$j X $rc$c"
-  elif [ -s "$j/pid" ]; then read p < "$j/pid"; st=""
-    [ -r "/proc/$p/stat" ] && read st < "/proc/$p/stat" 2>/dev/null
+  elif [ -s "$j/pid" ]; then p=""; read p < "$j/pid"; st=""
+    if [ "$p" = never ]; then echo "$j N$c"
+    else [ -r "/proc/$p/stat" ] && read st < "/proc/$p/stat" 2>/dev/null
     if kill -0 "$p" 2>/dev/null && case "$st" in *") Z "*) false;; *) true;; esac; then echo "$j R$c"
     else rc=""; [ -f "$j/exit_code" ] && read rc < "$j/exit_code"
-      if [ -n "$rc" ]; then echo "$j X $rc$c"; else echo "$j L$c"; fi; fi
-  elif [ -f "$j/pid" ]; then echo "$j E$c"
-  else echo "$j Q$c"; fi
+      if [ -n "$rc" ]; then echo "$j X $rc$c"; else echo "$j L$c"; fi; fi; fi
+  else l=""; s=""; st=""; a=""; [ -f "$j/launch" ] && read l s < "$j/launch"
+    if [ -n "$l" ] && kill -0 "$l" 2>/dev/null; then a=y
+      [ -r "/proc/$l/stat" ] && read st < "/proc/$l/stat" 2>/dev/null
+      case "$st" in *") Z "*) a="";; *")"*) set -- ${{st##*) }}; [ -z "$s" ] || [ "${{20}}" = "$s" ] || a="";; esac; fi
+    if [ -n "$a" ]; then if [ -f "$j/pid" ]; then echo "$j R$c"; else echo "$j Q$c"; fi
+    elif [ -f "$j/pid" ]; then rc=""; [ -f "$j/exit_code" ] && read rc < "$j/exit_code"
+      if [ -n "$rc" ]; then echo "$j X $rc$c"; elif [ -s "$j/pid" ]; then echo "$j R$c"; else echo "$j E$c"; fi
+    else [ -d "$j" ] || mkdir -p "$j" 2>/dev/null; set -C
+      if {{ echo never > "$j/pid"; }} 2>/dev/null; then set +C; echo "$j N$c"; else set +C; echo "$j R$c"; fi; fi
+  fi
 done; fi"""
 
 
@@ -55,8 +70,12 @@ class RemoteJobManager:
                  f"PYTHONPATH={shlex.quote(self.pythonpath)}${{PYTHONPATH:+:$PYTHONPATH}}; export PYTHONPATH"]
         for d, (_, argv, env) in zip(dirs, jobs):
             assigns = " ".join(f"{k}={shlex.quote(v)}" for k, v in {**env, "HSM_EVENTS": self.events}.items())
-            lines.append(f"(cd {shlex.quote(self.workdir)} && {assigns} {self.setsid} /bin/sh -c {shlex.quote(WRAPPER)} "
-                         f"hsm-job {shlex.quote(d)} {join(argv)} >/dev/null 2>&1 </dev/null &)")
+            # the launcher's pid and start time go to `launch`, so a poll can tell a slow start from
+            # a job that never started; the subshell exits at once (no zombie for the persistent shell)
+            lines.append(f"(if cd {shlex.quote(self.workdir)}; then {assigns} {self.setsid} /bin/sh -c "
+                         f"{shlex.quote(WRAPPER)} hsm-job {shlex.quote(d)} {join(argv)} >/dev/null 2>&1 </dev/null & "
+                         f"p=$!; st=''; read st 2>/dev/null < /proc/$p/stat; set -- ${{st##*) }}; "
+                         f"echo \"$p ${{20:-}}\" 2>/dev/null > {shlex.quote(d)}/launch; fi)")
         lines.append("echo started; fi")
         return "\n".join(lines)
 
@@ -82,14 +101,17 @@ class RemoteJobManager:
         return states
 
     async def stop(self, job_name: str) -> bool:
-        """TERM the job's process group, KILL it after the grace period (a detached timer)."""
+        """TERM the job's process group, KILL it after the grace period (a detached timer).  A job
+        that has not started is claimed instead (its pid file made "never"), so it never does."""
         d = shlex.quote(posixpath.join(self.tasks_dir, job_name))
         out = (await self.conn.run(
             f"d={d}; if [ -s \"$d/exit_code\" ]; then echo finished\n"
-            f"elif [ -s \"$d/pid\" ]; then touch \"$d/cancelled\"; read p < \"$d/pid\"\n"
-            f"  kill -TERM -\"$p\" 2>/dev/null || kill -TERM \"$p\" 2>/dev/null\n"
-            f"  ( (sleep {self.cancel_grace}; kill -KILL -\"$p\" 2>/dev/null) >/dev/null 2>&1 </dev/null & ); echo stopping\n"
-            f"else touch \"$d/cancelled\"; echo stopping; fi", check=False)).stdout
+            f"else [ -d \"$d\" ] || mkdir -p \"$d\"; touch \"$d/cancelled\"; p=\"\"\n"
+            f"  if [ ! -f \"$d/pid\" ]; then set -C; {{ echo never > \"$d/pid\"; }} 2>/dev/null; set +C; fi\n"
+            f"  [ -s \"$d/pid\" ] && read p < \"$d/pid\"\n"
+            f"  if [ -n \"$p\" ] && [ \"$p\" != never ]; then kill -TERM -\"$p\" 2>/dev/null || kill -TERM \"$p\" 2>/dev/null\n"
+            f"    ( (sleep {self.cancel_grace}; kill -KILL -\"$p\" 2>/dev/null) >/dev/null 2>&1 </dev/null & ); fi\n"
+            f"  echo stopping; fi", check=False)).stdout
         return "stopping" in out
 
     async def fetch(self, job_names: Sequence[str], local_dirs: Sequence[Path]) -> None:

@@ -1,7 +1,8 @@
 """The Results section: the ``results()`` table and a quick plot of a metric against a parameter.
 
 The plot is drawn with matplotlib's object API into PNG bytes shown by an Image
-widget: no pyplot state, so it is safe from the refresh thread and in Voila.
+widget: no pyplot state, so it is safe from the refresh thread and in Voila.  matplotlib
+is the ``panel`` extra, imported only to draw; without it the section says how to install it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import pandas as pd
 from .html import esc, table
 
 MAX_ROWS = 50
+MISSING_MATPLOTLIB = ("The plot needs matplotlib, which is not installed: "
+                      "pip install 'hsm_notebook[panel]' (or pip install matplotlib), then restart the kernel.")
 
 
 class ResultsView:
@@ -56,8 +59,12 @@ class ResultsView:
         if df is None or df.empty or not metric or not param:
             self.note.value = "<i>The plot appears when tasks complete.</i>"
             return
-        from matplotlib.figure import Figure
-
+        try:
+            from matplotlib.figure import Figure
+        except ImportError:  # an optional extra: the table works without it
+            self.image.value = b""
+            self.note.value = f"<i>{esc(MISSING_MATPLOTLIB)}</i>"
+            return
         fig = Figure(figsize=(5.5, 3.2), dpi=90)
         ax = fig.add_subplot()
         data = df[[param, metric]].dropna()

@@ -1,6 +1,6 @@
 """One fixture, every source: the contract suite runs against each kind in ``KINDS``.
 
-Each kind is a factory ``(name, max_parallel_jobs) -> ComputeSource``; kinds backed by a
+Each kind is a factory ``(name, max_parallel_jobs, **constructor_kwargs) -> ComputeSource``; kinds backed by a
 real server (sshd, Slurm) get it from a session fixture and fail loudly without it.
 """
 
@@ -24,14 +24,15 @@ def ssh_source(host, name="src", slots=4, **kwargs) -> SSHComputeSource:  # noqa
 def make_source(request):
     kind = request.param
     if kind == "local":
-        return lambda name="src", slots=4: LocalComputeSource(name, slots, cancel_grace=2.0)
+        return lambda name="src", slots=4, **kw: LocalComputeSource(name, slots, cancel_grace=2.0, **kw)
     if kind == "ssh":
         host = request.getfixturevalue("ssh_host")
-        return lambda name="src", slots=4: ssh_source(host, name, slots)
+        return lambda name="src", slots=4, **kw: ssh_source(host, name, slots, **kw)
     if kind == "slurm":
         from hsm_notebook import SlurmComputeSource
 
         cluster = request.getfixturevalue("slurm_cluster")
-        return lambda name="src", slots=4: SlurmComputeSource(name, slots, partition=cluster.partition,
-                                                              slurm_env=dict(cluster.env), poll_interval=0.3)
+        return lambda name="src", slots=4, **kw: SlurmComputeSource(name, slots, partition=cluster.partition,
+                                                                    slurm_env=dict(cluster.env), poll_interval=0.3,
+                                                                    **kw)
     raise AssertionError(f"no factory for source kind {kind!r}")
