@@ -196,3 +196,44 @@ def test_slurm_through_an_ssh_login_node(workdir, slurm_cluster, ssh_host):
     job = sweep.status()["job_name"].iloc[0]
     assert (sweep.directory / "tasks" / job / "stdout.log").exists()  # collected over SSH
     assert "run.sh" in _remote(ssh_host, f"ls {results['dir'].iloc[0]}")
+
+
+SBATCH_THEN_CRASH = """
+import os, sys, time
+from hsm_notebook import ParameterSpace, SlurmComputeSource, Sweep
+from hsm_notebook.sources import slurm
+workdir, directory, partition, ran = sys.argv[1:5]
+real = slurm.SlurmComputeSource._sbatch
+
+async def sbatch_then_crash(self, jobs):
+    ids = await real(self, jobs)
+    time.sleep(3)        # some array tasks start (a few may end), others still wait
+    os._exit(9)          # the controller dies before it records any job id
+
+slurm.SlurmComputeSource._sbatch = sbatch_then_crash
+space = ParameterSpace(grid={"x": list(range(8))}, fixed={"sleep": 2, "append": ran})
+source = SlurmComputeSource("slurm", 8, partition=partition, poll_interval=0.3, array_throttle=2)
+Sweep(space, ["python", "job.py"], [source], workdir=workdir, directory=directory, poll_interval=0.3).run()
+"""
+
+
+def test_a_crash_between_sbatch_and_its_record_runs_each_task_once(workdir, slurm_cluster):
+    import os
+    import subprocess
+    import sys
+
+    ran, directory = workdir / "ran.txt", workdir / "sweeps" / "crashed"
+    (workdir / "controller.py").write_text(SBATCH_THEN_CRASH)
+    env = {**os.environ, **slurm_cluster.env}
+    proc = subprocess.run([sys.executable, "controller.py", str(workdir), str(directory), slurm_cluster.partition,
+                           str(ran)], cwd=workdir, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 9, proc.stderr
+    assert Sweep.attach(directory, resume=False).counts() == {"SUBMITTING": 8}  # no job id was recorded
+    started = len(ran.read_text().split()) if ran.exists() else 0
+    assert 0 < started < 8, f"{started} of 8 tasks had started: the crash point was not tested"
+    sweep = Sweep.attach(directory, [slurm_source(slurm_cluster, slots=8)])
+    sweep.wait(timeout=180)
+    assert sweep.counts() == {"COMPLETED": 8}
+    runs = ran.read_text().split()
+    assert len(runs) == 8 and len(set(runs)) == 8, f"{len(runs)} runs for {len(set(runs))} tasks"
+    _until(lambda: not slurm_cluster.active_jobs(), 60, "the claimed array tasks ended")

@@ -257,9 +257,8 @@ class SlurmComputeSource(ComputeSource):
         out = (await self._run("squeue", ["squeue", "-h", "-r", "-t", "all", "-o", _SQUEUE_FORMAT,
                                           "-j", ",".join(arrays)], check=False)).stdout
         seen = parse_squeue(out)
-        names = {j: (self.active_jobs.get(j) or self.completed_jobs.get(j)) for j in job_ids}
-        codes = await self.side.exit_codes({j: posixpath.join(self.tasks_dir, info.job_name)
-                                            for j, info in names.items() if info is not None})
+        codes = await self.side.exit_codes({j: posixpath.join(self.tasks_dir, self.job_names[j])
+                                            for j in job_ids if j in self.job_names})
         states: Dict[str, JobState] = {}
         for job_id in job_ids:
             array = job_id.split("_")[0]
@@ -294,7 +293,18 @@ class SlurmComputeSource(ComputeSource):
         return outcome
 
     async def recover_job(self, job_name: str) -> Optional[str]:
-        return None  # an sbatch whose id was never recorded cannot be found by name cheaply
+        """After a crash between "submitting" and "submitted": claim the job's folder.  Claimed:
+        it never started and never will (its array task, if sbatch went through, exits at
+        once).  Not claimed: its wrapper started, and the array script wrote its Slurm id first."""
+        job_dir = posixpath.join(self.tasks_dir, job_name)
+        script = ('mkdir -p "$1"; set -C; if { echo never > "$1/pid"; } 2>/dev/null; then echo claimed; '
+                  'else cat "$1/slurm_id" 2>/dev/null; fi')
+        out = (await self._run("other", ["sh", "-c", script, "hsm-claim", job_dir], check=False)).stdout.strip()
+        if out == "claimed":
+            return None
+        if not out:
+            raise SourceError(f"{job_name} started but left no Slurm id in its folder; cannot follow it", self.name)
+        return out.split()[0]
 
     async def cancel_job(self, job_id: str) -> bool:
         result = await self._run("scancel", ["scancel", job_id], check=False)
@@ -302,8 +312,7 @@ class SlurmComputeSource(ComputeSource):
 
     async def collect_results(self, job_ids: Optional[List[str]] = None) -> bool:
         """Locally a no-op (shared filesystem); through a login node, the folders come home."""
-        names = [(self.completed_jobs.get(j) or self.active_jobs.get(j)).job_name for j in (job_ids or [])
-                 if (self.completed_jobs.get(j) or self.active_jobs.get(j)) is not None]
+        names = [self.job_names[j] for j in (job_ids or []) if j in self.job_names]
         await self.side.fetch(names, [self.job_dir(n) for n in names])
         return True
 

@@ -76,6 +76,8 @@ def array_script(spec: ResourceSpec, name: str, manifest: str, tasks_dir: str) -
         *(f"module load {m}" for m in spec.modules),
         *([spec.pre_script] if spec.pre_script else []),
         f'job=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {shlex.quote(manifest)})',
+        # before the wrapper claims the job: a controller re-adopting it finds its id here
+        f'echo "${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}}" > {shlex.quote(tasks_dir)}/"$job"/slurm_id',
         f'exec /bin/sh {shlex.quote(tasks_dir)}/"$job"/run.sh',
         "",
     ]
