@@ -6,8 +6,9 @@ job stays cheap (no pandas import).
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
+
+from ._lazy import lazy
 
 __version__ = "0.1.0"
 
@@ -46,16 +47,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'hsm_notebook' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy(__name__, _EXPORTS, globals())
 
 
 def load_ipython_extension(ipython: Any) -> None:

@@ -5,8 +5,8 @@ Names are imported lazily, so a local sweep never imports asyncssh (~1.3 s).
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+
+from .._lazy import lazy
 
 _EXPORTS = {
     "LocalComputeSource": "local",
@@ -19,13 +19,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy(__name__, _EXPORTS, globals())

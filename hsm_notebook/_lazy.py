@@ -1,0 +1,23 @@
+"""Names of a package imported on first use (PEP 562), so a light import stays light."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable, Mapping
+
+
+def lazy(package: str, exports: Mapping[str, str], namespace: dict) -> tuple[Callable[[str], Any], Callable[[], list]]:
+    """``__getattr__`` and ``__dir__`` for ``package``: ``exports`` maps a name to the submodule
+    (relative to ``package``) that defines it; a name is imported when first asked for."""
+
+    def __getattr__(name: str) -> Any:
+        if name in exports:
+            value = getattr(importlib.import_module(f".{exports[name]}", package), name)
+            namespace[name] = value
+            return value
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    def __dir__() -> list:
+        return sorted([*namespace, *exports])
+
+    return __getattr__, __dir__
