@@ -367,7 +367,22 @@ def test_a_source_that_keeps_raising_is_disabled_and_the_sweep_says_why(workdir)
             raise KeyError("job_info")
 
     sweep = _sweep(workdir, [BrokenPolls()], n=2, max_failures=3).start()
-    with pytest.raises(HsmError, match=r"no source can take the remaining tasks .*polling failed 3 times in a row"):
+    with pytest.raises(HsmError, match=r"no source can take the remaining tasks: 2 task\(s\) wait .*polling failed 3 times in a row"):
         sweep.wait(timeout=60)
     row = sweep.sources_status().iloc[0]
     assert row["state"] == "disabled" and "KeyError" in row["reason"]
+
+
+def test_tasks_only_a_broken_source_could_run_stop_the_sweep_after_the_stall_timeout(workdir):
+    class BrokenPolls(ReferenceStyleSource):
+        async def poll(self, job_ids):
+            raise KeyError("job_info")
+
+    sources = [BrokenPolls("gpu", 1), LocalComputeSource("cpu", 2)]
+    sweep = _sweep(workdir, sources, n=4, max_failures=2, stall_timeout=1,
+                   requires=lambda p: {"sources": ["gpu"]} if p["x"] < 2 else None).start()
+    with pytest.raises(HsmError, match=r"no source has taken the remaining tasks for 1 s: .*gpu: disabled"):
+        sweep.wait(timeout=60)
+    status = sweep.status().set_index("x")
+    assert list(status.loc[[2, 3], "state"]) == ["COMPLETED", "COMPLETED"]  # the cpu source did its share
+    assert set(status.loc[[0, 1], "state"]) == {"PENDING"}

@@ -239,20 +239,24 @@ class DistributedJobManager(ControlMixin):
         return streak
 
     def _check_stall(self) -> None:
-        """Work is waiting and no source can take it: stop with the reasons rather than hang."""
+        """Work is due and nothing runs or is being started: no open source can take it (all are
+        closed, or the open ones do not meet the tasks' requirements).  Stop with the reasons
+        rather than hang: at once if no source may open again, else after ``stall_timeout``."""
         waiting = self._has_pending() and all(live.orphan for live in self.live.values()) and not self._busy()
-        if not waiting or any(g.takes_work for g in self.gates.values()):
+        if not waiting:
             self._stalled_since = None
             return
         reasons = "; ".join(f"{n}: {g.describe()}{' - ' + g.reason if g.reason else ''}" for n, g in self.gates.items())
+        what = f"{self.store.counts().get(JobState.PENDING.value, 0)} task(s) wait and no open source can run them"
         now = time.monotonic()
         self._stalled_since = self._stalled_since or now
         if not any(g.may_open for g in self.gates.values()):
-            raise HsmError(f"no source can take the remaining tasks ({reasons}); fix them and "
+            raise HsmError(f"no source can take the remaining tasks: {what} ({reasons}); fix them and "
                            "Sweep.attach(dir) (or complete()) to finish the sweep")
         if now - self._stalled_since > self.stall_timeout:
-            raise HsmError(f"no source has taken work for {self.stall_timeout:.0f} s ({reasons}); the sweep stopped "
-                           "with tasks pending: Sweep.attach(dir) (or complete()) finishes it once a source is back")
+            raise HsmError(f"no source has taken the remaining tasks for {self.stall_timeout:.0f} s: {what} "
+                           f"({reasons}); the sweep stopped with tasks pending: Sweep.attach(dir) (or complete()) "
+                           "finishes it once a source can run them")
 
     def _check_all_ended(self) -> None:
         left = {s: n for s, n in self.store.counts().items() if not JobState(s).is_terminal}
