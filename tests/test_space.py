@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 import tracemalloc
 
 import pytest
@@ -132,17 +131,14 @@ def test_task_ids_are_stable_across_processes():
 def test_a_million_combinations_are_counted_and_sliced_lazily():
     grid = {f"p{i}": list(range(10)) for i in range(6)}  # 10**6
     tracemalloc.start()
-    t0 = time.perf_counter()
     space = ParameterSpace(grid=grid)
     n = len(space)
     first = space.take(10)
-    elapsed = time.perf_counter() - t0
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert n == 10**6 and first[9] == {"p0": 0, "p1": 0, "p2": 0, "p3": 0, "p4": 0, "p5": 9}
     assert space[999_999] == {f"p{i}": 9 for i in range(6)}
-    assert peak < 5_000_000, f"peak {peak} bytes: the space was materialised"
-    assert elapsed < 5
+    assert peak < 5_000_000, f"peak {peak} bytes: the space was materialised"  # speed: bench/local_dispatch.py
 
 
 def test_reference_sweep_yaml_reads_unchanged(tmp_path):

@@ -10,10 +10,9 @@ and starts only what never started.
 
 One owner of run state: ``self.live`` (with the ledger as the truth) says which attempts
 are out on which source; a source only answers questions about job ids.  One owner of
-eligibility: ``self.gates``.  Supervision: every task the manager starts goes through
-``_spawn``; when one fails, the failure is either a source's (counted in ``faults``; a
-source that keeps raising is disabled with the reason) or the sweep's (a ledger that
-cannot be written, a bug): the run stops and ``wait()`` raises it.
+eligibility: ``self.gates``.  The manager is split by concern into mixins: polling and
+collection of live attempts (``polling``), supervision of every task it starts
+(``supervisor``), and what users do to a running sweep (``control``).
 
 Failover: a source disabled by the monitor (or by the user) has its running attempts
 marked LOST and their tasks queued again elsewhere; the attempts are kept as *orphans*.
@@ -25,46 +24,29 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import dataclasses
 import json
-import sqlite3
 import time
-from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 from . import dispatch
 from .control import ControlMixin
-from .errors import ConfigError, HsmError, SourceError, StoreError, describe_error, is_infrastructure, shorten
+from .errors import ConfigError, SourceError, describe_error, is_infrastructure, shorten
 from .events import EventBus
 from .gate import By, Faults, Gate, Mode, log
 from .job import JobTemplate
 from .monitor import Health, HealthMonitor
+from .polling import Key, Live, PollingMixin
 from .retry import RetryPolicy
-from .source import ComputeSource, reported_state
+from .source import ComputeSource
 from .state import JobOutcome, JobState
 from .store import SweepStore
+from .supervisor import SupervisorMixin
 
 _QUEUE_CHUNK = 1000
 _LOOKAHEAD = 1000  # queued tasks examined per fill when requirements hold some back
-Key = tuple[str, str]  # (source name, job id)
 
 
-@dataclass
-class Live:
-    """One attempt out on a source, from its submission until its end is recorded."""
-
-    tid: str
-    attempt: int
-    job_name: str
-    state: JobState = JobState.QUEUED
-    detail: Optional[str] = None
-    orphan: bool = False  # failed over: its task was queued again elsewhere
-    ended: Optional[JobState] = None  # the source said it ended; its files are being collected
-    unknown_since: Optional[float] = None  # first round without a usable answer, in a row
-    unknown_why: Optional[str] = None
-
-
-class DistributedJobManager(ControlMixin):
+class DistributedJobManager(SupervisorMixin, PollingMixin, ControlMixin):
     """Fans a sweep across ``sources``.  Create it, then ``await run()``."""
 
     def __init__(
@@ -192,78 +174,6 @@ class DistributedJobManager(ControlMixin):
             return False
         return not self._has_pending() and self._next_retry is None
 
-    # -- supervision -----------------------------------------------------------------------
-    def _spawn(self, coro, source: Optional[ComputeSource], what: str) -> asyncio.Task:
-        """Start ``coro`` as a supervised task: if it fails, the failure is ``source``'s (counted,
-        and a source that keeps failing is disabled) or, with no source or for a ledger
-        error, the sweep's (the run stops and says why)."""
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(lambda t: self._reap(t, source, what))
-        return task
-
-    def _reap(self, task: asyncio.Task, source: Optional[ComputeSource], what: str) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            if source is None or isinstance(exc, (StoreError, sqlite3.Error)):
-                self._stop(exc, what)
-            else:
-                self._fault(source, what, exc)
-        self.notify()
-
-    def _stop(self, exc: BaseException, what: str) -> None:
-        """The sweep cannot go on: remember why; the loop raises it."""
-        if self._fatal is None:
-            if isinstance(exc, HsmError):
-                self._fatal = exc
-            else:
-                self._fatal = HsmError(f"the sweep stopped: {what} failed with {describe_error(exc)} "
-                                       "(a bug: please report it); Sweep.attach(dir) carries on from here")
-                self._fatal.__cause__ = exc
-        self.notify()
-
-    def _raise_if_stopped(self) -> None:
-        if self._fatal is not None:
-            raise self._fatal
-
-    def _fault(self, source: ComputeSource, what: str, exc: BaseException) -> int:
-        """A source's operation failed.  Faults of the machine or network are only counted
-        (health checks decide about those); any other kind, ``max_failures`` times in a row,
-        disables the source."""
-        streak = self.faults.report(source.name, what, exc)
-        gate = self.gates.get(source.name)
-        if gate is not None and not is_infrastructure(exc) and streak >= self.max_failures and gate.by != By.FAULTS:
-            self._spawn(self._disable(source, By.FAULTS, f"{what} failed {streak} times in a row: "
-                                      f"{describe_error(exc, 200)}; fix the source, then enable({source.name!r})"),
-                        None, f"disabling {source.name}")
-        return streak
-
-    def _check_stall(self) -> None:
-        """Work is due and nothing runs or is being started: no open source can take it (all are
-        closed, or the open ones do not meet the tasks' requirements).  Stop with the reasons
-        rather than hang: at once if no source may open again, else after ``stall_timeout``."""
-        waiting = self._has_pending() and all(live.orphan for live in self.live.values()) and not self._busy()
-        if not waiting:
-            self._stalled_since = None
-            return
-        reasons = "; ".join(f"{n}: {g.describe()}{' - ' + g.reason if g.reason else ''}" for n, g in self.gates.items())
-        what = f"{self.store.counts().get(JobState.PENDING.value, 0)} task(s) wait and no open source can run them"
-        now = time.monotonic()
-        self._stalled_since = self._stalled_since or now
-        if not any(g.may_open for g in self.gates.values()):
-            raise HsmError(f"no source can take the remaining tasks: {what} ({reasons}); fix them and "
-                           "Sweep.attach(dir) (or complete()) to finish the sweep")
-        if now - self._stalled_since > self.stall_timeout:
-            raise HsmError(f"no source has taken the remaining tasks for {self.stall_timeout:.0f} s: {what} "
-                           f"({reasons}); the sweep stopped with tasks pending: Sweep.attach(dir) (or complete()) "
-                           "finishes it once a source can run them")
-
-    def _check_all_ended(self) -> None:
-        left = {s: n for s, n in self.store.counts().items() if not JobState(s).is_terminal}
-        if left:
-            raise HsmError(f"the manager ended with tasks unfinished ({left}): a bug, please report it; "
-                           "Sweep.attach(dir) finishes them")
-
     # -- setup and recovery -------------------------------------------------------------
     async def _setup(self, source: ComputeSource) -> None:
         source.bind(self.template, self.store.directory, self.sweep_id, lambda n=source.name: self.notify(n))
@@ -328,10 +238,6 @@ class DistributedJobManager(ControlMixin):
         if live.ended is None:
             live.ended = state
             self._load[key[0]] -= 1
-
-    def _busy(self) -> bool:
-        """Work of the manager's own in flight (health checks do not count)."""
-        return bool(self._tasks.difference(self.monitor.checking()))
 
     def load(self, name: str) -> int:
         """Slots of ``name`` in use: its live attempts plus submissions in flight."""
@@ -424,152 +330,6 @@ class DistributedJobManager(ControlMixin):
         else:
             outcome = JobOutcome(JobState.FAILED, error=f"submission to {source.name} failed: {why}")
         self._conclude(tid, attempt, outcome, self.store.finish(tid, attempt, outcome))
-
-    # -- polling and collection ------------------------------------------------------------
-    def _start_polls(self) -> None:
-        now = time.monotonic()
-        busy = collections.defaultdict(bool)
-        for (name, _), live in self.live.items():
-            busy[name] = busy[name] or live.ended is None
-        for name, source in self.sources.items():
-            if name in self._polling or not self.gates[name].reachable:
-                continue
-            if not busy[name] and not self._uncollected[name]:
-                continue
-            if name in self._dirty or now - self._last_poll.get(name, 0.0) >= min(self.poll_interval, source.poll_interval):
-                self._dirty.discard(name)
-                self._last_poll[name] = now
-                task = self._spawn(self._poll_source(source), None, f"polling {name}")
-                self._polling[name] = task
-                task.add_done_callback(lambda t, n=name: self._polling.pop(n, None))
-
-    async def _poll_source(self, source: ComputeSource) -> None:
-        ids = [job_id for (name, job_id), live in self.live.items() if name == source.name and live.ended is None]
-        answers: dict[str, Any] = {}
-        if ids:
-            try:
-                answers = await source.poll(ids)
-                if not isinstance(answers, dict):
-                    raise SourceError(f"poll() returned {type(answers).__name__}; it must return {{job id: state}}",
-                                      source.name)
-            except Exception as exc:  # noqa: BLE001 - counted against the source; asked again next round
-                self._fault(source, "polling", exc)
-                answers = None
-        if answers is not None:
-            self.faults.ok(source.name, "polling")
-            with self.store.transaction():
-                for job_id in ids:
-                    self._read_answer(source, job_id, answers.get(job_id))
-        todo = self._uncollected[source.name]
-        if todo and source.name not in self._collecting:
-            batch = dict(todo)
-            todo.clear()
-            task = self._spawn(self._collect(source, batch), None, f"collecting from {source.name}")
-            self._collecting[source.name] = task
-            task.add_done_callback(lambda t, n=source.name: self._collecting.pop(n, None))
-
-    def _read_answer(self, source: ComputeSource, job_id: str, answer: Any) -> None:
-        """One job's answer in a poll: a state, or no usable answer (asked again; LOST only after
-        ``unknown_timeout`` of rounds without one)."""
-        key = (source.name, job_id)
-        live = self.live.get(key)
-        if live is None or live.ended is not None:
-            return
-        if isinstance(answer, BaseException):
-            state, why = None, describe_error(answer, 200)
-            self.faults.report(source.name, "reading a job's state", answer)
-        else:
-            state = reported_state(answer) if answer is not None else None
-            why = "no answer for it" if answer is None else f"answered {answer!r}"
-        if state is None:
-            now = time.monotonic()
-            live.unknown_since, live.unknown_why = live.unknown_since or now, why
-            if now - live.unknown_since < self.unknown_timeout:
-                return
-            state = JobState.LOST
-        else:
-            live.unknown_since = None
-        if state.is_terminal:
-            self._end_live(key, live, state)
-            self._uncollected[source.name][job_id] = state
-        else:
-            detail = source.job_detail(job_id)
-            if state != live.state or detail != live.detail:
-                live.state, live.detail = state, detail
-                self.store.set_state(live.tid, live.attempt, state, detail=detail)
-            if live.orphan and self.store.task_state(live.tid) == JobState.COMPLETED:
-                self._spawn(self._cancel_one(source, job_id), source, "cancelling a surplus run")
-
-    async def _collect(self, source: ComputeSource, finished: dict[str, JobState]) -> None:
-        """Bring finished jobs' files home and record their outcomes, off the dispatch path."""
-        note = None
-        try:
-            await source.collect_results(list(finished))
-            self.faults.ok(source.name, "collecting results")
-        except Exception as exc:  # noqa: BLE001 - tried again; after max_failures, recorded with the reason
-            if self._fault(source, "collecting results", exc) < self.max_failures:
-                self._uncollected[source.name].update(finished)
-                return
-            note = f"its files could not be brought back from {source.name}: {describe_error(exc, 200)}"
-        outcomes = {job_id: await self._outcome(source, job_id, state, note) for job_id, state in finished.items()}
-        with self.store.transaction():
-            for job_id, outcome in outcomes.items():
-                self._record(source, job_id, outcome)
-
-    async def _outcome(self, source: ComputeSource, job_id: str, state: JobState, note: Optional[str]) -> JobOutcome:
-        live = self.live.get((source.name, job_id))
-        try:
-            outcome = await source.outcome(job_id, state)
-            if not isinstance(outcome, JobOutcome):
-                raise SourceError(f"outcome() returned {type(outcome).__name__}, not a JobOutcome", source.name)
-            reported = reported_state(outcome.state)
-            if reported is None or not reported.is_terminal:
-                raise SourceError(f"outcome() gave the state {outcome.state!r} for a finished job", source.name)
-            outcome = dataclasses.replace(outcome, state=reported)
-        except Exception as exc:  # noqa: BLE001 - the state is known; say why the rest is missing
-            self.faults.report(source.name, "reading an outcome", exc)
-            outcome = JobOutcome(state, error=f"its outcome could not be read: {describe_error(exc, 200)}")
-        if live is not None and live.unknown_since is not None and outcome.state == JobState.LOST:
-            note = f"{source.name} gave no usable state for {self.unknown_timeout:.0f} s (last: {live.unknown_why})"
-        if note:
-            outcome = dataclasses.replace(outcome, error="; ".join(filter(None, [outcome.error, note])))
-        return outcome
-
-    def _record(self, source: ComputeSource, job_id: str, outcome: JobOutcome) -> None:
-        key = (source.name, job_id)
-        live = self.live.pop(key)
-        if live.ended is None:
-            self._load[source.name] -= 1
-        tid, attempt = live.tid, live.attempt
-        if tid in self._cancel and outcome.state in (JobState.LOST, JobState.FAILED):
-            outcome = dataclasses.replace(outcome, state=JobState.CANCELLED)  # what the user asked for: no retry
-        meaning = self.store.finish(tid, attempt, outcome)
-        if outcome.state == JobState.COMPLETED:
-            self._done_times[source.name].append(time.time())
-        source.update_job_status(job_id, outcome.state)  # the reference API's bookkeeping and stats
-        if meaning == "won":  # an earlier attempt came back first: stop the newer ones
-            for (s, j), other in list(self.live.items()):
-                if other.tid == tid and (s, j) != key:
-                    self._spawn(self._cancel_one(self.sources[s], j), self.sources[s], "cancelling a newer attempt")
-        self._conclude(tid, attempt, outcome, meaning)
-
-    def _conclude(self, tid: str, attempt: int, outcome: JobOutcome, meaning: str) -> None:
-        """After an attempt's end is recorded: queue a retry if the policy wants one."""
-        if meaning == "current" and outcome.state in (JobState.LOST, JobState.FAILED) and tid not in self._cancel:
-            delay = self.retry.delay(outcome.state, attempt)
-            if delay is not None:
-                due = time.time() + delay
-                self.store.requeue(tid, f"retry {attempt + 1}/{self.retry.max_attempts} in {delay:.0f} s after "
-                                        f"{outcome.state.value}", due)
-                self._next_retry = due if self._next_retry is None else min(self._next_retry, due)
-                return
-        if meaning in ("current", "won"):
-            self._cancel.discard(tid)
-
-    async def _cancel_one(self, source: ComputeSource, job_id: str) -> bool:
-        result = await source.cancel_job(job_id)
-        self.notify(source.name)
-        return result is True
 
     # -- failover and health ---------------------------------------------------------------
     def _fail_over(self, tid: str, attempt: int, why: str) -> None:

@@ -367,7 +367,7 @@ class ParameterSpace:
         """The space as YAML (the reference ``sweep:`` form); written atomically to ``path`` when given."""
         text = yaml.safe_dump({"sweep": self.to_dict()}, sort_keys=False)
         if path is not None:
-            from .store import atomic_write
+            from .sweepdir import atomic_write
 
             atomic_write(Path(path), text)
         return text

@@ -18,17 +18,13 @@ the writer.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import glob
 import json
 import os
-import secrets
 import shutil
 import socket
 import sqlite3
-import stat
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
@@ -38,11 +34,10 @@ import yaml
 from .errors import ConfigError, StoreError, SweepLockedError
 from .events import Event
 from .state import JobOutcome, JobState
+from .sweepdir import (CREATING, LEDGER, LOCK, RECORD, atomic_write, build_folder, check_new, move_into_place,
+                       unfinished)
 
-LEDGER = "ledger.sqlite"
 _ACTIVE = tuple(s.value for s in JobState if s.is_active)
-RECORD = "sweep.yaml"
-LOCK = ".controller.lock"
 SCHEMA_VERSION = 1
 
 _SCHEMA = """
@@ -64,127 +59,12 @@ CREATE TABLE IF NOT EXISTS events (
 """
 
 
-def atomic_write(path: Path, text: str) -> None:
-    """Write a file so that a reader (or a crash) sees the old or the new content, never half."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.row_factory = sqlite3.Row
     return conn
-
-
-# -- folders left by an interrupted Sweep(...) ------------------------------------------
-#: A sweep folder is built in a hidden sibling ``.<name>.creating-<hex>`` and renamed into place.
-CREATING = ".creating-"
-#: Files a sweep folder holds; any of them without both LEDGER and RECORD marks an unfinished one.
-_SWEEP_FILES = (LEDGER, LEDGER + "-wal", LEDGER + "-shm", LEDGER + "-journal", RECORD, LOCK)
-
-
-def _building_for(directory: Path) -> str | None:
-    """The folder name a hidden build folder ``.<name>.creating-<hex>`` was made for, else None."""
-    name = directory.name
-    if not name.startswith(".") or CREATING not in name:
-        return None
-    target, _, suffix = name[1:].rpartition(CREATING)
-    return target if target and suffix and all(c in "0123456789abcdef" for c in suffix) else None
-
-
-def _lock_holder(directory: Path) -> str | None:
-    """Who holds the controller lock in ``directory`` ("pid N on HOST"); None when no live process does."""
-    try:
-        fd = os.open(directory / LOCK, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return os.read(fd, 256).decode(errors="replace").strip() or "another process"
-    finally:
-        os.close(fd)
-    return None
-
-
-def _unfinished(directory: Path) -> str | None:
-    """What a folder left by an interrupted ``Sweep(...)`` is and what to do about it; None for a
-    whole sweep folder, an empty folder, a missing one or one that holds no sweep files at all."""
-    redo = "delete it and create the sweep again"
-    target = _building_for(directory)
-    if target is not None and directory.is_dir():
-        holder = _lock_holder(directory)
-        if holder is not None:
-            return (f"{directory} is the folder of sweep {target} being created right now by {holder}; "
-                    f"wait for that Sweep(...) to return, then use {directory.parent / target}")
-        return (f"{directory} is an unfinished sweep folder left by an interrupted Sweep(...) "
-                f"(it was being built for {directory.parent / target}); {redo}")
-    if not directory.is_dir() or ((directory / LEDGER).is_file() and (directory / RECORD).is_file()):
-        return None
-    if not any((directory / name).exists() for name in _SWEEP_FILES):
-        return None
-    missing = " and ".join(name for name in (RECORD, LEDGER) if not (directory / name).is_file())
-    return f"{directory} is an unfinished sweep folder left by an interrupted Sweep(...) (no {missing}); {redo}"
-
-
-def _check_new(directory: Path) -> None:
-    """Refuse, with what to do instead, a ``directory`` a new sweep cannot be created in."""
-    problem = _unfinished(directory)
-    if problem is not None:
-        raise ConfigError(problem, "directory")
-    if (directory / LEDGER).exists() and (directory / RECORD).exists():
-        raise ConfigError(f"{directory} already holds a sweep; use Sweep.attach() to reopen it", "directory")
-    try:
-        if directory.is_dir() and any(directory.iterdir()):
-            raise ConfigError(f"{directory} holds other files; give a new or an empty folder for the sweep", "directory")
-    except OSError as exc:
-        raise ConfigError(f"{directory} is not readable ({exc.strerror}); choose another directory", "directory") from None
-    if directory.exists() and not directory.is_dir():
-        raise ConfigError(f"{directory} is a file; give a new or an empty folder for the sweep", "directory")
-
-
-def _build_folder(directory: Path) -> Path:
-    """A new hidden sibling of ``directory`` to build the sweep in (made with the usual mode)."""
-    try:
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        while True:
-            build = directory.parent / f".{directory.name}{CREATING}{secrets.token_hex(4)}"
-            with contextlib.suppress(FileExistsError):
-                build.mkdir()
-                return build
-    except OSError as exc:
-        raise ConfigError(f"{directory} is not writable ({exc.strerror}); choose another directory", "directory") from None
-
-
-def _move_into_place(build: Path, directory: Path) -> None:
-    """Rename the finished ``build`` folder to ``directory``: one atomic step, also onto an existing
-    empty folder (which keeps its mode).  Where the OS refuses that rename (an empty mount point),
-    the files are moved in one by one with ``sweep.yaml`` last: a crash in between leaves a folder
-    that ``_unfinished`` names."""
-    existing = directory.is_dir()
-    if existing:
-        os.chmod(build, stat.S_IMODE(directory.stat().st_mode))
-    try:
-        os.rename(build, directory)
-        return
-    except OSError as exc:
-        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST) or not existing:
-            raise ConfigError(f"{directory} is not writable or was filled by another process meanwhile "
-                              f"({exc.strerror}); choose another directory", "directory") from None
-    for entry in sorted(build.iterdir(), key=lambda p: (p.name == RECORD, p.name != LOCK)):
-        shutil.move(str(entry), str(directory / entry.name))
-    build.rmdir()
 
 
 def _requirements(requires: Callable[[dict], Any], params: dict) -> str | None:
@@ -225,14 +105,14 @@ class SweepStore:
         the sibling; a crash leaves only it, which ``open`` and ``create`` name as unfinished.
         ``directory`` may exist if it is empty."""
         directory = Path(directory).absolute()
-        _check_new(directory)
-        build = _build_folder(directory)
+        check_new(directory)
+        build = build_folder(directory)
         store = cls(build)
         try:
             store.acquire()
             store._fill(record, tasks, requires)
             store.close()
-            _move_into_place(build, directory)
+            move_into_place(build, directory)
         except BaseException:
             store.close()
             store.release()
@@ -269,12 +149,12 @@ class SweepStore:
     def open(cls, directory: Path) -> "SweepStore":
         """An existing sweep folder; a folder left by an interrupted creation is named as such."""
         directory = Path(directory).absolute()
-        problem = _unfinished(directory)
+        problem = unfinished(directory)
         if problem is None and (directory / LEDGER).is_file() and (directory / RECORD).is_file():
             return cls(directory)
         if problem is None and not directory.exists():
             builds = sorted(directory.parent.glob(f".{glob.escape(directory.name)}{CREATING}*"))
-            if builds and (problem := _unfinished(builds[0])) is not None:
+            if builds and (problem := unfinished(builds[0])) is not None:
                 problem = f"{directory} does not exist: {problem}"
         if problem is None and directory.is_dir() and not any(directory.iterdir()):
             problem = (f"{directory} is an empty folder, not a sweep (an interrupted Sweep(...) can leave one); "

@@ -1,0 +1,99 @@
+"""Supervised background work: the rule that no task the manager starts fails unseen.
+
+A mixin of ``DistributedJobManager``.  Every task goes through ``_spawn``; when one fails,
+the failure is either a source's (counted in ``faults``; machine and network faults are left
+to the health checks, any other kind ``max_failures`` times in a row disables the source with
+the reason) or the sweep's (a ledger that cannot be written, a bug): the run stops and
+``wait()`` raises it.  The run also stops, in words, when work waits that no source can take,
+and it checks at the end that no task was left unfinished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from typing import Optional
+
+from .errors import HsmError, StoreError, describe_error, is_infrastructure
+from .gate import By
+from .source import ComputeSource
+from .state import JobState
+
+
+class SupervisorMixin:
+    def _spawn(self, coro, source: Optional[ComputeSource], what: str) -> asyncio.Task:
+        """Start ``coro`` as a supervised task: if it fails, the failure is ``source``'s (counted,
+        and a source that keeps failing is disabled) or, with no source or for a ledger
+        error, the sweep's (the run stops and says why)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(lambda t: self._reap(t, source, what))
+        return task
+
+    def _reap(self, task: asyncio.Task, source: Optional[ComputeSource], what: str) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            if source is None or isinstance(exc, (StoreError, sqlite3.Error)):
+                self._stop(exc, what)
+            else:
+                self._fault(source, what, exc)
+        self.notify()
+
+    def _stop(self, exc: BaseException, what: str) -> None:
+        """The sweep cannot go on: remember why; the loop raises it."""
+        if self._fatal is None:
+            if isinstance(exc, HsmError):
+                self._fatal = exc
+            else:
+                self._fatal = HsmError(f"the sweep stopped: {what} failed with {describe_error(exc)} "
+                                       "(a bug: please report it); Sweep.attach(dir) carries on from here")
+                self._fatal.__cause__ = exc
+        self.notify()
+
+    def _raise_if_stopped(self) -> None:
+        if self._fatal is not None:
+            raise self._fatal
+
+    def _fault(self, source: ComputeSource, what: str, exc: BaseException) -> int:
+        """A source's operation failed.  Faults of the machine or network are only counted
+        (health checks decide about those); any other kind, ``max_failures`` times in a row,
+        disables the source."""
+        streak = self.faults.report(source.name, what, exc)
+        gate = self.gates.get(source.name)
+        if gate is not None and not is_infrastructure(exc) and streak >= self.max_failures and gate.by != By.FAULTS:
+            self._spawn(self._disable(source, By.FAULTS, f"{what} failed {streak} times in a row: "
+                                      f"{describe_error(exc, 200)}; fix the source, then enable({source.name!r})"),
+                        None, f"disabling {source.name}")
+        return streak
+
+    def _check_stall(self) -> None:
+        """Work is due and nothing runs or is being started: no open source can take it (all are
+        closed, or the open ones do not meet the tasks' requirements).  Stop with the reasons
+        rather than hang: at once if no source may open again, else after ``stall_timeout``."""
+        waiting = self._has_pending() and all(live.orphan for live in self.live.values()) and not self._busy()
+        if not waiting:
+            self._stalled_since = None
+            return
+        reasons = "; ".join(f"{n}: {g.describe()}{' - ' + g.reason if g.reason else ''}" for n, g in self.gates.items())
+        what = f"{self.store.counts().get(JobState.PENDING.value, 0)} task(s) wait and no open source can run them"
+        now = time.monotonic()
+        self._stalled_since = self._stalled_since or now
+        if not any(g.may_open for g in self.gates.values()):
+            raise HsmError(f"no source can take the remaining tasks: {what} ({reasons}); fix them and "
+                           "Sweep.attach(dir) (or complete()) to finish the sweep")
+        if now - self._stalled_since > self.stall_timeout:
+            raise HsmError(f"no source has taken the remaining tasks for {self.stall_timeout:.0f} s: {what} "
+                           f"({reasons}); the sweep stopped with tasks pending: Sweep.attach(dir) (or complete()) "
+                           "finishes it once a source can run them")
+
+    def _check_all_ended(self) -> None:
+        left = {s: n for s, n in self.store.counts().items() if not JobState(s).is_terminal}
+        if left:
+            raise HsmError(f"the manager ended with tasks unfinished ({left}): a bug, please report it; "
+                           "Sweep.attach(dir) finishes them")
+
+
+    def _busy(self) -> bool:
+        """Work of the manager's own in flight (health checks do not count)."""
+        return bool(self._tasks.difference(self.monitor.checking()))
