@@ -23,6 +23,7 @@ _EXPORTS = {
     "ComputeSourceStats": "core.state",
     "JobOutcome": "core.state",
     "JobTemplate": "core.job",
+    "Environment": "core.environment",
     "ComputeSource": "core.source",
     "DistributedJobManager": "core.manager",
     "SweepStore": "core.store",

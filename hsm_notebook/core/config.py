@@ -10,6 +10,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from .environment import Environment
 from .errors import ConfigError
 from .space import ParameterSpace
 
@@ -32,7 +33,8 @@ def load_yaml(text: str):
     return yaml.load(text, Loader=YamlLoader)  # noqa: S506 - a SafeLoader subclass
 
 
-_FILE_KEYS = {"sweep", "metadata", "command", "name", "arg_style", "max_parallel_jobs", "env", "wandb_group"}
+_FILE_KEYS = {"sweep", "metadata", "command", "name", "arg_style", "max_parallel_jobs", "env", "wandb_group",
+              "environment"}
 
 
 def parse_command(command: Any, field: str = "command") -> tuple[str, ...]:
@@ -57,8 +59,9 @@ class SweepFile:
 
     ``sweep:`` holds the space (``grid``, ``paired`` as in the reference tool, and
     ``fixed``, ``exclude``, ``sample``, ``combinations``); ``command``, ``name``,
-    ``arg_style``, ``max_parallel_jobs``, ``env`` and ``wandb_group`` are optional;
-    ``metadata`` is kept as given.
+    ``arg_style``, ``max_parallel_jobs``, ``env``, ``wandb_group`` and ``environment`` (what jobs
+    run in: ``conda_env``, ``conda_exe``, ``venv``, ``modules``, ``pre_script``, ``env``; see
+    :class:`~hsm_notebook.core.environment.Environment`) are optional; ``metadata`` is kept as given.
     """
 
     space: ParameterSpace
@@ -70,6 +73,7 @@ class SweepFile:
     wandb_group: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    environment: Environment = field(default_factory=Environment)
 
     @classmethod
     def load(cls, source: str | Path) -> "SweepFile":
@@ -114,4 +118,5 @@ class SweepFile:
             wandb_group=data.get("wandb_group"),
             metadata=data.get("metadata") or {},
             path=path,
+            environment=Environment.from_dict(data.get("environment")),
         )

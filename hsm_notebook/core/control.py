@@ -67,7 +67,7 @@ class ControlMixin:
     async def disable(self, name: str) -> int:
         """No new tasks go to ``name``; its running tasks are stopped and queued again elsewhere."""
         self._need(name)
-        await self._disable(self.sources[name], By.USER, "disabled by the user")
+        self._disable(self.sources[name], By.USER, "disabled by the user")
         jobs = [j for (s, j), live in self.live.items() if s == name and live.orphan and live.ended is None]
         results = await asyncio.gather(*(self._cancel_one(self.sources[name], j) for j in jobs), return_exceptions=True)
         self.notify(name)

@@ -46,6 +46,10 @@ class ConnectError(SourceError):
     """The source cannot be reached right now (host down, connection lost, refused)."""
 
 
+class NotConnected(ConnectError):
+    """A command was not sent at all: the connection was already down (nothing can have run)."""
+
+
 class SubmitError(SourceError):
     """A job could not be submitted."""
 

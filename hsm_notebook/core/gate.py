@@ -89,6 +89,7 @@ class Faults:
         if self.counts[key] == 1:
             log.warning("source %s: %s failed: %s (repeats are counted in sources_status(), not logged)",
                         source, what, message)
+            log.debug("the first %s failure of %s", what, source, exc_info=exc)
         return self.streaks[(source, what)]
 
     def ok(self, source: str, what: str) -> None:

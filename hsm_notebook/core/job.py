@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
+from .environment import check_literal_env
 from .errors import ConfigError
 
 ARG_STYLES = ("hydra", "argparse", "none")
@@ -118,6 +119,7 @@ class JobTemplate:
         for key in self.env:
             if not _ENV_NAME.match(key):
                 raise ConfigError(f"{key!r} is not a valid environment variable name (letters, digits, _)", "env")
+        check_literal_env(self.env)
         if self.arg_style not in ARG_STYLES:
             raise ConfigError(f"must be one of {ARG_STYLES}, got {self.arg_style!r}", "arg_style")
 

@@ -340,7 +340,7 @@ class DistributedJobManager(SupervisorMixin, PollingMixin, ControlMixin):
             self.store.requeue(tid, f"queued again: {why}")
         self.requeue()
 
-    async def _disable(self, source: ComputeSource, by: By, reason: str) -> None:
+    def _disable(self, source: ComputeSource, by: By, reason: str) -> None:
         """Close ``source`` to new work and fail its running attempts over to the others."""
         log.warning("source %s disabled: %s", source.name, reason)
         self.gates[source.name].close(Mode.DISABLED, by, reason)
@@ -359,7 +359,7 @@ class DistributedJobManager(SupervisorMixin, PollingMixin, ControlMixin):
             return
         if h.status == "unhealthy":
             if gate.mode in (Mode.ENABLED, Mode.DRAINING) and h.failures >= self.max_failures:
-                await self._disable(source, By.HEALTH, h.reason or "unhealthy")
+                self._disable(source, By.HEALTH, h.reason or "unhealthy")
             return
         if gate.by == By.SETUP:
             try:

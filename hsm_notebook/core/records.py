@@ -4,6 +4,7 @@ the retry policy from its dict, where new sweep folders go."""
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
@@ -34,6 +35,23 @@ def retry_policy(value: RetryPolicy | Mapping[str, Any] | None) -> RetryPolicy:
 
 def default_sweeps_dir() -> Path:
     return Path(os.environ.get("HSM_SWEEPS_DIR", Path.cwd() / "sweeps"))
+
+
+def git_state(workdir: str | Path) -> Optional[dict[str, Any]]:
+    """``{"commit": sha, "dirty": bool}`` of the git repository holding ``workdir``, or None (no git,
+    not a repository, no commit yet).  Dirty means tracked files differ from the commit (staged or
+    not); untracked files do not count."""
+    try:
+        out = subprocess.run(["git", "-C", str(workdir), "status", "--porcelain=v2", "--branch", "--untracked-files=no"],
+                             capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL,
+                             env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"})  # a status never takes the index lock
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = out.stdout.splitlines()
+    commit = next((line.split()[2] for line in lines if line.startswith("# branch.oid ")), None)
+    if out.returncode != 0 or commit is None or commit == "(initial)":
+        return None
+    return {"commit": commit, "dirty": any(not line.startswith("#") for line in lines)}
 
 
 def check_sources(sources: Optional[Sequence[ComputeSource]], template: JobTemplate) -> list[ComputeSource]:

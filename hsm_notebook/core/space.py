@@ -59,8 +59,28 @@ def flatten(d: Mapping[str, Any], prefix: str = "", *, leaf: Callable[[Any], boo
     return out
 
 
-def _jsonable(value: Any, field: str) -> Any:
-    """Normalise a value to plain JSON types, or say why it cannot be."""
+def _uncarriable(value: Any) -> str | None:
+    """What in ``value`` (its strings, dict keys and nested values included) no argv can carry, or None."""
+    if isinstance(value, str):
+        if "\0" in value:
+            return "a NUL character"
+        if not value.isascii():
+            lone = next((ch for ch in value if 0xD800 <= ord(ch) <= 0xDFFF), None)
+            if lone is not None:
+                return f"a lone surrogate (U+{ord(lone):04X})"
+        return None
+    if isinstance(value, list):
+        return next(filter(None, map(_uncarriable, value)), None)
+    if isinstance(value, dict):
+        return next(filter(None, (_uncarriable(x) for kv in value.items() for x in kv)), None)
+    return None
+
+
+def _jsonable(value: Any, field: str, *, argv: bool = True) -> Any:
+    """Normalise a value to plain JSON types, or say why it cannot be.
+
+    ``argv``: the value goes to a job's command line, so it must be text an argv can carry.
+    """
     if hasattr(value, "item") and callable(value.item) and not isinstance(value, (list, dict)):
         value = value.item()  # numpy scalars
     if isinstance(value, tuple):
@@ -73,6 +93,13 @@ def _jsonable(value: Any, field: str) -> Any:
             "use numbers, strings, booleans, None, or lists/dicts of them",
             field,
         ) from None
+    problem = _uncarriable(value) if argv else None
+    if problem:
+        raise ConfigError(
+            f"value {value!r} holds {problem}, which no command line can carry to a job "
+            "(it would arrive altered or not at all); remove it from the value",
+            field,
+        )
     return value
 
 
@@ -225,7 +252,7 @@ class ParameterSpace:
         unknown = set(pattern) - set(seen)
         if unknown:
             raise ConfigError(f"names unknown parameters {sorted(unknown)}; known: {sorted(seen)}", "exclude")
-        return {k: _jsonable(v, f"exclude[{i}].{k}") for k, v in pattern.items()}
+        return {k: _jsonable(v, f"exclude[{i}].{k}", argv=False) for k, v in pattern.items()}
 
     def _check_sample(self, sample: Any) -> None:
         if sample is None:

@@ -60,8 +60,8 @@ class ResourceSpec:
     qos: str | None = None
     constraint: str | None = None
     extra: Mapping[str, str] = field(default_factory=dict)  # more #SBATCH options: {"exclusive": ""}
-    modules: tuple[str, ...] = ()  # `module load` lines in the job script
-    pre_script: str | None = None  # shell lines run before the job (e.g. activate an env)
+    modules: tuple[str, ...] = ()  # `module load`ed before each job (core/environment.py renders it)
+    pre_script: str | None = None  # shell lines run before each job, after modules (same renderer)
 
 
 @dataclass

@@ -37,7 +37,10 @@ class SupervisorMixin:
             if source is None or isinstance(exc, (StoreError, sqlite3.Error)):
                 self._stop(exc, what)
             else:
-                self._fault(source, what, exc)
+                try:
+                    self._fault(source, what, exc)
+                except Exception as err:  # noqa: BLE001 - e.g. the ledger failing during the failover
+                    self._stop(err, f"handling a failure of {what}")
         self.notify()
 
     def _stop(self, exc: BaseException, what: str) -> None:
@@ -56,15 +59,18 @@ class SupervisorMixin:
             raise self._fatal
 
     def _fault(self, source: ComputeSource, what: str, exc: BaseException) -> int:
-        """A source's operation failed.  Faults of the machine or network are only counted
-        (health checks decide about those); any other kind, ``max_failures`` times in a row,
-        disables the source."""
-        streak = self.faults.report(source.name, what, exc)
+        """A source's operation failed; returns how many times in a row it failed for a reason of
+        the source's own.  Faults of the machine or network are only counted (0: the health checks
+        decide about those); any other kind, ``max_failures`` times in a row, disables the source."""
+        self.faults.report(source.name, what, exc)
+        if is_infrastructure(exc):
+            self.faults.ok(source.name, what)
+            return 0
+        streak = self.faults.streaks[(source.name, what)]
         gate = self.gates.get(source.name)
-        if gate is not None and not is_infrastructure(exc) and streak >= self.max_failures and gate.by != By.FAULTS:
-            self._spawn(self._disable(source, By.FAULTS, f"{what} failed {streak} times in a row: "
-                                      f"{describe_error(exc, 200)}; fix the source, then enable({source.name!r})"),
-                        None, f"disabling {source.name}")
+        if gate is not None and streak >= self.max_failures and gate.by != By.FAULTS:
+            self._disable(source, By.FAULTS, f"{what} failed {streak} times in a row: {describe_error(exc, 200)}; "
+                                             f"fix the source, then enable({source.name!r})")
         return streak
 
     def _check_stall(self) -> None:

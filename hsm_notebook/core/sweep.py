@@ -23,6 +23,7 @@ import pandas as pd
 
 from . import _loop, registry
 from .config import SweepFile, parse_command
+from .environment import Environment
 from .errors import ConfigError, HsmError
 from .frames import (
     counts_by_source,
@@ -37,7 +38,7 @@ from .job import STDERR_FILE, STDOUT_FILE, JobTemplate, tail
 from .dispatch import STRATEGIES
 from .events import Event, EventBus
 from .manager import DistributedJobManager
-from .records import check_sources, default_sweeps_dir, rebuild_source, retry_policy
+from .records import check_sources, default_sweeps_dir, git_state, rebuild_source, retry_policy
 from .retry import RetryPolicy
 from .source import ComputeSource
 from .space import ParameterSpace
@@ -95,7 +96,7 @@ class Sweep:
             "space": space.to_dict(), "job": template.to_dict(), "wandb_group": wandb_group,
             "sources": [s.describe() for s in sources], "poll_interval": poll_interval, "strategy": strategy,
             "retry": retry_policy(retry).to_dict(), "health_interval": health_interval, "max_failures": max_failures,
-            "unknown_timeout": unknown_timeout, "stall_timeout": stall_timeout,
+            "unknown_timeout": unknown_timeout, "stall_timeout": stall_timeout, "git": git_state(workdir),
         }
         if strategy not in STRATEGIES:
             raise ConfigError(f"must be one of {STRATEGIES}, got {strategy!r}", "strategy")
@@ -118,13 +119,18 @@ class Sweep:
     def from_yaml(
         cls, path: str | Path, sources: Optional[Sequence[ComputeSource]] = None, **kwargs: Any
     ) -> "Sweep":
-        """A sweep from a YAML file (``command:`` may be given in the file or as ``command=``)."""
+        """A sweep from a YAML file (``command:`` may be given in the file or as ``command=``).
+        The file's ``environment:`` is that of every source given without one (and of the default one)."""
         spec = SweepFile.load(path)
         command = kwargs.pop("command", None) or spec.command
         if command is None:
             raise ConfigError("no command: add 'command: [python, train.py]' to the file or pass command=", "command")
-        if sources is None and spec.max_parallel_jobs is not None:
-            sources = [registry.default_source(max_parallel_jobs=spec.max_parallel_jobs)]
+        if sources is None and (spec.max_parallel_jobs is not None or spec.environment):
+            own = {"max_parallel_jobs": spec.max_parallel_jobs} if spec.max_parallel_jobs is not None else {}
+            sources = [registry.default_source(**own)]
+        for source in sources or ():
+            if spec.environment and getattr(source, "environment", None) == Environment():
+                source.environment = spec.environment
         kwargs.setdefault("name", spec.name)
         kwargs.setdefault("arg_style", spec.arg_style)
         kwargs.setdefault("env", spec.env)

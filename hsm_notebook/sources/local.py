@@ -21,10 +21,13 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from ..core.errors import ConfigError, SubmitError
+from ..core.environment import (Environment, check_literal_env, environment_script, job_argv, probe_command,
+                                probe_problem, script_name)
+from ..core.errors import ConfigError, SourceError, SubmitError
 from ..core.gpus import GpuPool
 from ..core.job import CANCEL_FILE, EXIT_CODE_FILE, NEVER, WRAPPER, JobTemplate, claim, read_pid, write_params
 from ..core.source import ComputeSource
+from ..core.shell import LocalShell
 from ..core.state import JobOutcome, JobState
 
 _PYTHON_NAMES = ("python", "python3")
@@ -252,7 +255,10 @@ class LocalComputeSource(ComputeSource):
     ``gpus`` (ids such as ``[0, 1]``) with ``gpus_per_job`` pins each job to its own
     GPUs through ``CUDA_VISIBLE_DEVICES``; then at most ``len(gpus) // gpus_per_job``
     jobs run at once.  A command starting with ``python``/``python3`` runs with
-    ``python`` (default: this kernel's own interpreter, ``sys.executable``).
+    ``python`` (default: this kernel's own interpreter, ``sys.executable``; with an
+    ``environment`` that activates conda or a venv, that environment's ``python``).
+    ``environment`` (an :class:`~hsm_notebook.core.environment.Environment` or its dict) is set
+    up before each job's command; setup checks once that it works.
 
     Driven without a ``Sweep`` (the reference's style: ``setup``, ``submit_job``, ...), it runs
     ``command``, or ``python_path script_path``, in ``project_dir`` with the parameters as
@@ -277,6 +283,7 @@ class LocalComputeSource(ComputeSource):
         script_path: Optional[str] = None,
         project_dir: Optional[str] = None,
         arg_style: str = "hydra",
+        environment: Environment | Dict[str, Any] | None = None,
     ):
         slots = max_parallel_jobs if max_parallel_jobs is not None else (os.cpu_count() or 1)
         if gpus is not None:
@@ -287,8 +294,11 @@ class LocalComputeSource(ComputeSource):
             slots = min(slots, len(gpus) // gpus_per_job) if isinstance(slots, int) else slots
         super().__init__(name, "local", slots)
         self.gpus, self.gpus_per_job = (list(gpus) if gpus is not None else None), gpus_per_job
-        self.python = python or sys.executable
+        self.environment = Environment.from_dict(environment)
+        self.python = python
         self.env, self.tags = dict(env or {}), set(tags)
+        check_literal_env(self.env)
+        self._env_script: Optional[str] = None
         self.jobs = LocalJobManager(cancel_grace)
         self.pool = GpuPool(self.gpus, gpus_per_job, name)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -297,7 +307,18 @@ class LocalComputeSource(ComputeSource):
 
     def describe(self) -> Dict[str, Any]:
         return {**super().describe(), "gpus": self.gpus, "gpus_per_job": self.gpus_per_job, "python": self.python,
-                "cancel_grace": self.jobs.cancel_grace, "env": self.env, "tags": sorted(self.tags)}
+                "cancel_grace": self.jobs.cancel_grace, "env": self.env, "tags": sorted(self.tags),
+                "environment": self.environment.to_dict()}
+
+    @property
+    def python(self) -> str:
+        """The interpreter for a command starting with ``python``: as given, else the environment's
+        ``python`` when it activates one, else this kernel's."""
+        return self._python or ("python" if self.environment.provides_python else sys.executable)
+
+    @python.setter
+    def python(self, value: Optional[str]) -> None:
+        self._python = value
 
     def validate(self, template: JobTemplate) -> None:
         cmd = self._argv0(template.command)
@@ -306,7 +327,8 @@ class LocalComputeSource(ComputeSource):
             path = Path(cmd[0]) if os.path.isabs(cmd[0]) else workdir / cmd[0]
             if not os.access(path, os.X_OK):
                 raise ConfigError(f"{cmd[0]!r} is not an executable file (seen from {workdir})", "command")
-        elif shutil.which(cmd[0], path=template.env.get("PATH", os.environ.get("PATH"))) is None:
+        elif not self.environment and shutil.which(  # with an environment, setup's probe looks in it
+                cmd[0], path=template.env.get("PATH", os.environ.get("PATH"))) is None:
             raise ConfigError(f"program {cmd[0]!r} not found on PATH; give its full path", "command")
         if template.command[0] in _PYTHON_NAMES and len(cmd) > 1 and cmd[1].endswith(".py"):
             script = Path(cmd[1]) if os.path.isabs(cmd[1]) else workdir / cmd[1]
@@ -317,12 +339,40 @@ class LocalComputeSource(ComputeSource):
         argv = list(argv)
         if argv and argv[0] in _PYTHON_NAMES:
             argv[0] = self.python
+        if argv:
+            argv[0] = os.path.expanduser(argv[0])
         return argv
+
+    async def _setup_environment(self, sweep_dir: Path) -> None:
+        """Write the environment script once (named by its content) and run the command's program
+        (the interpreter, for a python command) through it once: a broken environment is refused now."""
+        if not self.environment:
+            self._env_script = None
+            return
+        text = environment_script(self.environment)
+        path = Path(sweep_dir) / script_name(text)
+        if not path.exists() or path.read_text() != text:
+            tmp = path.with_name(f".{path.name}.{os.getpid()}")
+            tmp.write_text(text)
+            os.replace(tmp, path)  # never a half-written script for a job starting now
+        self._env_script = str(path)
+        template = self.template
+        program = self._argv0(template.command if template else ["true"])[0]
+        python = program if template and template.command[0] in _PYTHON_NAMES else None
+        env = {**(template.env if template else {}), **self.env}
+        cmd = probe_command(self._env_script, (template.workdir if template else None) or str(sweep_dir),
+                            str(sweep_dir), program, python, env)
+        out = (await LocalShell(self.name).run(cmd, check=False, timeout=120)).stdout
+        problem = probe_problem(out, program=program, python=python, where="this machine",
+                                environment=self.environment)
+        if problem:
+            raise SourceError(problem, self.name)
 
     async def setup(self, sweep_dir: Path, sweep_id: str) -> bool:
         self.bind_self(sweep_dir, sweep_id)
         self._loop = asyncio.get_running_loop()
         (Path(sweep_dir) / "tasks").mkdir(parents=True, exist_ok=True)
+        await self._setup_environment(Path(sweep_dir))
         self.stats.health_status = "healthy"
         return True
 
@@ -336,7 +386,8 @@ class LocalComputeSource(ComputeSource):
         if self.pool.enabled:
             env.update(self.pool.env(self.pool.take(job_name, job_dir)))
         try:
-            self.jobs.start(job_dir, self._argv0(argv), env, self.template.workdir if self.template else None)
+            self.jobs.start(job_dir, job_argv(self._env_script, self._argv0(argv)), env,
+                            self.template.workdir if self.template else None)
         except BaseException:
             self.pool.release(job_name)
             raise

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from ..core import registry
+from ..core.environment import (Environment, check_literal_env, environment_script, expand_home, job_argv,
+                                probe_command, probe_problem, script_name)
 from ..core.errors import CommandError, ConfigError, SourceError, SubmitError
 from ..core.job import WRAPPER, write_params
 from ..core.source import ComputeSource
@@ -69,6 +71,10 @@ class SlurmComputeSource(ComputeSource):
     adds ``%N`` to each array; ``array=False`` submits one job per task.  ``slurm_env``
     is added to the environment of the Slurm commands (e.g. ``SLURM_CONF``).
 
+    ``environment`` (an :class:`~hsm_notebook.core.environment.Environment` or its dict) is set up
+    in each task before its command, after the ``modules`` and ``pre_script`` of ``resources``;
+    setup checks it once on the login node.
+
     Driven without a ``Sweep`` (the reference's style), each task runs ``command``, or
     ``python_path script_path``, in ``project_dir`` with the parameters as ``arg_style``
     arguments (``key=value`` by default).
@@ -97,6 +103,7 @@ class SlurmComputeSource(ComputeSource):
         script_path: Optional[str] = None,
         project_dir: Optional[str] = None,
         arg_style: str = "hydra",
+        environment: Environment | Dict[str, Any] | None = None,
     ):
         super().__init__(name, "slurm", max_parallel_jobs)
         spec = resources or ResourceSpec()
@@ -105,9 +112,12 @@ class SlurmComputeSource(ComputeSource):
         if array_throttle is not None and (not isinstance(array_throttle, int) or array_throttle < 1):
             raise ConfigError(f"must be a whole number >= 1, got {array_throttle!r}", "array_throttle")
         self.array, self.array_throttle = array, array_throttle
-        self.python = python or (login.python if login is not None else sys.executable)
+        self.environment = Environment.from_dict(environment)
+        self._env_script: Optional[str] = None
+        self.python = python
         self.slurm_env = dict(slurm_env or {})
         self.env, self.tags = dict(env or {}), set(tags)
+        check_literal_env(self.env)
         self.poll_interval = poll_interval
         self.login = login  # an SSHComputeSource for a login node reached over SSH, or None: this machine
         self.side = login_side(name, self.slurm_env, login)
@@ -129,7 +139,27 @@ class SlurmComputeSource(ComputeSource):
         r["extra"] = dict(r["extra"])
         return {**super().describe(), "resources": r, "array": self.array, "array_throttle": self.array_throttle,
                 "python": self.python, "slurm_env": self.slurm_env, "env": self.env, "tags": sorted(self.tags),
-                "poll_interval": self.poll_interval, "login": self.login.describe() if self.login else None}
+                "poll_interval": self.poll_interval, "login": self.login.describe() if self.login else None,
+                "environment": self.environment.to_dict()}
+
+    @property
+    def python(self) -> str:
+        """The interpreter for a command starting with ``python``: as given, else the environment's
+        ``python`` when it activates one, else the login node's (over SSH) or this kernel's."""
+        if self._python:
+            return self._python
+        if self.environment.provides_python:
+            return "python"
+        return self.login.python if self.login is not None else sys.executable
+
+    @python.setter
+    def python(self, value: Optional[str]) -> None:
+        self._python = value
+
+    @property
+    def job_environment(self) -> Environment:
+        """What runs before each task's command: the resources' modules and pre_script, then ``environment``."""
+        return self.environment.with_resources(self.resources.modules, self.resources.pre_script)
 
     @classmethod
     def from_description(cls, description: Mapping[str, Any]) -> "SlurmComputeSource":
@@ -147,8 +177,36 @@ class SlurmComputeSource(ComputeSource):
         self.commands[kind if kind in self.commands else "other"] += 1
         return await self.side.run(argv, check)
 
+    def _command(self, argv: List[str]) -> List[str]:
+        """``python`` replaced by the source's interpreter; a leading ``~`` of the program is the login node's home."""
+        argv = [self.python, *argv[1:]] if argv and argv[0] in ("python", "python3") else list(argv)
+        home = self.login.facts.get("home", "") if self.login is not None else os.path.expanduser("~")
+        return [expand_home(argv[0], home), *argv[1:]] if argv else argv
+
     def _argv(self, argv: List[str]) -> List[str]:
-        return [self.python, *argv[1:]] if argv and argv[0] in ("python", "python3") else argv
+        return job_argv(self._env_script, self._command(argv))
+
+    async def _setup_environment(self) -> None:
+        """One command on the login node: write the tasks' environment script (named by its content,
+        replaced whole) and run the command's program through it once, the interpreter for a python
+        command.  A broken environment is refused now rather than in every task."""
+        environment, self._env_script = self.job_environment, None
+        if not environment:
+            return
+        text = environment_script(environment)
+        self._env_script = posixpath.join(self.slurm_dir, script_name(text))
+        template = self.template
+        command = self._command(list(template.command if template else ["true"]))
+        program = command[0]
+        python = program if template and template.command[0] in ("python", "python3") else None
+        env = {**(template.env if template else {}), **self.env}
+        probe = probe_command(self._env_script, self.workdir, self.slurm_dir, program, python, env)
+        script = f'printf %s "$1" > "$2.$$" && mv -f "$2.$$" "$2" && {probe}'
+        out = (await self._run("other", ["sh", "-c", script, "hsm-env", text, self._env_script], check=False)).stdout
+        problem = probe_problem(out, program=program, python=python, where="the Slurm login node",
+                                environment=environment)
+        if problem:
+            raise SourceError(problem, self.name)
 
     # -- setup and health -------------------------------------------------------------
     async def setup(self, sweep_dir: Path, sweep_id: str) -> bool:
@@ -169,6 +227,7 @@ class SlurmComputeSource(ComputeSource):
         if test.exit_code != 0:
             message = " ".join((test.stderr or test.stdout).split())
             raise SourceError(f"Slurm refuses these resources: {message}", self.name)
+        await self._setup_environment()
         self.stats.health_status = "healthy"
         return True
 

@@ -96,7 +96,7 @@ class SSHLogin:
         await self.login.jobs.fetch(names, local_dirs)
 
     async def close(self) -> None:
-        await self.login.cleanup()
+        await self.login.cleanup(remove_remote=False)  # the Slurm source knows whether its jobs are done
 
 
 def login_side(source: str, slurm_env: Dict[str, str], login: Optional[object]):

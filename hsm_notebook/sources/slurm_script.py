@@ -66,15 +66,14 @@ def sbatch_lines(spec: ResourceSpec) -> list[str]:
 
 def array_script(spec: ResourceSpec, name: str, manifest: str, tasks_dir: str) -> str:
     """The batch script of one array chunk: task ``i`` runs the ``run.sh`` of the job named on
-    line ``i + 1`` of ``manifest`` (each job's own argv and environment live there)."""
+    line ``i + 1`` of ``manifest`` (each job's own argv and environment live there; ``spec``'s
+    ``modules`` and ``pre_script`` run inside each job, in the source's environment script)."""
     body = [
         "#!/bin/bash",
         f"#SBATCH --job-name={_word(name, 'name')}",
         "#SBATCH --output=/dev/null",
         "#SBATCH --error=/dev/null",
         *sbatch_lines(spec),
-        *(f"module load {m}" for m in spec.modules),
-        *([spec.pre_script] if spec.pre_script else []),
         f'job=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {shlex.quote(manifest)})',
         # before the wrapper claims the job: a controller re-adopting it finds its id here
         f'echo "${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}}" > {shlex.quote(tasks_dir)}/"$job"/slurm_id',

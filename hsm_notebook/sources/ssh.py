@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 import hashlib
 import logging
+import os
 import posixpath
 import shlex
 import time
@@ -20,13 +21,15 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from .. import metrics as metrics_module
-from ..core.errors import SourceError
+from ..core.environment import (Environment, check_literal_env, environment_script, expand_home, job_argv,
+                                probe_command, probe_problem, probe_version, script_name)
+from ..core.errors import ConfigError, NotConnected, SourceError, is_infrastructure
 from ..core.gpus import GpuPool
-from ..core.job import JobTemplate, write_params
+from ..core.job import EXIT_CODE_FILE, JobTemplate, write_params
 from ..core.source import ComputeSource
 from ..core.state import JobOutcome, JobState
 from .ssh_connection import SSHConnection, SSHTarget
-from .ssh_jobs import RemoteJobManager
+from .ssh_jobs import RemoteJobManager, check_patterns
 from .sync import DEFAULT_EXCLUDE, sync_project
 
 log = logging.getLogger(__name__)
@@ -35,16 +38,23 @@ _PYTHON_NAMES = ("python", "python3")
 
 #: Codes of jobs that ended without an exit code (see ssh_jobs._POLL), with what is known of why.
 _GONE = {"L": "", "N": "the job never started on the remote (its launcher is gone); it was claimed so it never will",
-         "E": "the job's wrapper could not write its pid on the remote (is the disk full?) and ran nothing"}
+         "E": "the job's wrapper could not write its pid on the remote (is the disk full?) and ran nothing",
+         "G": "its remote folder is gone (was the host rebooted or the folder removed?)"}
 _REMOTE_INIT = '"""Job-side helpers of hsm_notebook, uploaded by SSHComputeSource."""\n'
 class SSHComputeSource(ComputeSource):
     """A remote machine over SSH.  ``host`` may be an ``~/.ssh/config`` alias.
 
     Host keys are checked against ``known_hosts`` (default ``~/.ssh/known_hosts``);
     ``trust_new_host=True`` records the key of a host seen for the first time (never a
-    changed one).  ``python`` replaces a leading ``python``/``python3`` in the command.
+    changed one).  ``python`` replaces a leading ``python``/``python3`` in the command (a
+    leading ``~`` is the remote home).  ``environment`` (an
+    :class:`~hsm_notebook.core.environment.Environment` or its dict: conda_env, venv, modules,
+    pre_script, env) is set up before each job's command; setup runs the interpreter through it
+    once and refuses a broken one, naming the failing line.
     The working directory (the sweep's ``workdir``) is synced to
-    ``<remote_root>/projects/<name>-<hash>`` and jobs run there.
+    ``<remote_root>/projects/<name>-<hash>`` like ``rsync -a`` (see ``sources/sync.py`` for the
+    ``sync_exclude``/``sync_include`` patterns) and jobs run there; ``sync_delete=True`` also
+    removes there what is gone from the project (rsync's ``--delete``; excluded paths are kept).
 
     Driven without a ``Sweep`` (the reference's style), it runs ``command``, or
     ``python_path script_path``, in the remote copy of ``project_dir``, with the parameters as
@@ -70,6 +80,7 @@ class SSHComputeSource(ComputeSource):
         sync_exclude: Sequence[str] = DEFAULT_EXCLUDE,
         sync_include: Optional[Sequence[str]] = None,
         use_rsync: bool = True,
+        sync_delete: bool = False,
         gpus: Optional[List[int]] = None,
         gpus_per_job: int = 1,
         min_free_mb: int = 100,
@@ -83,16 +94,23 @@ class SSHComputeSource(ComputeSource):
         script_path: Optional[str] = None,
         project_dir: Optional[str] = None,
         arg_style: str = "hydra",
+        environment: Environment | Dict[str, Any] | None = None,
+        collect: Optional[Sequence[str]] = None,
+        keep_remote: Optional[bool] = None,
     ):
         super().__init__(name or host, "ssh", max_parallel_jobs)
         self.target = SSHTarget(host, port, username, list(client_keys) if client_keys else None, known_hosts,
                                 trust_new_host, keepalive_interval=keepalive_interval)
         self.remote_root, self.python, self.sync = remote_root, python, sync
         self.sync_exclude, self.sync_include, self.use_rsync = tuple(sync_exclude), sync_include, use_rsync
+        self.sync_delete = sync_delete
         self.gpus, self.gpus_per_job, self.min_free_mb = gpus, gpus_per_job, min_free_mb
         self.give_up_after, self.cancel_grace = give_up_after, cancel_grace
         self.conn = SSHConnection(self.target, self.name)
         self.env, self.tags = dict(env or {}), set(tags)
+        check_literal_env(self.env)
+        self.environment = Environment.from_dict(environment)
+        self._env_script: Optional[str] = None
         self.jobs: Optional[RemoteJobManager] = None
         self.facts: Dict[str, Any] = {}
         self._unreachable_since: Optional[float] = None
@@ -103,6 +121,14 @@ class SSHComputeSource(ComputeSource):
         self._starts: list = []
         self._flusher: Optional[asyncio.Task] = None
         self.events: Optional[str] = None
+        self.collect = check_patterns(collect)
+        if keep_remote is not None and not isinstance(keep_remote, bool):
+            raise ConfigError(f"must be True, False or None, got {keep_remote!r}", "keep_remote")
+        self.keep_remote = keep_remote
+        #: What the last cleanup() did with the remote sweep folder, in words (removed, or kept and why).
+        self.remote_cleanup: Optional[str] = None
+        self._gone: Dict[str, str] = {}  # job id -> why its folder could not be collected
+        self._restoring = asyncio.Lock()
         self.own_job(command, python_path=python_path, script_path=script_path, project_dir=project_dir,
                      arg_style=arg_style)
 
@@ -111,37 +137,48 @@ class SSHComputeSource(ComputeSource):
         return {**super().describe(), "host": t.host, "port": t.port, "username": t.username,
                 "client_keys": t.client_keys, "known_hosts": t.known_hosts, "remote_root": self.remote_root,
                 "python": self.python, "sync": self.sync, "sync_exclude": list(self.sync_exclude),
-                "sync_include": self.sync_include, "use_rsync": self.use_rsync, "gpus": self.gpus,
+                "sync_include": self.sync_include, "use_rsync": self.use_rsync, "sync_delete": self.sync_delete,
+                "gpus": self.gpus,
                 "gpus_per_job": self.gpus_per_job, "keepalive_interval": t.keepalive_interval,
                 "give_up_after": self.give_up_after, "cancel_grace": self.cancel_grace, "env": self.env,
-                "tags": sorted(self.tags)}
+                "tags": sorted(self.tags), "environment": self.environment.to_dict(), "collect": self.collect,
+                "keep_remote": self.keep_remote}
+
+    def _command(self, argv: List[str]) -> List[str]:
+        """``python`` replaced by the source's interpreter; a leading ``~`` of the program is the remote home."""
+        argv = [self.python, *argv[1:]] if argv and argv[0] in _PYTHON_NAMES else list(argv)
+        return [expand_home(argv[0], self.facts.get("home", "")), *argv[1:]] if argv else argv
 
     def _argv(self, argv: List[str]) -> List[str]:
-        return [self.python, *argv[1:]] if argv and argv[0] in _PYTHON_NAMES else argv
+        return job_argv(self._env_script, self._command(argv))
 
     # -- setup -------------------------------------------------------------------------
     async def setup(self, sweep_dir: Path, sweep_id: str) -> bool:
         self.bind_self(sweep_dir, sweep_id)
         await self.conn.connect()
         template = self.template or JobTemplate(("true",))
-        program = self._argv(list(template.command))[0]
         root = self.remote_root
         facts = (await self.conn.run(
             f"cd; echo \"home=$PWD\"; command -v setsid >/dev/null && echo setsid=yes; "
             f"command -v rsync >/dev/null && echo rsync=yes; "
-            f"command -v tar >/dev/null && command -v base64 >/dev/null && echo tar=yes; command -v nvidia-smi >/dev/null && echo nvidia=yes; "
-            f"command -v {shlex.quote(program)} >/dev/null && echo program=yes; "
-            f"{shlex.quote(self.python)} -c 'import sys; print(\"python=%d.%d\" % sys.version_info[:2])' 2>/dev/null")).stdout
+            "command -v tar >/dev/null && echo tar=yes; command -v nvidia-smi >/dev/null && echo nvidia=yes; true")).stdout
         self.facts = dict(line.split("=", 1) for line in facts.splitlines() if "=" in line)
         home = self.facts.get("home", "")
         self.root = home + root[1:] if root.startswith("~") else root
-        if self.facts.get("program") != "yes" and "/" not in program:
-            raise SourceError(f"program {program!r} not found on {self.target.label} (PATH of a non-interactive "
-                              "shell); install it there or give its full path", self.name)
-        if program == self.python and "python" not in self.facts:
-            raise SourceError(f"{self.python!r} does not run on {self.target.label}; set python=... to an "
-                              "interpreter there", self.name)
-        sweep_root = posixpath.join(self.root, "sweeps", sweep_id)
+        await self._prepare(template, posixpath.join(self.root, "sweeps", sweep_id))
+        if self.gpus is None and self.facts.get("nvidia") == "yes":
+            out = (await self.conn.run("nvidia-smi --query-gpu=index --format=csv,noheader", check=False)).stdout
+            self.gpus = [int(x) for x in out.split() if x.isdigit()] or None
+        self.pool.reset(self.gpus)
+        if self.gpus:
+            self.max_parallel_jobs = min(self.max_parallel_jobs, max(1, len(self.gpus) // self.gpus_per_job))
+        self.stats.health_status = "healthy"
+        return True
+
+    async def _prepare(self, template: JobTemplate, sweep_root: str) -> None:
+        """What the sweep needs under the remote root: the tasks dir, the project copy, the environment
+        script, the helper lib, the events file and its watcher.  Run by setup, and again by
+        ``_ensure`` when they are gone (a reboot that emptied the remote root)."""
         await self.conn.run(f"umask 077; mkdir -p {shlex.quote(sweep_root)}/tasks")
         avail = (await self.conn.run(f"df -Pk {shlex.quote(sweep_root)} | tail -n 1")).stdout.split()
         free_mb = int(avail[3]) // 1024 if len(avail) > 3 and avail[3].isdigit() else None
@@ -155,7 +192,9 @@ class SSHComputeSource(ComputeSource):
             workdir = posixpath.join(self.root, "projects", f"{local.name or 'project'}-{tag}")
             self.facts["sync"] = await sync_project(
                 self.conn, local, workdir, exclude=self.sync_exclude, include=self.sync_include,
-                use_rsync=self.use_rsync and self.facts.get("rsync") == "yes")
+                use_rsync=self.use_rsync and self.facts.get("rsync") == "yes", delete=self.sync_delete,
+                sweep_dir=self.sweep_dir)
+        await self._setup_environment(template, sweep_root, workdir)
         setsid = "setsid" if self.facts.get("setsid") == "yes" else "nohup"
         lib = await self._upload_helpers()
         self.jobs = RemoteJobManager(self.conn, posixpath.join(sweep_root, "tasks"), workdir, setsid,
@@ -163,20 +202,33 @@ class SSHComputeSource(ComputeSource):
         self.jobs.tar = self.facts.get("tar") == "yes"
         self.events = posixpath.join(sweep_root, "events")
         await self._watch()
-        if self.gpus is None and self.facts.get("nvidia") == "yes":
-            out = (await self.conn.run("nvidia-smi --query-gpu=index --format=csv,noheader", check=False)).stdout
-            self.gpus = [int(x) for x in out.split() if x.isdigit()] or None
-        self.pool.reset(self.gpus)
-        if self.gpus:
-            self.max_parallel_jobs = min(self.max_parallel_jobs, max(1, len(self.gpus) // self.gpus_per_job))
-        self.stats.health_status = "healthy"
-        return True
+
+    async def _setup_environment(self, template: JobTemplate, sweep_root: str, workdir: str) -> None:
+        """One remote command: write the environment script (named by its content, replaced whole)
+        and run the command's program, the interpreter for a python command, through it where the
+        jobs run.  A broken environment or a missing interpreter is refused now, in words."""
+        command = self._command(list(template.command))
+        program, python = command[0], (command[0] if template.command[0] in _PYTHON_NAMES else None)
+        self._env_script, write = None, ""
+        if self.environment:
+            text = environment_script(self.environment)
+            self._env_script = posixpath.join(sweep_root, script_name(text))
+            tmp = shlex.quote(f"{self._env_script}.{os.getpid()}")
+            write = f"printf '%s' {shlex.quote(text)} > {tmp} && mv -f {tmp} {shlex.quote(self._env_script)}; "
+        probe = probe_command(self._env_script, workdir, sweep_root, program, python, {**template.env, **self.env})
+        out = (await self.conn.run(write + probe, check=False, timeout=120)).stdout
+        problem = probe_problem(out, program=program, python=python, where=self.target.label,
+                                environment=self.environment)
+        if problem:
+            raise SourceError(problem, self.name)
+        self.facts["python"] = probe_version(out) or ""
 
     async def _watch(self) -> None:
-        """One more channel per connection: ``tail -f`` of the events file the job wrappers append
-        to, so a finished job wakes the manager at once instead of at the next poll."""
+        """One more channel per connection: ``tail -F`` of the events file the job wrappers append
+        to, so a finished job wakes the manager at once instead of at the next poll (by name: an
+        events file made again after a reboot emptied the remote root is followed too)."""
         await self.conn.run(f"touch {shlex.quote(self.events)}")
-        proc = await self.conn.start_process(f"exec tail -n 0 -f {shlex.quote(self.events)}")
+        proc = await self.conn.start_process(f"exec tail -n 0 -F {shlex.quote(self.events)}")
         if self._watcher is not None:
             self._watcher.cancel()
 
@@ -200,15 +252,36 @@ class SSHComputeSource(ComputeSource):
         return lib
 
     async def _ensure(self) -> None:
-        """Reconnect after a drop, with backoff inside the caller's polling rhythm."""
-        if self.conn.alive:
+        """Reconnect after a drop, with backoff inside the caller's polling rhythm; set the remote up
+        again when what setup made there is gone (a reboot that emptied the remote root)."""
+        if self.conn.alive and (self.jobs is None or not self.jobs.needs_setup):
             return
         if self.jobs is None:
             raise SourceError("not set up", self.name)
-        await self.conn.connect()
-        await self._watch()
-        self._unreachable_since = None
-        self.stats.health_status = "healthy"
+        async with self._restoring:  # a poll and a submission may both find it gone: one sets it up
+            if not self.conn.alive:
+                await self.conn.connect()
+                self._unreachable_since = None
+                self.stats.health_status = "healthy"
+                await self._restore()
+            elif self.jobs.needs_setup:
+                await self._restore()
+
+    async def _restore(self) -> None:
+        """After a reconnect (one command checks) or a poll or fetch that found them gone: make the
+        tasks dir, project copy, environment script, helper lib and events watcher again if missing."""
+        assert self.jobs is not None
+        jobs, q = self.jobs, shlex.quote
+        if not jobs.needs_setup:
+            out = (await self.conn.run(f"[ -d {q(jobs.tasks_dir)} ] && [ -d {q(jobs.workdir)} ] && "
+                                       f"[ -f {q(jobs.pythonpath)}/hsm_notebook/metrics.py ] && echo ok",
+                                       check=False)).stdout
+            if out.strip() == "ok":
+                await self._watch()  # the watcher ended with the old connection
+                return
+        log.warning("%s: this sweep's files under %s are gone from %s (was the host rebooted?); setting the "
+                    "remote up again", self.name, self.root, self.target.label)
+        await self._prepare(self.template or JobTemplate(("true",)), posixpath.dirname(jobs.tasks_dir))
 
     # -- jobs --------------------------------------------------------------------------
     async def submit_job(self, params: Dict[str, Any], job_name: str, sweep_id: str,
@@ -235,15 +308,27 @@ class SSHComputeSource(ComputeSource):
         return job_name
 
     async def _flush_starts(self) -> None:
-        """Submissions made in the same loop turn start with one remote command."""
+        """Submissions made in the same loop turn start with one remote command.
+
+        If the connection fails once the command was sent, some jobs of the batch may have
+        started: each is reported submitted, and the next poll (after reconnecting) asks the
+        host.  A job that never started is claimed there (it never will) and comes back LOST
+        "never started", which the retry policy runs again: a batch is never started twice."""
         await asyncio.sleep(0)
         while self._starts:
             batch, self._starts = self._starts[:256], self._starts[256:]
             try:
                 await self.jobs.start([(name, argv, env) for name, argv, env, _ in batch])
             except Exception as exc:  # noqa: BLE001 - handed to every submitter of the batch
+                maybe_started = is_infrastructure(exc) and not isinstance(exc, NotConnected)
+                if maybe_started:
+                    log.warning("the connection to %s failed while %d job(s) were starting (%s); the host is "
+                                "asked which started once it answers", self.name, len(batch), exc)
                 for *_, future in batch:
-                    future.set_exception(exc)
+                    if maybe_started:
+                        future.set_result(None)
+                    else:
+                        future.set_exception(exc)
             else:
                 for *_, future in batch:
                     future.set_result(None)
@@ -305,6 +390,10 @@ class SSHComputeSource(ComputeSource):
         return ""
 
     async def outcome(self, job_id: str, state: JobState) -> JobOutcome:
+        gone = self._gone.pop(job_id, None)
+        if gone is not None:  # its folder could not be collected: whatever it did, its result is lost
+            self._lost_reasons.pop(job_id, None)
+            return JobOutcome(JobState.CANCELLED if state == JobState.CANCELLED else JobState.LOST, error=gone)
         outcome = await super().outcome(job_id, state)
         note, replace = self._lost_reasons.pop(job_id, ("", False))
         if note and outcome.state == JobState.LOST:
@@ -322,8 +411,11 @@ class SSHComputeSource(ComputeSource):
             return False  # the host is given up: nothing can be fetched
         await self._ensure()
         assert self.jobs is not None
-        names = job_ids if job_ids is not None else list(self.completed_jobs)
-        await self.jobs.fetch(names, [self.job_dir(n) for n in names])
+        ids = job_ids if job_ids is not None else list(self.completed_jobs)
+        names = {job_id: self.job_names.get(job_id, job_id) for job_id in ids}
+        # a job whose folder is gone fails alone (see outcome); the others of the batch come home
+        gone = await self.jobs.fetch(list(names.values()), [self.job_dir(n) for n in names.values()], self.collect)
+        self._gone.update({job_id: gone[name] for job_id, name in names.items() if name in gone})
         return True
 
     async def health_check(self) -> Dict[str, Any]:
@@ -353,15 +445,69 @@ class SSHComputeSource(ComputeSource):
         return {"status": status, "reason": reason, "slots": self.max_parallel_jobs, "free_slots": self.available_slots,
                 "latency_ms": round(latency * 1e3, 1), "load_1m": load, "disk_free_gb": free_gb, "gpus": gpus}
 
-    async def cleanup(self, remove_remote: bool = False):
-        """Close the connection; with ``remove_remote``, delete the remote sweep dir, but only
-        when every job of this source succeeded and was collected."""
-        if remove_remote and self.jobs is not None and self.conn.alive:
-            done = list(self.completed_jobs.values())
-            if self.active_jobs or any(i.status != JobState.COMPLETED for i in done):
-                raise SourceError("not removing the remote sweep dir: some jobs did not succeed or still run", self.name)
-            await self.conn.run(f"rm -rf {shlex.quote(posixpath.dirname(self.jobs.tasks_dir))}")
+    async def cleanup(self, remove_remote: Optional[bool] = None):
+        """Close the connection, after removing the remote sweep folder (``<remote_root>/sweeps/<sweep
+        id>``) if every job there succeeded and came home (the manager calls this at the end of each
+        run).  Kept when ``keep_remote`` (default: only when ``collect`` left files there) or
+        ``remove_remote=False`` says so, and whenever a job there failed, was not collected or has not
+        ended (another run may re-adopt it).  Never raises for a folder it could not remove: what it
+        did is in ``remote_cleanup`` and the log."""
+        if self.jobs is not None:
+            sweep_root = posixpath.dirname(self.jobs.tasks_dir)
+            keep = self.keep_remote if self.keep_remote is not None else self.collect is not None
+            if remove_remote is False or (remove_remote is None and keep):
+                self.remote_cleanup = f"kept {sweep_root}: " + (
+                    "remove_remote=False" if remove_remote is False else "keep_remote=True" if self.keep_remote
+                    else "collect= leaves files there (keep_remote=False removes it)")
+            else:
+                try:
+                    self.remote_cleanup = await self._remove_remote()
+                except SourceError as exc:
+                    self.remote_cleanup = f"kept {sweep_root}: could not remove it ({exc})"
+                level = logging.WARNING if "could not remove" in self.remote_cleanup else logging.INFO
+                log.log(level, "%s: %s", self.name, self.remote_cleanup)
         if self._watcher is not None:
             self._watcher.cancel()
             self._watcher = None
         await self.conn.close()
+
+    async def _remove_remote(self) -> str:
+        """Remove the remote sweep folder if nothing there is unfinished, failed or not collected."""
+        assert self.jobs is not None
+        sweep_root = posixpath.dirname(self.jobs.tasks_dir)
+        if posixpath.basename(posixpath.dirname(sweep_root)) != "sweeps":
+            return f"kept {sweep_root}: not a sweep folder"
+        if self._starts:
+            return f"kept {sweep_root}: jobs were still being started there"
+        if not self.conn.alive:
+            return self.remote_cleanup or f"kept {sweep_root}: {self.target.label} is not connected"
+        q = shlex.quote
+        out = (await self.conn.run(f"( if cd {q(self.jobs.tasks_dir)} 2>/dev/null; then for j in *; do "
+                                   '[ -d "$j" ] || continue; rc=""; [ -f "$j/exit_code" ] && read rc < "$j/exit_code"; '
+                                   'echo "$j ${rc:--}"; done; fi )')).stdout
+        unfinished, failed, uncollected = [], [], []
+        for line in out.splitlines():
+            name, _, rc = line.rpartition(" ")
+            if not name:
+                continue
+            if rc == "-":
+                unfinished.append(name)
+            elif rc != "0":
+                failed.append(name)
+            elif not self._collected(name):
+                uncollected.append(name)
+        why = [f"{len(names)} job(s) {what} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+               for what, names in (("not ended", unfinished), ("failed", failed), ("not collected", uncollected))
+               if names]
+        if why:
+            return f"kept {sweep_root}: " + "; ".join(why)
+        result = await self.conn.run(f"rm -rf {q(sweep_root)}", check=False, timeout=600)
+        if result.exit_code != 0:
+            return f"kept {sweep_root}: could not remove it: {result.stdout.strip()[-300:]}"
+        return f"removed {sweep_root} (every job there succeeded and was collected)"
+
+    def _collected(self, job_name: str) -> bool:
+        try:
+            return (self.job_dir(job_name) / EXIT_CODE_FILE).exists()
+        except ConfigError:  # not a job's folder
+            return False

@@ -1,25 +1,34 @@
 """``RemoteJobManager``: detached jobs on one SSH host, driven through its persistent shell.
 
-Every method is one remote command (or, for ``fetch`` without tar, one SFTP batch),
-whatever the number of jobs: start a batch, poll all, stop one, fetch many.
+Every method is one remote command whatever the number of jobs: start a batch, poll all,
+stop one; ``fetch`` of many is one tar stream on a channel of its own (one SFTP batch
+without tar), written to disk as it arrives.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import io
+import fcntl
+import fnmatch
+import logging
 import os
 import posixpath
+import secrets
 import shlex
+import shutil
 import tarfile
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
-from ..core.errors import SubmitError
-from ..core.job import PARAMS_FILE, WRAPPER
+import asyncssh
+
+from ..core.errors import ConfigError, ConnectError, SourceError, SubmitError
+from ..core.job import (CANCEL_FILE, EXIT_CODE_FILE, METRICS_FILE, PARAMS_FILE, PID_FILE, STDERR_FILE, STDOUT_FILE,
+                        WRAPPER)
 from ..core.shell import join
 from .ssh_connection import SSHConnection
+
+log = logging.getLogger(__name__)
 
 #: Per job: "<name> <code> [exit code]"; X=exited, R=running (or just started), L=its wrapper is gone
 #: without an exit code, Q=not started yet, its launcher still running (a slow start), N=never
@@ -27,10 +36,11 @@ from .ssh_connection import SSHConnection
 #: E=its wrapper claimed the job but could not write its pid (a full disk) and ran nothing.
 #: The launcher's pid (the wrapper's own: setsid and nohup exec without forking, as the job
 #: is not a process group leader) is checked with its start time against pid reuse.  Builtins
-#: only, except `mkdir` for a job whose folder was never made.
+#: only, except `mkdir` for a job whose folder was never made.  G=the tasks dir itself is gone (a
+#: reboot emptied the remote root); a line "@setup" says what setup made is missing (see ``needs_setup``).
 # No `exit` in any script: they run inside the persistent shell, which must survive them (and
 # `set -C` is always undone).
-_POLL = r"""if cd {tasks} 2>/dev/null; then for j in {jobs}; do
+_POLL = r"""{check}if cd {tasks} 2>/dev/null; then for j in {jobs}; do
   c=""; [ -f "$j/cancelled" ] && c=" C"
   rc=""; [ -f "$j/exit_code" ] && read rc < "$j/exit_code"
   if [ -n "$rc" ]; then echo "$j X $rc$c"
@@ -50,7 +60,7 @@ _POLL = r"""if cd {tasks} 2>/dev/null; then for j in {jobs}; do
     else [ -d "$j" ] || mkdir -p "$j" 2>/dev/null; set -C
       if {{ echo never > "$j/pid"; }} 2>/dev/null; then set +C; echo "$j N$c"; else set +C; echo "$j R$c"; fi; fi
   fi
-done; fi"""
+done; else for j in {jobs}; do echo "$j G"; done; fi"""
 
 
 class RemoteJobManager:
@@ -60,7 +70,10 @@ class RemoteJobManager:
                  pythonpath: str):
         self.conn, self.tasks_dir, self.workdir = conn, tasks_dir, workdir
         self.setsid, self.cancel_grace, self.pythonpath = setsid, cancel_grace, pythonpath
-        self.tar = False  # set when the host has tar and base64
+        self.tar = False  # set when the host has tar
+        #: Set when a poll or a fetch found that what setup made is gone (the tasks dir, the project
+        #: copy, the helper lib: a reboot emptied the remote root); the source sets it up again.
+        self.needs_setup = False
         self.events = posixpath.join(posixpath.dirname(tasks_dir), "events")
 
     def start_script(self, jobs: Sequence[tuple[str, Sequence[str], Dict[str, str]]]) -> str:
@@ -71,8 +84,10 @@ class RemoteJobManager:
         for d, (_, argv, env) in zip(dirs, jobs):
             assigns = " ".join(f"{k}={shlex.quote(v)}" for k, v in {**env, "HSM_EVENTS": self.events}.items())
             # the launcher's pid and start time go to `launch`, so a poll can tell a slow start from
-            # a job that never started; the subshell exits at once (no zombie for the persistent shell)
-            lines.append(f"(if cd {shlex.quote(self.workdir)}; then {assigns} {self.setsid} /bin/sh -c "
+            # a job that never started; the subshell exits at once (no zombie for the persistent shell).
+            # The job's variables are set by `env` after setsid: a job's PATH never hides the launcher
+            # (setsid and env exec without forking, so the pid stays the wrapper's)
+            lines.append(f"(if cd {shlex.quote(self.workdir)}; then {self.setsid} env {assigns} /bin/sh -c "
                          f"{shlex.quote(WRAPPER)} hsm-job {shlex.quote(d)} {join(argv)} >/dev/null 2>&1 </dev/null & "
                          f"p=$!; st=''; read st 2>/dev/null < /proc/$p/stat; set -- ${{st##*) }}; "
                          f"echo \"$p ${{20:-}}\" 2>/dev/null > {shlex.quote(d)}/launch; fi)")
@@ -89,10 +104,16 @@ class RemoteJobManager:
 
     async def states(self, job_names: Sequence[str]) -> Dict[str, tuple[str, Optional[int], bool]]:
         """One remote command for all jobs: ``{name: (code, exit code, cancelled)}``."""
-        script = _POLL.format(tasks=shlex.quote(self.tasks_dir), jobs=" ".join(shlex.quote(j) for j in job_names))
+        check = (f"[ -d {shlex.quote(self.workdir)} ] && [ -f {shlex.quote(self.pythonpath)}/hsm_notebook/metrics.py ]"
+                 " || echo @setup; ")
+        script = _POLL.format(check=check, tasks=shlex.quote(self.tasks_dir),
+                              jobs=" ".join(shlex.quote(j) for j in job_names))
         out = (await self.conn.run(script)).stdout
+        lines = out.splitlines()
+        if "@setup" in lines or any(line.endswith(" G") for line in lines):
+            self.needs_setup = True
         states = {}
-        for line in out.splitlines():
+        for line in lines:
             parts = line.split()
             if len(parts) >= 2 and parts[0] in job_names:
                 cancelled = parts[-1] == "C"
@@ -114,46 +135,263 @@ class RemoteJobManager:
             f"  echo stopping; fi", check=False)).stdout
         return "stopping" in out
 
-    async def fetch(self, job_names: Sequence[str], local_dirs: Sequence[Path]) -> None:
-        """Every file of the given job dirs: one ``tar | base64`` through the remote shell when the
-        host has both (two processes per batch, no per-file round trips), else SFTP."""
+    async def fetch(self, job_names: Sequence[str], local_dirs: Sequence[Path],
+                    patterns: Optional[Sequence[str]] = None) -> Dict[str, str]:
+        """Bring the given job dirs home, file by file straight to disk: one ``tar`` stream per batch
+        on a channel of its own (the persistent shell stays free for polls and starts), extracted
+        as it arrives; SFTP where the host has no tar.  ``patterns`` (None: every file) choose what
+        comes back besides the job contract's files.  Returns ``{name: why}`` for the jobs whose
+        folder is not there (the others are fetched all the same); raises only when the transfer
+        itself fails (a lost connection), so the batch is tried again."""
+        by_name = dict(zip(job_names, local_dirs))
+        if not by_name:
+            return {}
         if self.tar:
-            names = " ".join(shlex.quote(n) for n in job_names)
-            # GNU tar's posix format keeps sub-second mtimes (job start/end times); others fall back
-            out = (await self.conn.run(f"cd {shlex.quote(self.tasks_dir)} && {{ tar --format=posix -cf - {names} "
-                                       f"2>/dev/null || tar cf - {names}; }} | base64", timeout=600)).stdout
-            with tarfile.open(fileobj=io.BytesIO(base64.b64decode(out)), mode="r:") as archive:
-                by_name = dict(zip(job_names, local_dirs))
-                made: set[Path] = set()
-                for member in archive.getmembers():
-                    top, _, rest = member.name.partition("/")
-                    if not rest or top not in by_name or not member.isfile() or ".." in rest.split("/"):
-                        continue
-                    target = by_name[top] / rest
-                    if rest == PARAMS_FILE and target.exists():
-                        continue  # written here at submission
-                    if target.parent not in made:
-                        target.parent.mkdir(parents=True, exist_ok=True)
-                        made.add(target.parent)
-                    with archive.extractfile(member) as src, open(target, "wb") as dst:
-                        dst.write(src.read())
-                    os.utime(target, (member.mtime, member.mtime))
-            return
+            return await self._fetch_tar(by_name, patterns)
+        return await self._fetch_sftp(by_name, patterns)
+
+    async def _fetch_tar(self, by_name: Dict[str, Path], patterns: Optional[Sequence[str]]) -> Dict[str, str]:
+        token = secrets.token_hex(4)
+        proc = await self.conn.open_stream(fetch_script(self.tasks_dir, list(by_name), patterns, token))
+        lost = f"connection to {self.conn.target.label} lost while fetching"
+        try:
+            missing: set[str] = set()
+            count = None
+            while count is None:  # the head: which folders are missing, then how many follow
+                line = (await proc.stdout.readline()).decode(errors="replace")
+                if not line:
+                    raise ConnectError(lost, self.conn.source)
+                word, _, rest = line.strip().partition(" ")
+                if word != token:
+                    continue
+                kind, _, arg = rest.partition(" ")
+                if kind == "gone" and arg in by_name:
+                    missing.add(arg)
+                elif kind == "root":
+                    self.needs_setup = True
+                    missing = set(by_name)
+                elif kind == "data":
+                    count = int(arg or 0)
+            said = bytearray()
+
+            async def drain_stderr() -> None:  # unread, it would fill the channel's window and stall stdout
+                try:
+                    while chunk := await proc.stderr.read(65536):
+                        said[:] = (said + chunk)[-2000:]
+                except (asyncssh.Error, OSError):
+                    pass  # the exit status tells
+
+            drain = asyncio.ensure_future(drain_stderr())
+            if count:
+                await _pipe_to_thread(proc.stdout, _extract, by_name)
+            await proc.wait_closed()
+            await drain
+            if proc.exit_status is None:
+                raise ConnectError(lost, self.conn.source)
+            if proc.exit_status != 0:  # e.g. a file that changed while it was read: the rest came
+                log.debug("tar on %s: exit status %s: %s", self.conn.target.label, proc.exit_status,
+                          said.decode(errors="replace").strip())
+        except asyncssh.Error as exc:
+            raise ConnectError(f"{lost}: {exc}", self.conn.source) from None
+        except tarfile.TarError as exc:
+            if proc.is_closing() and proc.exit_status is None:  # cut short: the connection dropped
+                raise ConnectError(lost, self.conn.source) from None
+            raise SourceError(f"the files of {', '.join(by_name)} came back damaged from {self.conn.target.label} "
+                              f"({exc}); they are fetched again", self.conn.source) from None
+        finally:
+            proc.close()
+        return {name: self._gone(name) for name in missing}
+
+    def _gone(self, name: str) -> str:
+        return (f"its remote folder {posixpath.join(self.tasks_dir, name)} is gone (was the host rebooted or "
+                "the folder removed?)")
+
+    async def _fetch_sftp(self, by_name: Dict[str, Path], patterns: Optional[Sequence[str]]) -> Dict[str, str]:
+        """The same over SFTP, for hosts without tar: each wanted file written to disk as it comes."""
         sftp = await self.conn.sftp()
         sem = asyncio.Semaphore(32)
+        missing: set[str] = set()
+
+        async def walk(name: str, rel: str = "") -> list[str]:
+            async with sem:
+                entries = await sftp.readdir(posixpath.join(self.tasks_dir, name, rel))
+            files, subdirs = [], []
+            for e in entries:
+                if e.filename in (".", ".."):
+                    continue
+                path = posixpath.join(rel, e.filename) if rel else e.filename
+                if e.attrs.type == asyncssh.FILEXFER_TYPE_REGULAR and wanted(name, path, patterns):
+                    files.append(path)
+                elif e.attrs.type == asyncssh.FILEXFER_TYPE_DIRECTORY:
+                    subdirs.append(path)
+            for sub in subdirs:
+                files += await walk(name, sub)
+            return files
 
         async def listing(name: str) -> list[str]:
-            async with sem:
-                return [e.filename for e in await sftp.readdir(posixpath.join(self.tasks_dir, name))
-                        if e.filename not in (".", "..") and e.attrs.type == 1]  # regular files
+            try:
+                return await walk(name)
+            except asyncssh.SFTPNoSuchFile:
+                missing.add(name)
+                return []
 
-        async def get(remote: str, local: Path) -> None:
+        async def get(name: str, rel: str) -> None:
+            target = by_name[name] / rel
+            if rel == PARAMS_FILE and target.exists():
+                return  # written here at submission
+            target.parent.mkdir(parents=True, exist_ok=True)
             async with sem:
-                await sftp.get(remote, str(local))
+                await sftp.get(posixpath.join(self.tasks_dir, name, rel), str(target), preserve=True)
 
-        names = await asyncio.gather(*(listing(n) for n in job_names))
-        transfers = []
-        for name, local, files in zip(job_names, local_dirs, names):
-            local.mkdir(parents=True, exist_ok=True)
-            transfers += [get(posixpath.join(self.tasks_dir, name, f), local / f) for f in files]
-        await asyncio.gather(*transfers)
+        listings = await asyncio.gather(*(listing(n) for n in by_name))
+        for last in (False, True):  # exit codes after the rest: a local one means a folder home whole
+            await asyncio.gather(*(get(n, rel) for n, files in zip(by_name, listings) for rel in files
+                                   if (rel == EXIT_CODE_FILE) == last))
+        return {name: self._gone(name) for name in missing}
+
+
+#: The job contract's files: always fetched, whatever the patterns say.
+CONTRACT_FILES = (EXIT_CODE_FILE, PID_FILE, STDOUT_FILE, STDERR_FILE, METRICS_FILE, PARAMS_FILE, CANCEL_FILE)
+
+
+def check_patterns(patterns: Optional[Sequence[str] | str]) -> Optional[list[str]]:
+    """``collect=``: None (every file) or shell globs relative to a job's folder, refused in words."""
+    if patterns is None:
+        return None
+    items = [patterns] if isinstance(patterns, str) else patterns
+    if not isinstance(items, (list, tuple)):
+        raise ConfigError(f"must be a list of file patterns such as ['*.log', 'metrics.json'], or None for "
+                          f"every file; got {patterns!r}", "collect")
+    for p in items:
+        if (not isinstance(p, str) or not p.strip() or p.startswith("/") or ".." in p.split("/")
+                or any(c in p for c in "\n\0")):
+            raise ConfigError(f"{p!r} is not a usable pattern: use a file name glob ('*.log') or a path inside "
+                              "the job's folder ('eval/*.json'), no leading '/', no '..'", "collect")
+    return list(items)
+
+
+def wanted(name: str, path: str, patterns: Optional[Sequence[str]]) -> bool:
+    """Whether the file ``path`` (relative to job ``name``'s folder) is fetched: every file without
+    patterns; else the contract's files and those a pattern matches (a pattern without ``/`` is
+    matched against the file's name, in any sub-folder; one with ``/`` against the end of its path),
+    as ``find -name`` / ``-path`` does on the remote."""
+    base = posixpath.basename(path)
+    if patterns is None or base in CONTRACT_FILES:
+        return True
+    return any(fnmatch.fnmatchcase(f"{name}/{path}", f"*/{p}") if "/" in p else fnmatch.fnmatchcase(base, p)
+               for p in patterns)
+
+
+def fetch_script(tasks_dir: str, names: Sequence[str], patterns: Optional[Sequence[str]], token: str) -> str:
+    """The remote side of a fetch (``sh -c``): which folders are missing, then one tar stream of
+    the others (of their wanted files only, chosen by ``find``, with patterns)."""
+    q = shlex.quote
+    select = 'exec tar $f -cf - "$@"'
+    if patterns is not None:
+        tests = [f"-name {q(n)}" for n in CONTRACT_FILES]
+        tests += [f"-path {q('*/' + p)}" if "/" in p else f"-name {q(p)}" for p in patterns]
+        select = f'find "$@" -type f \\( {" -o ".join(tests)} \\) -print | exec tar $f -cf - -T -'
+    return (f"t={token}; set --\n"
+            f"if cd {q(tasks_dir)} 2>/dev/null; then for j in {' '.join(q(n) for n in names)}; do\n"
+            f'  if [ -d "$j" ]; then set -- "$@" "$j"; else echo "$t gone $j"; fi; done\n'
+            f'else echo "$t root"; fi\n'
+            f'echo "$t data $#"; [ $# -gt 0 ] || exit 0\n'
+            # GNU tar's posix format keeps sub-second mtimes (the job's start and end times); others fall back
+            f"f=; tar --format=posix -cf /dev/null /dev/null 2>/dev/null && f=--format=posix\n"
+            f"{select}\n")
+
+
+class _PipeOut(asyncio.Protocol):
+    """Flow control of the pipe to the writer thread: ``ready`` is clear while its buffer is full."""
+
+    def __init__(self) -> None:
+        self.ready = asyncio.Event()
+        self.ready.set()
+        self.lost = False
+
+    def pause_writing(self) -> None:
+        self.ready.clear()
+
+    def resume_writing(self) -> None:
+        self.ready.set()
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        self.lost = True  # the thread closed its end (it failed): nothing more is read
+        self.ready.set()
+
+
+async def _pipe_to_thread(stream: asyncssh.SSHReader, consume, *args) -> None:
+    """Feed ``stream`` to ``consume(read_fd, *args)`` running in a thread, through a pipe, reading the
+    stream only as fast as the thread takes it: at most about a channel window (2 MiB) and the
+    pipe's buffer are held here, whatever the size.  (asyncssh's own ``redirect_stdout`` to a pipe
+    kept reading ahead: a slow disk made it hold the whole stream.)"""
+    loop = asyncio.get_running_loop()
+    read_fd, write_fd = os.pipe()
+    if hasattr(fcntl, "F_SETPIPE_SZ"):
+        try:
+            fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, 1 << 20)
+        except OSError:
+            pass  # the default 64 KiB works, with more wake-ups
+    consumer = asyncio.ensure_future(asyncio.to_thread(consume, read_fd, *args))
+    pipe = os.fdopen(write_fd, "wb", buffering=0)
+    try:
+        transport, out = await loop.connect_write_pipe(_PipeOut, pipe)
+    except BaseException:
+        pipe.close()
+        raise
+    try:
+        transport.set_write_buffer_limits(high=1 << 20)
+        while not out.lost and (chunk := await stream.read(1 << 20)):
+            transport.write(chunk)
+            await out.ready.wait()
+    finally:
+        transport.close()  # after what is buffered: the thread then reads EOF
+        consumer.add_done_callback(lambda f: f.cancelled() or f.exception())  # read below, or moot
+    await consumer
+
+
+def _extract(read_fd: int, by_name: Dict[str, Path]) -> None:
+    """Read a tar stream from ``read_fd`` and write each regular file of job ``<name>/...`` into that
+    job's local folder as it arrives (never a whole file in memory).  Links, devices and paths
+    leaving the folder are skipped."""
+    with os.fdopen(read_fd, "rb") as stream:
+        with tarfile.open(fileobj=stream, mode="r|", bufsize=1 << 16) as archive:
+            _extract_members(archive, by_name)
+        while stream.read(1 << 16):  # tar's padding after the archive's end: read, so the writer never blocks
+            pass
+
+
+def _extract_members(archive: tarfile.TarFile, by_name: Dict[str, Path]) -> None:
+    """A job's members come one after the other; its ``exit_code`` is written after the rest of its
+    folder, so a local exit code always means a folder that came home whole (cleanup relies on it)."""
+    made: set[Path] = set()
+    last: Optional[tuple[Path, bytes, float]] = None  # the exit code of the job being extracted
+    for member in archive:
+        top, _, rest = member.name.partition("/")
+        if last is not None and last[0].parent != by_name.get(top):
+            _write(*last)
+            last = None
+        parts = rest.split("/")
+        if not rest or top not in by_name or not member.isfile() or ".." in parts or "" in parts:
+            continue
+        target = by_name[top].joinpath(*parts)
+        if rest == PARAMS_FILE and target.exists():
+            continue  # written here at submission
+        if target.parent not in made:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            made.add(target.parent)
+        src = archive.extractfile(member)
+        assert src is not None
+        if rest == EXIT_CODE_FILE and member.size < 4096:
+            last = (target, src.read(), member.mtime)
+            continue
+        with open(target, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        os.utime(target, (member.mtime, member.mtime))
+    if last is not None:
+        _write(*last)
+
+
+def _write(target: Path, data: bytes, mtime: float) -> None:
+    target.write_bytes(data)
+    os.utime(target, (mtime, mtime))

@@ -11,6 +11,7 @@ from typing import Callable, Dict, List, Type
 
 import ipywidgets as w
 
+from ..core.environment import Environment
 from ..core.errors import ConfigError
 from ..core.source import ComputeSource
 from ..sources import LocalComputeSource
@@ -29,6 +30,23 @@ class SourceForm:
         raise NotImplementedError
 
 
+class EnvironmentFields:
+    """What jobs run in, the same on every form: conda env, venv, modules, pre-commands."""
+
+    def __init__(self) -> None:
+        self.conda = w.Text(placeholder="name or folder (optional)", description="Conda env")
+        self.venv = w.Text(placeholder="e.g. ~/venvs/project (optional)", description="Venv")
+        self.modules = w.Text(placeholder="e.g. cuda/12.1, gcc (optional)", description="Modules")
+        self.pre = w.Textarea(placeholder="shell lines run before each job (optional)", description="Pre-commands")
+        self.widgets = [self.conda, self.venv, self.modules, self.pre]
+
+    def build(self) -> Environment:
+        """ConfigError names the field (``environment.modules``, ...)."""
+        pre = self.pre.value.strip("\n")
+        return Environment(conda_env=self.conda.value.strip() or None, venv=self.venv.value.strip() or None,
+                           modules=self.modules.value, pre_script=(pre,) if pre.strip() else ())
+
+
 class LocalForm(SourceForm):
     kind = "this machine"
 
@@ -38,7 +56,8 @@ class LocalForm(SourceForm):
         self.name = w.Text(value="local", description="Name")
         self.slots = w.BoundedIntText(value=os.cpu_count() or 1, min=1, max=4096, description="Slots")
         self.gpus = w.Text(value="", placeholder="e.g. 0, 1 (optional)", description="GPUs")
-        self.widget = w.VBox([self.name, self.slots, self.gpus])
+        self.environment = EnvironmentFields()
+        self.widget = w.VBox([self.name, self.slots, self.gpus, *self.environment.widgets])
 
     def build(self) -> ComputeSource:
         gpus = None
@@ -47,7 +66,8 @@ class LocalForm(SourceForm):
                 gpus = [int(g) for g in self.gpus.value.replace(" ", "").split(",") if g]
             except ValueError:
                 raise ConfigError(f"must be GPU numbers separated by commas, got {self.gpus.value!r}", "gpus") from None
-        return LocalComputeSource(self.name.value.strip(), int(self.slots.value), gpus=gpus)
+        return LocalComputeSource(self.name.value.strip(), int(self.slots.value), gpus=gpus,
+                                  environment=self.environment.build())
 
 
 def ssh_config_hosts(path: Path = Path("~/.ssh/config")) -> List[str]:
@@ -78,8 +98,9 @@ class SSHForm(SourceForm):
         self.slots = w.BoundedIntText(value=1, min=1, max=4096, description="Slots")
         self.python = w.Text(value="python3", description="Python")
         self.trust = w.Checkbox(value=False, description="trust a host seen for the first time")
+        self.environment = EnvironmentFields()
         self.widget = w.VBox([self.host, self.name, self.user, self.port, self.key, self.known_hosts,
-                              self.slots, self.python, self.trust])
+                              self.slots, self.python, *self.environment.widgets, self.trust])
 
     def build(self) -> ComputeSource:
         from ..sources import SSHComputeSource
@@ -94,7 +115,7 @@ class SSHForm(SourceForm):
             host, self.name.value.strip() or None, int(self.slots.value), port=int(port) if port else None,
             username=self.user.value.strip() or None, client_keys=[self.key.value.strip()] if self.key.value.strip() else None,
             known_hosts=self.known_hosts.value.strip() or None, trust_new_host=self.trust.value,
-            python=self.python.value.strip() or "python3")
+            python=self.python.value.strip() or "python3", environment=self.environment.build())
 
 
 class SlurmForm(SourceForm):
@@ -109,8 +130,9 @@ class SlurmForm(SourceForm):
         self.gpus = w.Text(placeholder="e.g. 1", description="GPUs")
         self.account = w.Text(placeholder="(optional)", description="Account")
         self.slots = w.BoundedIntText(value=500, min=1, max=100000, description="Submit at once")
+        self.environment = EnvironmentFields()
         self.widget = w.VBox([self.name, self.partition, self.walltime, self.cpus, self.mem, self.gpus,
-                              self.account, self.slots])
+                              self.account, self.slots, *self.environment.widgets])
 
     def build(self) -> ComputeSource:
         from ..core.state import ResourceSpec
@@ -128,7 +150,8 @@ class SlurmForm(SourceForm):
                             mem=self.mem.value.strip() or None, gpus=number(self.gpus.value, "gpus"),
                             partition=self.partition.value.strip() or None,
                             account=self.account.value.strip() or None)
-        return SlurmComputeSource(self.name.value.strip() or "slurm", int(self.slots.value), resources=spec)
+        return SlurmComputeSource(self.name.value.strip() or "slurm", int(self.slots.value), resources=spec,
+                                  environment=self.environment.build())
 
 
 #: Source types offered in the panel, by label: one small form class per type.

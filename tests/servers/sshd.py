@@ -271,7 +271,7 @@ PermitRootLogin prohibit-password
 AllowUsers {user}
 MaxSessions {max_sessions}
 MaxStartups 100:30:200
-Subsystem sftp internal-sftp
+Subsystem sftp {sftp_server}
 PrintMotd no
 X11Forwarding no
 UseDNS no
@@ -316,12 +316,16 @@ class SSHServer:
         bashrc: str | None = None,
         max_sessions: int = 64,
         extra_config: str = "",
+        sftp_server: str = "internal-sftp",
     ) -> SSHHost:
         """Create a user and start sshd for it on ``host:port`` (free port if None).
 
         ``bashrc`` replaces the user's ~/.bashrc (None keeps Debian's skeleton, which
         returns at once for non-interactive shells).  ``extra_config`` is appended to
-        sshd_config verbatim (e.g. ``"AcceptEnv HSM_*"``).
+        sshd_config verbatim (e.g. ``"AcceptEnv HSM_*"``).  ``sftp_server`` is the
+        ``Subsystem sftp`` command (sshd refuses a second Subsystem line, so extra_config
+        cannot override it): ``"/usr/lib/openssh/sftp-server"`` is Debian's default,
+        which runs the login shell and its rc files, unlike ``internal-sftp``.
         """
         problem = missing_requirements()
         if problem:
@@ -378,7 +382,7 @@ class SSHServer:
                 config.write_text(_SSHD_CONFIG.format(
                     host=host, port=h.port, host_key=hdir / "ssh_host_ed25519_key",
                     auth_dir=auth_dir, user=user, max_sessions=max_sessions,
-                    extra=extra_config,
+                    extra=extra_config, sftp_server=sftp_server,
                 ))
                 h.known_hosts.write_text(f"{h.host_key_alias} {h.host_key_pub}\n")
                 try:
