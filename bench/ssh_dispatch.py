@@ -40,7 +40,7 @@ def ours(h, n: int, workdir: Path, tag: str) -> tuple[float, SSHComputeSource]:
     source = SSHComputeSource(h.host, "bench", SLOTS, port=h.port, username=h.user, client_keys=[str(h.client_key)],
                               known_hosts=str(h.known_hosts), python=PY)
     sweep = Sweep(ParameterSpace(grid={"i": list(range(n))}), ["python", "job.py"], [source], workdir=workdir,
-                  directory=workdir / f"sweep-{h.user}-{n}-{tag}", poll_interval=1.0)
+                  directory=workdir.parent / "sweeps" / f"{h.user}-{n}-{tag}", poll_interval=1.0)
     t0 = time.perf_counter()
     sweep.start().wait()
     results = sweep.results()
@@ -92,15 +92,19 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[200, 1000])
     parser.add_argument("--fresh-jobs", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--clean-only", action="store_true", help="skip the user with the slow ~/.bashrc")
     args = parser.parse_args()
     with SSHServer() as server, tempfile.TemporaryDirectory() as tmp:
-        workdir = Path(tmp)
+        workdir = Path(tmp) / "project"  # the synced project; sweep folders go beside it
+        workdir.mkdir()
         (workdir / "job.py").write_text(JOB)
         hosts = {"clean ~/.bashrc": server.start("127.0.0.6"),
                  "~/.bashrc costing ~200 ms": server.start("127.0.0.7", bashrc=HEAVY_BASHRC)}
         print(f"interpreter on the remote: {PY}; {SLOTS} jobs at a time; loopback sshd; "
               f"{args.rounds} rounds alternated, medians")
         for label, h in hosts.items():
+            if args.clean_only and "costing" in label:
+                continue
             print(f"\n== remote user with a {label}")
             for n in args.sizes:
                 t_plain, t_ours = [], []

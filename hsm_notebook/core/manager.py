@@ -98,6 +98,7 @@ class DistributedJobManager(SupervisorMixin, PollingMixin, ControlMixin):
         # when the earliest backoff ends: kept here so the loop never scans the ledger for it
         self._next_retry: Optional[float] = None
         self._last_poll: dict[str, float] = {}
+        self._last_collect: dict[str, float] = {}
         self._stalled_since: Optional[float] = None
         self._fatal: Optional[BaseException] = None
         self._done_times: dict[str, collections.deque] = collections.defaultdict(lambda: collections.deque(maxlen=500))

@@ -20,6 +20,7 @@ from .source import ComputeSource, reported_state
 from .state import JobOutcome, JobState
 
 Key = tuple[str, str]  # (source name, job id)
+_COLLECT_BATCH = 256  # finished jobs that are collected at once, whatever the time since the last batch
 
 
 @dataclass
@@ -73,12 +74,22 @@ class PollingMixin:
                 for job_id in ids:
                     self._read_answer(source, job_id, answers.get(job_id))
         todo = self._uncollected[source.name]
-        if todo and source.name not in self._collecting:
+        if todo and source.name not in self._collecting and self._collection_due(source, len(todo)):
+            self._last_collect[source.name] = time.monotonic()
             batch = dict(todo)
             todo.clear()
             task = self._spawn(self._collect(source, batch), None, f"collecting from {source.name}")
             self._collecting[source.name] = task
             task.add_done_callback(lambda t, n=source.name: self._collecting.pop(n, None))
+
+    def _collection_due(self, source: ComputeSource, waiting: int) -> bool:
+        """Finished jobs come home in batches: at most once per poll interval while the source still
+        runs jobs (their slots are free already; a batch costs a transfer), at once for a large
+        batch or the source's last jobs."""
+        if waiting >= _COLLECT_BATCH or not any(name == source.name and live.ended is None
+                                                for (name, _), live in self.live.items()):
+            return True
+        return time.monotonic() - self._last_collect.get(source.name, 0.0) >= source.poll_interval
 
     def _read_answer(self, source: ComputeSource, job_id: str, answer: Any) -> None:
         """One job's answer in a poll: a state, or no usable answer (asked again; LOST only after
