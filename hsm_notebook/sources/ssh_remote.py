@@ -1,0 +1,178 @@
+"""The remote side of ``SSHComputeSource``: what setup makes under the remote root (tasks dir,
+project copy, environment script, helper lib, events watcher), made again after a reboot emptied
+it, and the per-sweep folder removed once every job there succeeded and came home.  A mixin: it
+uses the source's connection, facts and options.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import posixpath
+import shlex
+from pathlib import Path
+
+from .. import metrics as metrics_module
+from ..core.environment import environment_script, probe_command, probe_problem, probe_version, script_name
+from ..core.errors import ConfigError, SourceError
+from ..core.job import EXIT_CODE_FILE, JobTemplate
+from .ssh_jobs import RemoteJobManager
+from .sync import sync_project
+
+log = logging.getLogger("hsm_notebook.sources.ssh")
+
+_PYTHON_NAMES = ("python", "python3")
+_REMOTE_INIT = '"""Job-side helpers of hsm_notebook, uploaded by SSHComputeSource."""\n'
+
+
+class RemoteSideMixin:
+    async def _prepare(self, template: JobTemplate, sweep_root: str) -> None:
+        """What the sweep needs under the remote root: the tasks dir, the project copy, the environment
+        script, the helper lib, the events file and its watcher.  Run by setup, and again by
+        ``_ensure`` when they are gone (a reboot that emptied the remote root)."""
+        await self.conn.run(f"umask 077; mkdir -p {shlex.quote(sweep_root)}/tasks")
+        avail = (await self.conn.run(f"df -Pk {shlex.quote(sweep_root)} | tail -n 1")).stdout.split()
+        free_mb = int(avail[3]) // 1024 if len(avail) > 3 and avail[3].isdigit() else None
+        if free_mb is not None and free_mb < self.min_free_mb:
+            raise SourceError(f"only {free_mb} MB free under {self.root} on {self.target.label} "
+                              f"(min_free_mb={self.min_free_mb}); free some space or set remote_root", self.name)
+        workdir = sweep_root
+        if self.sync and template.workdir:
+            local = Path(template.workdir)
+            tag = hashlib.sha1(f"{local.absolute()}".encode()).hexdigest()[:8]
+            workdir = posixpath.join(self.root, "projects", f"{local.name or 'project'}-{tag}")
+            self.facts["sync"] = await sync_project(
+                self.conn, local, workdir, exclude=self.sync_exclude, include=self.sync_include,
+                use_rsync=self.use_rsync and self.facts.get("rsync") == "yes", delete=self.sync_delete,
+                sweep_dir=self.sweep_dir)
+        await self._setup_environment(template, sweep_root, workdir)
+        setsid = "setsid" if self.facts.get("setsid") == "yes" else "nohup"
+        lib = await self._upload_helpers()
+        self.jobs = RemoteJobManager(self.conn, posixpath.join(sweep_root, "tasks"), workdir, setsid,
+                                     self.cancel_grace, lib)
+        self.jobs.tar = self.facts.get("tar") == "yes"
+        self.events = posixpath.join(sweep_root, "events")
+        await self._watch()
+
+    async def _setup_environment(self, template: JobTemplate, sweep_root: str, workdir: str) -> None:
+        """One remote command: write the environment script (named by its content, replaced whole)
+        and run the command's program, the interpreter for a python command, through it where the
+        jobs run.  A broken environment or a missing interpreter is refused now, in words."""
+        command = self._command(list(template.command))
+        program, python = command[0], (command[0] if template.command[0] in _PYTHON_NAMES else None)
+        self._env_script, write = None, ""
+        if self.environment:
+            text = environment_script(self.environment)
+            self._env_script = posixpath.join(sweep_root, script_name(text))
+            tmp = shlex.quote(f"{self._env_script}.{os.getpid()}")
+            write = f"printf '%s' {shlex.quote(text)} > {tmp} && mv -f {tmp} {shlex.quote(self._env_script)}; "
+        probe = probe_command(self._env_script, workdir, sweep_root, program, python, {**template.env, **self.env})
+        out = (await self.conn.run(write + probe, check=False, timeout=120)).stdout
+        problem = probe_problem(out, program=program, python=python, where=self.target.label,
+                                environment=self.environment)
+        if problem:
+            raise SourceError(problem, self.name)
+        self.facts["python"] = probe_version(out) or ""
+
+    async def _watch(self) -> None:
+        """One more channel per connection: ``tail -F`` of the events file the job wrappers append
+        to, so a finished job wakes the manager at once instead of at the next poll (by name: an
+        events file made again after a reboot emptied the remote root is followed too)."""
+        await self.conn.run(f"touch {shlex.quote(self.events)}")
+        proc = await self.conn.start_process(f"exec tail -n 0 -F {shlex.quote(self.events)}")
+        if self._watcher is not None:
+            self._watcher.cancel()
+
+        async def read() -> None:
+            try:
+                while await proc.stdout.readline():
+                    self.notify()
+            except Exception:  # noqa: BLE001 - a dropped watcher only costs latency; polling goes on
+                pass
+
+        self._watcher = asyncio.get_running_loop().create_task(read())
+
+    async def _upload_helpers(self) -> str:
+        """Put ``hsm_notebook.metrics`` (stdlib only) on the remote, so jobs can ``log_metrics``
+        without installing anything there.  Returns the folder to add to PYTHONPATH."""
+        lib = posixpath.join(self.root, "lib")
+        pkg = shlex.quote(posixpath.join(lib, "hsm_notebook"))
+        source = Path(metrics_module.__file__).read_text()
+        await self.conn.run(f"mkdir -p {pkg} && printf '%s' {shlex.quote(_REMOTE_INIT)} > {pkg}/__init__.py && "
+                            f"printf '%s' {shlex.quote(source)} > {pkg}/metrics.py")
+        return lib
+
+    async def _ensure(self) -> None:
+        """Reconnect after a drop, with backoff inside the caller's polling rhythm; set the remote up
+        again when what setup made there is gone (a reboot that emptied the remote root)."""
+        if self.conn.alive and (self.jobs is None or not self.jobs.needs_setup):
+            return
+        if self.jobs is None:
+            raise SourceError("not set up", self.name)
+        async with self._restoring:  # a poll and a submission may both find it gone: one sets it up
+            if not self.conn.alive:
+                await self.conn.connect()
+                self._unreachable_since = None
+                self.stats.health_status = "healthy"
+                await self._restore()
+            elif self.jobs.needs_setup:
+                await self._restore()
+
+    async def _restore(self) -> None:
+        """After a reconnect (one command checks) or a poll or fetch that found them gone: make the
+        tasks dir, project copy, environment script, helper lib and events watcher again if missing."""
+        assert self.jobs is not None
+        jobs, q = self.jobs, shlex.quote
+        if not jobs.needs_setup:
+            out = (await self.conn.run(f"[ -d {q(jobs.tasks_dir)} ] && [ -d {q(jobs.workdir)} ] && "
+                                       f"[ -f {q(jobs.pythonpath)}/hsm_notebook/metrics.py ] && echo ok",
+                                       check=False)).stdout
+            if out.strip() == "ok":
+                await self._watch()  # the watcher ended with the old connection
+                return
+        log.warning("%s: this sweep's files under %s are gone from %s (was the host rebooted?); setting the "
+                    "remote up again", self.name, self.root, self.target.label)
+        await self._prepare(self.template or JobTemplate(("true",)), posixpath.dirname(jobs.tasks_dir))
+
+    async def _remove_remote(self) -> str:
+        """Remove the remote sweep folder if nothing there is unfinished, failed or not collected."""
+        assert self.jobs is not None
+        sweep_root = posixpath.dirname(self.jobs.tasks_dir)
+        if posixpath.basename(posixpath.dirname(sweep_root)) != "sweeps":
+            return f"kept {sweep_root}: not a sweep folder"
+        if self._starts:
+            return f"kept {sweep_root}: jobs were still being started there"
+        if not self.conn.alive:
+            return self.remote_cleanup or f"kept {sweep_root}: {self.target.label} is not connected"
+        q = shlex.quote
+        out = (await self.conn.run(f"( if cd {q(self.jobs.tasks_dir)} 2>/dev/null; then for j in *; do "
+                                   '[ -d "$j" ] || continue; rc=""; [ -f "$j/exit_code" ] && read rc < "$j/exit_code"; '
+                                   'echo "$j ${rc:--}"; done; fi )')).stdout
+        unfinished, failed, uncollected = [], [], []
+        for line in out.splitlines():
+            name, _, rc = line.rpartition(" ")
+            if not name:
+                continue
+            if rc == "-":
+                unfinished.append(name)
+            elif rc != "0":
+                failed.append(name)
+            elif not self._collected(name):
+                uncollected.append(name)
+        why = [f"{len(names)} job(s) {what} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+               for what, names in (("not ended", unfinished), ("failed", failed), ("not collected", uncollected))
+               if names]
+        if why:
+            return f"kept {sweep_root}: " + "; ".join(why)
+        result = await self.conn.run(f"rm -rf {q(sweep_root)}", check=False, timeout=600)
+        if result.exit_code != 0:
+            return f"kept {sweep_root}: could not remove it: {result.stdout.strip()[-300:]}"
+        return f"removed {sweep_root} (every job there succeeded and was collected)"
+
+    def _collected(self, job_name: str) -> bool:
+        try:
+            return (self.job_dir(job_name) / EXIT_CODE_FILE).exists()
+        except ConfigError:  # not a job's folder
+            return False
