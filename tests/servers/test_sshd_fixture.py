@@ -186,11 +186,10 @@ def test_hang_and_keepalive_then_resume(server: SSHServer, host: SSHHost) -> Non
             stopped = server.hang(host)
             assert host.sshd_pid in stopped and len(stopped) >= 3
             t0 = time.monotonic()
-            try:
+            try:  # noticed by keepalive (within the wait_for's 10 s, or it would time out instead)
                 with pytest.raises(asyncssh.ConnectionLost, match="keepalive"):
                     await asyncio.wait_for(proc.stdout.readline(), 10)
-                took = time.monotonic() - t0
-                assert took < 10, took
+                took = time.monotonic() - t0  # printed, not asserted: timings belong in bench/
                 r = await asyncio.wait_for(pending_run, 2)
                 assert r.exit_status is None
                 with pytest.raises(asyncssh.ChannelOpenError):
