@@ -52,8 +52,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = sub.add_parser("run", help="run a sweep file on this machine (default: the bundled example)")
     run.add_argument("sweep_file", nargs="?", default=str(SWEEP_YAML))
     run.add_argument("--dir", help="sweep directory (default: ./sweeps/<sweep id>)")
-    run.add_argument("--parallel", type=int, help="jobs at once on this machine")
+    run.add_argument("--parallel", type=int, help="run on this machine only, this many jobs at once")
     run.add_argument("--command", help="command to run, e.g. 'python train.py' (overrides the file)")
+    run.add_argument("--no-project", action="store_true",
+                     help="ignore the reference HSM project config (.hsm/config.yaml) of this folder")
     attach = sub.add_parser("attach", help="resume a sweep directory and wait for it")
     attach.add_argument("directory")
     status = sub.add_parser("status", help="print a sweep's status table")
@@ -66,8 +68,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             sweep_file = getattr(args, "sweep_file", str(SWEEP_YAML))
             sources = [LocalComputeSource(max_parallel_jobs=args.parallel)] if getattr(args, "parallel", None) else None
             sweep = Sweep.from_yaml(sweep_file, sources, directory=getattr(args, "dir", None),
+                                    project=False if getattr(args, "no_project", False) else None,
                                     **({"command": args.command} if getattr(args, "command", None) else {}))
             print(f"Sweep {sweep.id}: {sweep.counts().get('PENDING', 0)} tasks from {sweep_file}")
+            project = (sweep._record.get("origin") or {}).get("project")
+            if project:
+                print(f"Project config {project['path']}: runs `{' '.join(sweep.template.command)}` in "
+                      f"{project['root']} on {', '.join(s.name for s in sweep.sources)}")
             sweep.start()
             _follow(sweep)
             return _report(sweep)

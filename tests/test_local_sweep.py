@@ -39,7 +39,7 @@ def test_fifty_tasks_with_some_failing(workdir):
 
 
 def test_invalid_metrics_json_completes_with_the_problem_recorded(workdir):
-    sweep = _sweep(workdir, ParameterSpace(grid={"x": [1, 2]}, paired=[{"bad_metrics": ["true"]}])).run()
+    sweep = _sweep(workdir, ParameterSpace(grid={"x": [1, 2]}, paired=[{"bad_metrics": [True]}])).run()
     status = sweep.status()
     assert (status["state"] == "COMPLETED").all()
     assert status["error"].str.contains("metrics.json is not valid JSON").all()

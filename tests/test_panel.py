@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import json
 
 import pytest
 
@@ -173,6 +174,37 @@ def test_attach_and_the_magic_show_an_existing_sweep(workdir, panels, tmp_path):
     assert empty.sweep is None and empty.launch_button.disabled
     with pytest.raises(ConfigError):
         open_panel(str(tmp_path / "nope.yaml"))
+
+
+def test_the_magic_on_a_reference_project_launches_with_the_file_and_project_settings(tmp_path, panels,
+                                                                                     monkeypatch):
+    """``%hsm sweeps/sweep.yaml`` in a project with ``.hsm/config.yaml``: the command, the
+    sources and the environment come from the project; arg_style, env and name from the file."""
+    root = tmp_path / "proj"
+    (root / ".hsm").mkdir(parents=True)
+    (root / "sweeps").mkdir()
+    (root / "job.py").write_text("import json, os, sys\n"
+                                 "open(os.path.join(os.environ['HSM_TASK_DIR'], 'argv.json'), 'w').write("
+                                 "json.dumps([sys.argv[1:], os.environ.get('WANDB_PROJECT'), os.environ.get('MODE')]))\n")
+    (root / ".hsm" / "config.yaml").write_text("paths: {train_script: job.py}\nwandb: {project: wp}\n"
+                                               "distributed: {enabled: true, local_max_jobs: 3}\n")
+    (root / "sweeps" / "sweep.yaml").write_text(
+        "name: lr-scan\narg_style: argparse\nenv: {MODE: fast}\nmetadata: {description: scanning lr}\n"
+        "sweep:\n  grid:\n    lr: [0.1]\n")
+    monkeypatch.chdir(root)
+    panel = open_panel("sweeps/sweep.yaml")
+    panels.append(panel)
+    assert panel.editor.command.value == "python job.py" and panel.editor.workdir.value == str(root)
+    assert [(s.name, s.max_parallel_jobs) for s in panel.sources_view.sources] == [("local", 3)]
+    assert "scanning lr" in panel.header.value
+    panel.launch()
+    panel.sweep.wait(timeout=60)
+    (job,) = panel.sweep.status()["job_name"]
+    argv, wandb_project, mode = json.loads((panel.sweep.directory / "tasks" / job / "argv.json").read_text())
+    assert argv == ["--lr=0.1", f"--wandb.group={panel.sweep.id}",
+                    f"--output.dir={panel.sweep.directory / 'tasks' / job}"]
+    assert (wandb_project, mode) == ("wp", "fast") and panel.sweep.id.startswith("lr-scan-")
+    assert panel.sweep.directory.parent == root / "sweeps" / "outputs"
 
 
 def test_the_load_ext_magic_is_registered():

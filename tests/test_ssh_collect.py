@@ -31,7 +31,7 @@ JOB = textwrap.dedent(
     args = dict(a.split("=", 1) for a in sys.argv[1:])
     d = os.environ["HSM_TASK_DIR"]
     block = bytes(range(256)) * 4096
-    sizes = dict(pair.split(":") for pair in args.get("sizes", "").split(",") if pair)  # x -> MiB of stdout
+    sizes = dict(pair.split(":") for pair in args.get("sizes", "").split("/") if pair)  # x -> MiB of stdout
     for _ in range(int(sizes.get(args.get("x"), 0))):
         sys.stdout.buffer.write(block)
     if args.get("ckpt"):
@@ -96,7 +96,7 @@ def test_big_job_folders_come_home_while_the_other_tasks_complete(project, ssh_h
     and the other tasks of the sweep complete meanwhile (the issue: 0 of 20 did)."""
     sizes = {0: 200, 1: 3}
     source = ssh_source(ssh_host, "big", 3, remote_root=_root())
-    space = ParameterSpace(grid={"x": list(range(12))}, fixed={"sizes": "0:200,1:3"})
+    space = ParameterSpace(grid={"x": list(range(12))}, fixed={"sizes": "0:200/1:3"})  # bare in Hydra syntax
     sweep = _sweep(project, [source], space).start().wait(timeout=180)
     assert sweep.counts() == {"COMPLETED": 12}, sweep.status()[["state", "error"]]
     status = sweep.status().set_index("x")

@@ -14,10 +14,11 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from .environment import check_literal_env
 from .errors import ConfigError
+from .overrides import hydra_value
 
 ARG_STYLES = ("hydra", "argparse", "none")
 
@@ -96,7 +97,8 @@ def check_job_name(job_name: str) -> str:
 
 
 def format_value(value: Any) -> str:
-    """A parameter value as one command-line string (YAML/Hydra spelling for bool and None)."""
+    """A parameter value as one literal command-line string for ``arg_style="argparse"``:
+    text as it is, ``true``/``false``/``null``, lists and dicts as JSON."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if value is None:
@@ -114,6 +116,9 @@ class JobTemplate:
     arg_style: str = "hydra"
     workdir: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)
+    #: Also pass ``wandb.group=<group> output.dir=<task dir>`` after the parameters, as the
+    #: reference HSM does (scripts written for it save there).
+    reference_args: bool = False
 
     def __post_init__(self) -> None:
         for key in self.env:
@@ -124,15 +129,25 @@ class JobTemplate:
             raise ConfigError(f"must be one of {ARG_STYLES}, got {self.arg_style!r}", "arg_style")
 
     def args(self, params: Mapping[str, Any]) -> list[str]:
-        """``{"lr": 0.1}`` -> ``["lr=0.1"]`` (hydra) or ``["--lr=0.1"]`` (argparse)."""
+        """``{"lr": 0.1}`` -> ``["lr=0.1"]`` (hydra: in Hydra's override grammar, see
+        :mod:`.overrides`) or ``["--lr=0.1"]`` (argparse: the text as it is)."""
         if self.arg_style == "none":
             return []
-        prefix = "--" if self.arg_style == "argparse" else ""
-        return [f"{prefix}{k}={format_value(v)}" for k, v in params.items()]
+        if self.arg_style == "hydra":
+            return [f"{k}={hydra_value(v, k)}" for k, v in params.items()]
+        return [f"--{k}={format_value(v)}" for k, v in params.items()]
 
-    def argv(self, params: Mapping[str, Any]) -> list[str]:
-        """The command followed by the parameter arguments."""
-        return [*self.command, *self.args(params)]
+    def check(self, values: Iterable[tuple[str, Any]]) -> None:
+        """Raise :class:`ConfigError` for the first ``(name, value)`` its arg style cannot pass."""
+        if self.arg_style == "hydra":
+            for name, value in values:
+                hydra_value(value, name)
+
+    def argv(self, params: Mapping[str, Any], *, task_dir: str | None = None, group: str | None = None) -> list[str]:
+        """The command followed by the parameter arguments (and, with ``reference_args``, the
+        group and the task's folder where the job runs)."""
+        extra = {"wandb.group": group, "output.dir": task_dir} if self.reference_args and task_dir else {}
+        return [*self.command, *self.args(params), *self.args(extra)]
 
     def environ(
         self, *, job_dir: str, job_name: str, sweep_id: str, task_id: str | None, wandb_group: str | None
@@ -148,11 +163,13 @@ class JobTemplate:
 
     def to_dict(self) -> dict[str, Any]:
         """As plain data, for the sweep record."""
-        return {"command": list(self.command), "arg_style": self.arg_style, "workdir": self.workdir, "env": dict(self.env)}
+        return {"command": list(self.command), "arg_style": self.arg_style, "workdir": self.workdir, "env": dict(self.env),
+                "reference_args": self.reference_args}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "JobTemplate":
-        return cls(tuple(data["command"]), data.get("arg_style", "hydra"), data.get("workdir"), dict(data.get("env") or {}))
+        return cls(tuple(data["command"]), data.get("arg_style", "hydra"), data.get("workdir"), dict(data.get("env") or {}),
+                   bool(data.get("reference_args", False)))
 
 
 def reference_template(

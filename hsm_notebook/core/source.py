@@ -255,7 +255,7 @@ class ComputeSource(ABC):
             job_dir=job_dir, job_name=job_name, sweep_id=sweep_id, task_id=task, wandb_group=wandb_group
         )
         env.update(self.env)
-        return self.template.argv(params), env
+        return self.template.argv(params, task_dir=job_dir, group=wandb_group or sweep_id), env
 
     def track(self, job_id: str, job_name: str, params: Dict[str, Any], task_dir: Path | str | None = None) -> JobInfo:
         """Record a started (or re-adopted) job as active."""

@@ -374,6 +374,13 @@ class ParameterSpace:
         # object dtype keeps 32 as 32 (not 32.0) in a column that some rows do not set
         return pd.DataFrame(rows, columns=columns, index=index, dtype=object if ragged else None)
 
+    def values(self) -> Iterator[tuple[str, Any]]:
+        """Every ``(name, value)`` a job may be given (per row of each factor, not per combination)."""
+        for factor in self._factors:
+            for row in factor.rows:
+                yield from ((n, v) for n, v in zip(factor.names, row) if v is not _ABSENT)
+        yield from self._fixed.items()
+
     def with_ids(self) -> Iterator[tuple[str, Params]]:
         """``(task_id, params)`` for every combination, lazily."""
         for params in self:

@@ -23,7 +23,6 @@ import pandas as pd
 
 from . import _loop, registry
 from .config import SweepFile, parse_command
-from .environment import Environment
 from .errors import ConfigError, HsmError
 from .frames import (
     counts_by_source,
@@ -35,9 +34,11 @@ from .frames import (
     time_span,
 )
 from .job import STDERR_FILE, STDOUT_FILE, JobTemplate, tail
+from .launch import launch_options
 from .dispatch import STRATEGIES
 from .events import Event, EventBus
 from .manager import DistributedJobManager
+from .project import ProjectConfig
 from .records import check_sources, default_sweeps_dir, git_state, rebuild_source, retry_policy
 from .retry import RetryPolicy
 from .source import ComputeSource
@@ -77,6 +78,10 @@ class Sweep:
         max_failures: int = 3,
         unknown_timeout: float = 120.0,
         stall_timeout: float = 600.0,
+        reference_args: bool = False,
+        metadata: Optional[Mapping[str, Any]] = None,
+        sweeps_root: str | Path | None = None,
+        origin: Optional[Mapping[str, Any]] = None,
     ):
         if not isinstance(space, ParameterSpace):
             raise ConfigError(f"must be a ParameterSpace, got {type(space).__name__}", "space")
@@ -86,17 +91,19 @@ class Sweep:
         workdir = Path(workdir or Path.cwd()).absolute()
         if not workdir.is_dir():
             raise ConfigError(f"{workdir} is not a directory", "workdir")
-        template = JobTemplate(parse_command(command), arg_style, str(workdir), dict(env or {}))
+        template = JobTemplate(parse_command(command), arg_style, str(workdir), dict(env or {}), bool(reference_args))
+        template.check(space.values())
         sources = check_sources(sources, template)
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         sweep_id = f"{name + '-' if name else ''}{stamp}-{secrets.token_hex(2)}"
-        directory = Path(directory) if directory else default_sweeps_dir() / sweep_id
+        directory = Path(directory) if directory else Path(sweeps_root or default_sweeps_dir()) / sweep_id
         record = {
             "sweep_id": sweep_id, "name": name, "created": dt.datetime.now().isoformat(timespec="seconds"),
             "space": space.to_dict(), "job": template.to_dict(), "wandb_group": wandb_group,
             "sources": [s.describe() for s in sources], "poll_interval": poll_interval, "strategy": strategy,
             "retry": retry_policy(retry).to_dict(), "health_interval": health_interval, "max_failures": max_failures,
             "unknown_timeout": unknown_timeout, "stall_timeout": stall_timeout, "git": git_state(workdir),
+            "metadata": dict(metadata or {}), "origin": dict(origin or {}),
         }
         if strategy not in STRATEGIES:
             raise ConfigError(f"must be one of {STRATEGIES}, got {strategy!r}", "strategy")
@@ -117,27 +124,19 @@ class Sweep:
     # -- other ways in ---------------------------------------------------------------------
     @classmethod
     def from_yaml(
-        cls, path: str | Path, sources: Optional[Sequence[ComputeSource]] = None, **kwargs: Any
+        cls, path: str | Path, sources: Optional[Sequence[ComputeSource]] = None, *,
+        project: ProjectConfig | str | Path | bool | None = None, **kwargs: Any,
     ) -> "Sweep":
-        """A sweep from a YAML file (``command:`` may be given in the file or as ``command=``).
-        The file's ``environment:`` is that of every source given without one (and of the default one)."""
-        spec = SweepFile.load(path)
-        command = kwargs.pop("command", None) or spec.command
-        if command is None:
-            raise ConfigError("no command: add 'command: [python, train.py]' to the file or pass command=", "command")
-        if sources is None and (spec.max_parallel_jobs is not None or spec.environment):
-            own = {"max_parallel_jobs": spec.max_parallel_jobs} if spec.max_parallel_jobs is not None else {}
-            sources = [registry.default_source(**own)]
-        for source in sources or ():
-            if spec.environment and getattr(source, "environment", None) == Environment():
-                source.environment = spec.environment
-        kwargs.setdefault("name", spec.name)
-        kwargs.setdefault("arg_style", spec.arg_style)
-        kwargs.setdefault("env", spec.env)
-        kwargs.setdefault("wandb_group", spec.wandb_group)
-        if spec.path is not None:
-            kwargs.setdefault("workdir", spec.path.parent)
-        return cls(spec.space, command, sources, **kwargs)
+        """A sweep from a YAML file, in this tool's format or any the reference HSM shipped.
+
+        What to run: ``command=``, else the file's ``command:``, else its ``script:`` or the
+        project's ``paths.train_script`` run with ``python``.  A reference project's
+        ``.hsm/config.yaml`` (found in the current folder or above the file; ``project=`` names one,
+        ``project=False`` ignores it) gives the interpreter, conda env, W&B project, sweeps folder and,
+        with ``distributed.enabled``, the sources; it also turns on ``reference_args``.  The file's
+        ``environment:`` is that of every source given without one (and of the default one)."""
+        options = launch_options(SweepFile.load(path), sources, project=project, **kwargs)
+        return cls(**options)
 
     @classmethod
     def attach(
@@ -167,6 +166,11 @@ class Sweep:
         if self._future is None or not self._future.done() or self._future.cancelled():
             return None
         return self._future.exception()
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The sweep file's ``metadata:`` (description, tags, ...), as recorded."""
+        return dict(self._record.get("metadata") or {})
 
     @property
     def directory(self) -> Path:

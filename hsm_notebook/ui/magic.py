@@ -9,26 +9,30 @@ from typing import Any, Optional
 
 from ..core.config import SweepFile
 from ..core.errors import HsmError
+from ..core.launch import launch_options
 from .panel import SweepPanel
 
 
 def open_panel(arg: str = "") -> Optional[SweepPanel]:
     """``""`` -> an empty panel; a sweep directory -> that sweep, resumed;
-    a YAML file -> a panel filled from it, ready to launch."""
+    a YAML file -> a panel filled from it (and from its reference project's ``.hsm/config.yaml``:
+    command, sources, environment), ready to launch with every setting of the file."""
     words = shlex.split(arg)
     if not words:
         return SweepPanel()
     path = Path(words[0]).expanduser()
     if path.is_dir():
         return SweepPanel.attach(path)
-    spec = SweepFile.load(path)
-    panel = SweepPanel()
+    options = launch_options(SweepFile.load(path), need_command=False)
+    sources = options.pop("sources")
+    panel = SweepPanel(sources=sources, options=options)
     editor = panel.editor
     editor.mode.value = "YAML"
     editor.yaml.value = path.read_text()
-    if spec.command:
-        editor.command.value = shlex.join(spec.command)
-    editor.workdir.value = str(path.parent.absolute())
+    command = options.pop("command")
+    if command:
+        editor.command.value = shlex.join(command)
+    editor.workdir.value = str(Path(options.pop("workdir")).absolute())
     return panel
 
 

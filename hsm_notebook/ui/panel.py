@@ -13,7 +13,7 @@ import html
 import threading
 import time
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import ipywidgets as w
 
@@ -46,9 +46,13 @@ class SweepPanel:
         sources: Optional[Sequence[ComputeSource]] = None,
         refresh_interval: float = 0.5,
         directory: str | Path | None = None,
+        options: Optional[Mapping[str, Any]] = None,
     ):
         self.sweep = sweep
         self.directory = directory
+        #: ``Sweep`` arguments the form does not show (a sweep file's and its project's:
+        #: ``arg_style``, ``env``, ``name``, ``metadata``, ...), used by Launch.
+        self.options = dict(options or {})
         self.refresh_interval = refresh_interval
         self._lock = threading.RLock()
         self._version: Any = None
@@ -93,6 +97,8 @@ class SweepPanel:
             self._bind(sweep)
         else:
             self.tabs.selected_index = 1
+            about = self.options.get("metadata", {}).get("description")
+            self.header.value = f"<b>New sweep</b> · {html.escape(str(about))}" if about else ""
         self._guarded(self.refresh, True)
         self._thread = threading.Thread(target=self._refresh_loop, name="hsm-panel-refresh", daemon=True)
         self._thread.start()
@@ -114,10 +120,12 @@ class SweepPanel:
     # -- actions (each one call in the Python API) ----------------------------------------
     def launch(self) -> None:
         if self.sweep is None:
-            workdir = self.editor.workdir.value.strip() or None
-            sweep = Sweep(self.editor.space(), self.editor.command_argv(), self.sources_view.sources,
-                          workdir=workdir, directory=self.directory)
-            self._bind(sweep)
+            options = {**self.options, "space": self.editor.space(), "command": self.editor.command_argv(),
+                       "sources": self.sources_view.sources}
+            options["workdir"] = self.editor.workdir.value.strip() or options.get("workdir")
+            if self.directory is not None:
+                options["directory"] = self.directory
+            self._bind(Sweep(**options))
         pending = self.sweep.counts().get(JobState.PENDING, 0)
         self.sweep.start()
         self.tabs.selected_index = 2
@@ -161,8 +169,9 @@ class SweepPanel:
         self.sweep = sweep
         self.editor.show_space(sweep._record.get("space", {}), sweep.template.command)
         self.sources_view.lock()
-        self.header.value = (f"<b>Sweep {html.escape(sweep.id)}</b> · "
-                             f"<code>{html.escape(str(sweep.directory))}</code>")
+        about = sweep.metadata.get("description")
+        self.header.value = (f"<b>Sweep {html.escape(sweep.id)}</b> · <code>{html.escape(str(sweep.directory))}</code>"
+                             + (f" · {html.escape(str(about))}" if about else ""))
         self.tabs.selected_index = 2
 
     def _button(self, label: str, icon: str, style: str, css: str, action) -> w.Button:

@@ -11,6 +11,7 @@ import pytest
 
 from hsm_notebook import JobState, JobTemplate, ParameterSpace, Sweep
 from hsm_notebook.core._loop import run_sync
+from hsm_notebook.core.overrides import hydra_value
 from hsm_notebook.core.source import to_state
 
 HOSTILE = ['"; touch pwned #', "$(id)", "it's", "a b  c", "line1\nline2", "`uname`", "*", "-x", "back\\slash", "é ✓"]
@@ -85,7 +86,8 @@ def test_parameter_values_arrive_literally_and_the_environment_is_set(bound, wor
     outcome = _finish(bound, [job])[job]
     assert outcome.state == JobState.COMPLETED, outcome
     seen = json.loads((bound.job_dir("hostile-1") / "argv.json").read_text())
-    assert seen["argv"] == ["argv_out=yes"] + [f"v{i}={v}" for i, v in enumerate(HOSTILE)]
+    # arrive as rendered (Hydra's grammar: tests/test_hydra_values.py), one argv item each, no shell
+    assert seen["argv"] == ["argv_out=yes"] + [f"v{i}={hydra_value(v)}" for i, v in enumerate(HOSTILE)]
     assert seen["env"]["HSM_TASK_DIR"].endswith("hostile-1")
     assert seen["env"]["HSM_JOB_NAME"] == "hostile-1" and seen["env"]["HSM_SWEEP_ID"] == "contract"
     assert seen["env"]["WANDB_RUN_GROUP"] == "grp"
