@@ -24,7 +24,7 @@ def test_every_transition_is_in_the_event_log(workdir):
 def test_status_frame_columns_and_dtypes(workdir):
     sweep = Sweep(ParameterSpace(grid={"x": [1, 2], "name": ["a b"]}), ["python", "job.py"], workdir=workdir)
     before = sweep.status()
-    assert list(before.columns) == ["task_id", "job_name", "source", "state", "x", "name", "attempt", "submit_time",
+    assert list(before.columns) == ["task_id", "job_name", "source", "state", "job_id", "x", "name", "attempt", "submit_time",
                                     "start_time", "end_time", "duration", "exit_code", "error", "detail"]
     assert set(before["state"]) == {"PENDING"} and str(before["state"].dtype) == "category"
     sweep.run()
@@ -32,3 +32,4 @@ def test_status_frame_columns_and_dtypes(workdir):
     assert str(after["submit_time"].dtype).startswith("datetime64") and str(after["exit_code"].dtype) == "Int64"
     assert (after["start_time"] <= after["end_time"]).all()
     assert "2 COMPLETED" in repr(sweep)
+    assert (after["job_id"] == after["job_name"]).all()  # this machine names its jobs by their folders

@@ -47,7 +47,7 @@ def choose(
 
     ``sources`` are those that take work (the manager's gates decide which); ``load(name)``
     counts the slots in use on a source (its live jobs and submissions in flight)."""
-    free = [s for s in sources if load(s.name) < s.max_parallel_jobs and meets(s, requires)]
+    free = [s for s in sources if load(s.name) < s.capacity and meets(s, requires)]
     if not free:
         return None
     if strategy == "round_robin":

@@ -25,10 +25,10 @@ def _times(values: list[Any]) -> pd.Series:
 
 
 def status_frame(store: SweepStore) -> pd.DataFrame:
-    """One row per task: ids, source, state, parameters, times, exit code, error."""
+    """One row per task: ids, source, state, the source's job id, parameters, times, exit code, error."""
     with contextlib.closing(store.reader()) as conn:
         rows = conn.execute(
-            "SELECT task_id, job_name, source, state, params, attempt, submit_time, start_time, end_time, "
+            "SELECT task_id, job_name, source, job_id, state, params, attempt, submit_time, start_time, end_time, "
             "exit_code, error, detail FROM tasks ORDER BY idx"
         ).fetchall()
     params = pd.DataFrame.from_records([json.loads(r["params"]) for r in rows], index=range(len(rows)))
@@ -41,6 +41,8 @@ def status_frame(store: SweepStore) -> pd.DataFrame:
         "job_name": [r["job_name"] for r in rows],
         "source": [r["source"] for r in rows],
         "state": pd.Series([r["state"] for r in rows], dtype=_STATES),
+        # the source's own id: a Slurm "123_17" as squeue shows it, a pid on this machine or a host
+        "job_id": [r["job_id"] for r in rows],
     })
     tail = pd.DataFrame({
         "attempt": pd.Series([r["attempt"] for r in rows], dtype="int64"),

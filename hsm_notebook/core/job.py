@@ -27,6 +27,7 @@ PARAMS_FILE = "params.json"
 METRICS_FILE = "metrics.json"
 STDOUT_FILE = "stdout.log"
 STDERR_FILE = "stderr.log"
+SCHEDULER_FILE = "slurm.out"  # the batch system's own messages (time limit, out of memory), when it has any
 EXIT_CODE_FILE = "exit_code"
 PID_FILE = "pid"
 CANCEL_FILE = "cancelled"
@@ -36,6 +37,15 @@ GPUS_FILE = "gpus"  # in the LOCAL job dir: the GPU ids pinned to the job ("0,1"
 #: and never will (the wrapper's exclusive create fails, so it exits without running anything).
 NEVER = "never"
 
+SIGNALLED_FILE = "signalled"  # the signals a run received from outside (a cancel, a requeue, a time limit)
+#: Earlier runs of a job a scheduler requeued keep their files in ``run1/``, ``run2/``, ...
+RUN_DIR_PREFIX = "run"
+#: Signals the wrapper passes on to the program and notes in ``signalled``: TERM, INT, HUP and
+#: XCPU end a run (a cancel, a requeue, a time limit); USR1 and USR2 are checkpoint signals
+#: (Slurm's ``--signal=B:USR1@120``) after which a program may requeue itself.  A run that got
+#: one did not end by itself, so a requeued copy of it runs again (and resumes).
+FORWARDED_SIGNALS = ("TERM", "INT", "HUP", "XCPU", "USR1", "USR2")
+
 #: ``sh -c WRAPPER hsm-job JOB_DIR CMD ARG...``.  All three streams are redirected so the
 #: wrapper never holds the caller's pipes.  With ``HSM_EVENTS`` set, the wrapper appends the
 #: job's name to that file when it ends: a remote watcher turns that into a wake-up.
@@ -44,16 +54,26 @@ NEVER = "never"
 #: O_EXCL open in dash, bash and ash; ``true``, not ``:``, because a failed redirection on a
 #: special builtin would exit the shell with an error).  So a pid file, even empty, means the
 #: wrapper started; a controller that finds none may claim the job itself (:func:`claim`) and
-#: then knows it can never start.  The one second start of the same folder is a scheduler's
-#: requeue (``SLURM_RESTART_COUNT``), which runs again unless a controller claimed the job.  A
-#: wrapper that cannot write its pid (a full disk) runs nothing: its exit code could not be
-#: written either, and a retry would run the task twice.
+#: then knows it can never start.  A second start of the same folder is a scheduler's requeue
+#: (``SLURM_RESTART_COUNT``): it runs again unless a controller claimed the job, or the earlier
+#: run ended by itself (an exit code and no signal from outside: a node that failed after the program
+#: finished must not run it twice); the earlier run's logs, exit code and signals move to
+#: ``runN/`` first.  A wrapper that cannot write its pid (a full disk) runs nothing: its exit
+#: code could not be written either, and a retry would run the task twice.
+#:
+#: The program runs in the background so that the wrapper, which a batch system signals (the
+#: batch shell), can pass signals on and still wait for the program's own exit code.
 WRAPPER = (
     'd=$1; shift; set -C; { true > "$d/pid"; } 2>/dev/null || '
     '{ [ "${SLURM_RESTART_COUNT:-0}" != 0 ] && read p < "$d/pid" && [ "$p" != never ]; } || exit 0; '
-    'set +C; echo $$ > "$d/pid" || exit 1; '
-    '"$@" > "$d/stdout.log" 2> "$d/stderr.log" < /dev/null; '
-    'echo $? > "$d/exit_code"; '
+    'set +C; [ ! -e "$d/exit_code" ] || [ -e "$d/signalled" ] || exit 0; '
+    'if [ -e "$d/stdout.log" ]; then n=1; while [ -e "$d/run$n" ]; do n=$((n+1)); done; mkdir "$d/run$n" && '
+    'mv -f "$d/stdout.log" "$d/stderr.log" "$d/exit_code" "$d/signalled" "$d/run$n/" 2>/dev/null; fi; '
+    'echo $$ > "$d/pid" || exit 1; '
+    '"$@" > "$d/stdout.log" 2> "$d/stderr.log" < /dev/null & c=$!; '
+    + "".join(f'trap \'echo {s} >> "$d/signalled"; kill -s {s} $c 2>/dev/null\' {s}; ' for s in FORWARDED_SIGNALS)
+    + 'r=0; wait $c || r=$?; while kill -0 $c 2>/dev/null; do r=0; wait $c || r=$?; done; '
+    'echo $r > "$d/exit_code"; '
     '[ -z "$HSM_EVENTS" ] || echo "${d##*/}" >> "$HSM_EVENTS"'
 )
 # pid and exit_code are written with one small write() each (no temp file + mv: that cost an

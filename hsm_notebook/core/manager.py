@@ -159,7 +159,11 @@ class DistributedJobManager(SupervisorMixin, PollingMixin, ControlMixin):
         if self._next_retry is not None:
             timeout = min(timeout, max(0.01, self._next_retry - time.time()))
         busy = {key[0] for key in self.live}
-        return max(0.01, min([timeout, *(self.sources[n].poll_interval for n in busy)]))
+        return max(0.01, min([timeout, *(self.interval(self.sources[n]) for n in busy)]))
+
+    def interval(self, source: ComputeSource) -> float:
+        """Seconds between polls of ``source``: its own ``poll_interval`` if it has one, else the sweep's."""
+        return source.poll_interval if source.poll_interval is not None else self.poll_interval
 
     def notify(self, source: Optional[str] = None) -> None:
         """Wake the loop; with a source name, that source is polled at once."""

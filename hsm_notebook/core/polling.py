@@ -49,7 +49,7 @@ class PollingMixin:
                 continue
             if not busy[name] and not self._uncollected[name]:
                 continue
-            if name in self._dirty or now - self._last_poll.get(name, 0.0) >= min(self.poll_interval, source.poll_interval):
+            if name in self._dirty or now - self._last_poll.get(name, 0.0) >= self.interval(source):
                 self._dirty.discard(name)
                 self._last_poll[name] = now
                 task = self._spawn(self._poll_source(source), None, f"polling {name}")
@@ -89,7 +89,7 @@ class PollingMixin:
         if waiting >= _COLLECT_BATCH or not any(name == source.name and live.ended is None
                                                 for (name, _), live in self.live.items()):
             return True
-        return time.monotonic() - self._last_collect.get(source.name, 0.0) >= source.poll_interval
+        return time.monotonic() - self._last_collect.get(source.name, 0.0) >= self.interval(source)
 
     def _read_answer(self, source: ComputeSource, job_id: str, answer: Any) -> None:
         """One job's answer in a poll: a state, or no usable answer (asked again; LOST only after

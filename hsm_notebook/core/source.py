@@ -83,8 +83,10 @@ class ComputeSource(ABC):
     given to its constructor (:meth:`own_job`).
     """
 
-    #: Seconds between status polls when the source cannot signal changes itself.
-    poll_interval: float = 1.0
+    #: Seconds between status polls when the source cannot signal changes itself; None: the
+    #: sweep's ``poll_interval``.  A source's own interval is honoured both ways (a busy Slurm
+    #: cluster asks to be polled no more than every 30-60 s).
+    poll_interval: Optional[float] = None
     #: The job to run when no manager binds this source (see :meth:`own_job`), and the
     #: constructor arguments it came from (recorded by :meth:`describe`).
     own_template: Optional[JobTemplate] = None
@@ -201,6 +203,12 @@ class ComputeSource(ABC):
         """The inverse of :meth:`describe`: ``cls(**description)`` less ``type`` and ``class``.
         Override it when the constructor does not take what ``describe()`` records."""
         return cls(**{k: v for k, v in description.items() if k not in registry.BOOKKEEPING})
+
+    @property
+    def capacity(self) -> int:
+        """How many tasks the manager may hand this source at once (running or queued there):
+        ``max_parallel_jobs``, unless the source queues work itself (Slurm)."""
+        return self.max_parallel_jobs
 
     # -- shared machinery -------------------------------------------------------------
     def own_job(

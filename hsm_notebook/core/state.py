@@ -62,6 +62,7 @@ class ResourceSpec:
     extra: Mapping[str, str] = field(default_factory=dict)  # more #SBATCH options: {"exclusive": ""}
     modules: tuple[str, ...] = ()  # `module load`ed before each job (core/environment.py renders it)
     pre_script: str | None = None  # shell lines run before each job, after modules (same renderer)
+    srun: bool = False  # Slurm: start the program with srun (one copy per task of --ntasks/--nodes)
 
 
 @dataclass

@@ -33,7 +33,7 @@ from .frames import (
     task_history,
     time_span,
 )
-from .job import STDERR_FILE, STDOUT_FILE, JobTemplate, tail
+from .job import SCHEDULER_FILE, STDERR_FILE, STDOUT_FILE, JobTemplate, tail
 from .launch import launch_options
 from .dispatch import STRATEGIES
 from .events import Event, EventBus
@@ -410,14 +410,15 @@ class Sweep:
         return info
 
     def logs(self, task_id: str, stream: str = "stderr", lines: int = 20) -> str:
-        """The last lines of a task's stdout or stderr (its latest attempt)."""
-        if stream not in ("stdout", "stderr"):
-            raise ConfigError("must be 'stdout' or 'stderr'", "stream")
+        """The last lines of a task's ``stdout``, ``stderr`` or ``slurm`` (the batch system's own
+        messages) of its latest attempt."""
+        files = {"stdout": STDOUT_FILE, "stderr": STDERR_FILE, "slurm": SCHEDULER_FILE}
+        if stream not in files:
+            raise ConfigError(f"must be one of {sorted(files)}", "stream")
         job_name = self.task(task_id)["job_name"]
         if job_name is None:
             return ""
-        name = STDOUT_FILE if stream == "stdout" else STDERR_FILE
-        return tail(self.directory / "tasks" / job_name / name, lines)
+        return tail(self.directory / "tasks" / job_name / files[stream], lines)
 
     def __repr__(self) -> str:
         counts = self.counts()

@@ -27,49 +27,22 @@ from ..core.job import WRAPPER, write_params
 from ..core.source import ComputeSource
 from ..core.state import JobOutcome, JobState, ResourceSpec
 from .slurm_login import login_side
-from .slurm_script import array_script, run_script, sbatch_lines
-
-#: Slurm job states -> JobState: the one table.  Failure states keep their Slurm name in the error.
-SLURM_STATES: Dict[str, JobState] = {
-    "PENDING": JobState.QUEUED, "CONFIGURING": JobState.QUEUED, "REQUEUED": JobState.QUEUED,
-    "REQUEUE_HOLD": JobState.QUEUED, "REQUEUE_FED": JobState.QUEUED, "RESV_DEL_HOLD": JobState.QUEUED,
-    "RUNNING": JobState.RUNNING, "COMPLETING": JobState.RUNNING, "RESIZING": JobState.RUNNING,
-    "SUSPENDED": JobState.RUNNING, "STOPPED": JobState.RUNNING, "SIGNALING": JobState.RUNNING,
-    "STAGE_OUT": JobState.RUNNING,
-    "COMPLETED": JobState.COMPLETED,
-    "FAILED": JobState.FAILED, "TIMEOUT": JobState.FAILED, "OUT_OF_MEMORY": JobState.FAILED,
-    "DEADLINE": JobState.FAILED, "SPECIAL_EXIT": JobState.FAILED,
-    "CANCELLED": JobState.CANCELLED, "REVOKED": JobState.CANCELLED,
-    "NODE_FAIL": JobState.LOST, "PREEMPTED": JobState.LOST, "BOOT_FAIL": JobState.LOST,
-}
-_SQUEUE_FORMAT = "%F|%K|%T|%r"  # array job id | task index (or a range of pending ones) | state | reason
-
-
-def parse_squeue(out: str) -> Dict[str, tuple[str, str]]:
-    """``{"12_3": (state, reason)}`` from squeue lines.  A record for several array tasks
-    (``12|1-4%2|PENDING|...``, or a bare id once they are cancelled) stands for each of them
-    under the key ``"12_*"``, used for tasks not listed on their own."""
-    seen: Dict[str, tuple[str, str]] = {}
-    for line in out.splitlines():
-        parts = line.strip().split("|")
-        if len(parts) != 4:
-            continue
-        array, index, state, reason = parts
-        if index.isdigit():
-            seen[f"{array}_{index}"] = (state, reason)
-        else:
-            seen.setdefault(f"{array}_*", (state, reason))
-            seen.setdefault(array, (state, reason))
-    return seen
-
+from .slurm_script import array_script, run_script, sbatch_lines, sbatch_options
+from .slurm_tasks import SLURM_STATES, SQUEUE_FORMAT, SlurmTasks, parse_squeue, state_of  # noqa: F401 - SLURM_STATES re-exported
 
 class SlurmComputeSource(ComputeSource):
     """A Slurm cluster, driven from its login node (this machine).
 
-    ``resources`` is rendered to ``#SBATCH`` lines (checked before any submission);
-    ``max_parallel_jobs`` is how many tasks may be submitted at once; ``array_throttle``
-    adds ``%N`` to each array; ``array=False`` submits one job per task.  ``slurm_env``
-    is added to the environment of the Slurm commands (e.g. ``SLURM_CONF``).
+    ``resources`` is rendered to ``#SBATCH`` lines (checked before any submission).  Tasks
+    go to Slurm as array jobs, one per ``MaxArraySize`` chunk, each throttled to
+    ``max_parallel_jobs`` running at once (``--array=0-199%50``): Slurm paces them, not the
+    controller.  ``max_queued`` caps how many tasks are handed to Slurm at once (default: one
+    ``MaxArraySize`` chunk; lower it to leave tasks for the other sources of a sweep);
+    ``array_throttle`` lowers the throttle further; ``array=False`` submits one job per task
+    (then ``max_parallel_jobs`` is also the number submitted).  ``poll_interval`` is how often
+    ``squeue`` runs for this cluster, whatever the sweep's interval (busy clusters ask for 30-60 s).
+    ``slurm_env`` is added to the environment of the Slurm commands (e.g. ``SLURM_CONF``).
+    ``resources.srun`` starts the program with ``srun`` (one copy per task of ``--ntasks``).
 
     ``environment`` (an :class:`~hsm_notebook.core.environment.Environment` or its dict) is set up
     in each task before its command, after the ``modules`` and ``pre_script`` of ``resources``;
@@ -97,6 +70,7 @@ class SlurmComputeSource(ComputeSource):
         env: Optional[Dict[str, str]] = None,
         tags: Sequence[str] = (),
         poll_interval: float = 2.0,
+        max_queued: Optional[int] = None,
         login: Optional[Any] = None,
         command: Sequence[str] | str | None = None,
         python_path: Optional[str] = None,
@@ -111,7 +85,9 @@ class SlurmComputeSource(ComputeSource):
         sbatch_lines(self.resources)  # a bad field is a ConfigError now, before any job
         if array_throttle is not None and (not isinstance(array_throttle, int) or array_throttle < 1):
             raise ConfigError(f"must be a whole number >= 1, got {array_throttle!r}", "array_throttle")
-        self.array, self.array_throttle = array, array_throttle
+        if max_queued is not None and (not isinstance(max_queued, int) or max_queued < 1):
+            raise ConfigError(f"must be a whole number >= 1, got {max_queued!r}", "max_queued")
+        self.array, self.array_throttle, self.max_queued = array, array_throttle, max_queued
         self.environment = Environment.from_dict(environment)
         self._env_script: Optional[str] = None
         self.python = python
@@ -125,8 +101,9 @@ class SlurmComputeSource(ComputeSource):
         self.max_array_size = 1001
         self.gpus = list(range(spec.gpus)) if spec.gpus else None  # what a task may ask for
         self.commands: Dict[str, int] = {"sbatch": 0, "squeue": 0, "scancel": 0, "other": 0}
-        self._reasons: Dict[str, str] = {}
-        self._slurm_state: Dict[str, str] = {}
+        self.tasks = SlurmTasks()
+        self._cancels: list = []
+        self._canceller: Optional[asyncio.Task] = None
         self._starts: list = []
         self._flusher: Optional[asyncio.Task] = None
         self._batch = 0
@@ -139,8 +116,16 @@ class SlurmComputeSource(ComputeSource):
         r["extra"] = dict(r["extra"])
         return {**super().describe(), "resources": r, "array": self.array, "array_throttle": self.array_throttle,
                 "python": self.python, "slurm_env": self.slurm_env, "env": self.env, "tags": sorted(self.tags),
-                "poll_interval": self.poll_interval, "login": self.login.describe() if self.login else None,
+                "poll_interval": self.poll_interval, "max_queued": self.max_queued,
+                "login": self.login.describe() if self.login else None,
                 "environment": self.environment.to_dict()}
+
+    @property
+    def capacity(self) -> int:
+        """Tasks handed to Slurm at once: a whole array chunk (Slurm runs ``max_parallel_jobs`` of them)."""
+        if not self.array:
+            return self.max_parallel_jobs
+        return self.max_queued or max(self.max_array_size, self.max_parallel_jobs)
 
     @property
     def python(self) -> str:
@@ -184,7 +169,9 @@ class SlurmComputeSource(ComputeSource):
         return [expand_home(argv[0], home), *argv[1:]] if argv else argv
 
     def _argv(self, argv: List[str]) -> List[str]:
-        return job_argv(self._env_script, self._command(argv))
+        """The environment script, then the program (under ``srun`` when the resources ask for it)."""
+        command = self._command(argv)
+        return job_argv(self._env_script, ["srun", *command] if self.resources.srun else command)
 
     async def _setup_environment(self) -> None:
         """One command on the login node: write the tasks' environment script (named by its content,
@@ -222,8 +209,8 @@ class SlurmComputeSource(ComputeSource):
             if key.strip() == "MaxArraySize" and value.strip().isdigit():
                 self.max_array_size = int(value.strip())
         # every resource option is checked by Slurm itself before any job: --test-only queues nothing
-        lines = [line.split(" ", 1)[1] for line in sbatch_lines(self.resources)]
-        test = await self._run("sbatch", ["sbatch", "--test-only", *lines, "--wrap", "true"], check=False)
+        test = await self._run("other", ["sbatch", "--test-only", *sbatch_options(self.resources), "--wrap", "true"],
+                               check=False)
         if test.exit_code != 0:
             message = " ".join((test.stderr or test.stdout).split())
             raise SourceError(f"Slurm refuses these resources: {message}", self.name)
@@ -278,7 +265,7 @@ class SlurmComputeSource(ComputeSource):
     async def _flush(self) -> None:
         await asyncio.sleep(0)  # let every submission of this loop turn join the batch
         while self._starts:
-            size = min(self.max_array_size, 1000) if self.array else 1
+            size = self.max_array_size if self.array else 1
             batch, self._starts = self._starts[:size], self._starts[size:]
             try:
                 ids = await self._sbatch([(name, run_sh) for name, _, run_sh in batch])
@@ -299,57 +286,62 @@ class SlurmComputeSource(ComputeSource):
         await self.side.write([
             *((posixpath.join(self.tasks_dir, name, "run.sh"), text) for name, text in jobs),
             (manifest, "".join(f"{n}\n" for n in names)),
-            (script, array_script(self.resources, f"hsm-{self.sweep_id}"[:60], manifest, self.tasks_dir)),
+            (script, array_script(self.resources, f"hsm-{self.sweep_id}"[:60], manifest, self.tasks_dir,
+                                  self.slurm_dir)),
         ])
-        throttle = f"%{self.array_throttle}" if self.array_throttle else ""
+        limit = min(self.max_parallel_jobs, self.array_throttle or self.max_parallel_jobs)
+        throttle = f"%{limit}" if limit < len(names) else ""
         argv = ["sbatch", "--parsable", f"--array=0-{len(names) - 1}{throttle}", script]
         result = await self._run("sbatch", argv, check=False)
         if result.exit_code != 0:
             message = (result.stderr or result.stdout).strip()
             raise SubmitError(f"sbatch refused the job: {message}", self.name)
         array_id = result.stdout.strip().split(";")[0]
-        return [f"{array_id}_{i}" for i in range(len(names))]
+        return self.tasks.submitted(array_id, len(names))
 
     # -- status -------------------------------------------------------------------------
-    async def poll(self, job_ids: List[str]) -> Dict[str, JobState]:
+    async def _squeue(self, job_ids: List[str]) -> Dict[str, tuple[str, str]]:
+        """Slurm's view of the arrays of ``job_ids`` (see :func:`parse_squeue`).  A failed squeue
+        raises (the manager asks again): an empty answer must never read as "all gone"."""
         arrays = sorted({j.split("_")[0] for j in job_ids})
-        out = (await self._run("squeue", ["squeue", "-h", "-r", "-t", "all", "-o", _SQUEUE_FORMAT,
-                                          "-j", ",".join(arrays)], check=False)).stdout
-        seen = parse_squeue(out)
-        codes = await self.side.exit_codes({j: posixpath.join(self.tasks_dir, self.job_names[j])
-                                            for j in job_ids if j in self.job_names})
-        states: Dict[str, JobState] = {}
+        result = await self._run("squeue", ["squeue", "-h", "-r", "-t", "all", "-o", SQUEUE_FORMAT,
+                                            "-j", ",".join(arrays)], check=False)
+        if result.exit_code != 0:
+            message = " ".join((result.stderr or result.stdout).split())
+            if "Invalid job id" not in message:  # ids purged after MinJobAge: none listed
+                raise CommandError(["squeue"], result.exit_code, result.stdout, message, self.name)
+            return {}
+        return parse_squeue(result.stdout)
+
+    async def poll(self, job_ids: List[str]) -> Dict[str, JobState]:
+        """One squeue for all; the folders of only those tasks that may have ended (not listed,
+        listed past pending, or pending again after running) are read, in one call."""
+        seen = await self._squeue(job_ids)
+        listed: Dict[str, Optional[tuple[str, str]]] = {}
         for job_id in job_ids:
             array = job_id.split("_")[0]
-            slurm_state, reason = seen.get(job_id) or seen.get(f"{array}_*") or seen.get(job_id, ("", ""))
-            self._slurm_state[job_id] = slurm_state
-            state = SLURM_STATES.get(slurm_state.split()[0] if slurm_state else "", None)
-            code = codes.get(job_id)
-            if state is None:  # not listed any more (or never): the exit-code file decides
-                state = JobState.LOST if code is None else (JobState.COMPLETED if code == 0 else JobState.FAILED)
-            elif state in (JobState.COMPLETED, JobState.FAILED) and code is not None and slurm_state == "COMPLETED":
-                state = JobState.COMPLETED if code == 0 else JobState.FAILED
-            if state == JobState.QUEUED and reason and reason != "None":
-                self._reasons[job_id] = reason
-            else:
-                self._reasons.pop(job_id, None)
-            states[job_id] = state
+            listed[job_id] = seen.get(job_id) or seen.get(f"{array}_*") or seen.get(array)
+        maybe = [j for j in job_ids if j in self.job_names and self.tasks.may_have_ended(j, listed[j])]
+        files = await self.side.read_tasks({j: posixpath.join(self.tasks_dir, self.job_names[j]) for j in maybe},
+                                           claim_ids={j for j in maybe if listed[j] is None})
+        states = {j: self.tasks.decide(j, listed[j], files.get(j)) for j in job_ids}
+        stale = [j for j, state in states.items() if state.is_terminal and listed[j]
+                 and state_of(listed[j]) == JobState.QUEUED]
+        if stale:  # requeued after it ended by itself: the queued copy would only exit at once
+            await self.cancel_jobs(stale)
+        self.tasks.ended.update(j for j, state in states.items() if state.is_terminal)
         return states
-
-    def job_detail(self, job_id: str) -> Optional[str]:
-        reason = self._reasons.get(job_id)
-        return f"pending: {reason}" if reason else None
 
     async def get_job_status(self, job_id: str) -> str:
         return (await self.poll([job_id]))[job_id]
 
+    def job_detail(self, job_id: str) -> Optional[str]:
+        return self.tasks.detail(job_id)
+
     async def outcome(self, job_id: str, state: JobState) -> JobOutcome:
         outcome = await super().outcome(job_id, state)
-        slurm_state = self._slurm_state.get(job_id, "")
-        if slurm_state and slurm_state not in ("COMPLETED", "CANCELLED") and state != JobState.COMPLETED:
-            note = f"Slurm: {slurm_state}"
-            return dataclasses.replace(outcome, error="; ".join(filter(None, [note, outcome.error])))
-        return outcome
+        note = self.tasks.note(job_id, state)
+        return dataclasses.replace(outcome, error="; ".join(filter(None, [note, outcome.error]))) if note else outcome
 
     async def recover_job(self, job_name: str) -> Optional[str]:
         """After a crash between "submitting" and "submitted": claim the job's folder.  Claimed:
@@ -366,8 +358,33 @@ class SlurmComputeSource(ComputeSource):
         return out.split()[0]
 
     async def cancel_job(self, job_id: str) -> bool:
-        result = await self._run("scancel", ["scancel", job_id], check=False)
-        return result.exit_code == 0
+        """Cancels asked for at the same moment (a whole sweep's) go out as one ``scancel``."""
+        future = asyncio.get_running_loop().create_future()
+        self._cancels.append((job_id, future))
+        if self._canceller is None or self._canceller.done():
+            self._canceller = asyncio.get_running_loop().create_task(self._flush_cancels())
+        return await future
+
+    async def _flush_cancels(self) -> None:
+        await asyncio.sleep(0.05)  # every cancel of this moment (and of submissions returning now) joins
+        while self._cancels:
+            batch, self._cancels = self._cancels, []
+            try:
+                ok = await self.cancel_jobs([job_id for job_id, _ in batch])
+            except Exception as exc:  # noqa: BLE001 - handed to every caller of the batch
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+            else:
+                for job_id, future in batch:
+                    if not future.done():
+                        future.set_result(ok[job_id])
+
+    async def cancel_jobs(self, job_ids: List[str]) -> Dict[str, bool]:
+        """One ``scancel``: an array whose unfinished tasks are all cancelled is named by its id (its
+        pending tasks then never start), the other tasks one by one."""
+        result = await self._run("scancel", ["scancel", *self.tasks.cancel_names(job_ids)], check=False)
+        return {job_id: result.exit_code == 0 for job_id in job_ids}
 
     async def collect_results(self, job_ids: Optional[List[str]] = None) -> bool:
         """Locally a no-op (shared filesystem); through a login node, the folders come home."""

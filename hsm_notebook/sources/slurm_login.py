@@ -11,11 +11,28 @@ import os
 import posixpath
 import shlex
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Collection, Dict, List, NamedTuple, Optional, Sequence
 
 from ..core.errors import CommandError
-from ..core.job import EXIT_CODE_FILE
+from ..core.job import EXIT_CODE_FILE, RUN_DIR_PREFIX, SIGNALLED_FILE, claim
 from ..core.shell import CommandResult, LocalShell
+
+
+class TaskFiles(NamedTuple):
+    """What a task's folder says about its runs (see ``core.job.WRAPPER``)."""
+
+    code: Optional[int]  # the latest run's exit code; None while it has none
+    signalled: bool  # the latest run got an ending signal (a cancel, a requeue, a time limit)
+    runs: int  # earlier runs kept in run1/, run2/, ...: the times Slurm requeued it
+    claimed: bool  # claimed for the controller just now: it never started and never will
+
+
+#: One line per task: ``JOB_ID CODE|- SIGNALLED RUNS CLAIMED``; with $3 set, a task without an
+#: exit code is claimed (``set -C``: the pid file is created only if the wrapper has not made it).
+_READ = ('rc=-; [ -f "$2/exit_code" ] && read rc < "$2/exit_code"; s=0; [ -e "$2/signalled" ] && s=1; n=0; '
+         'while [ -e "$2/run$((n+1))" ]; do n=$((n+1)); done; c=0; '
+         'if [ "$3" = 1 ] && [ "$rc" = - ]; then mkdir -p "$2"; (set -C; echo never > "$2/pid") 2>/dev/null && c=1; fi; '
+         'echo "$1 ${rc:--} $s $n $c"')
 
 
 class LocalLogin:
@@ -38,14 +55,22 @@ class LocalLogin:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             Path(path).write_text(text)
 
-    async def exit_codes(self, job_dirs: Dict[str, str]) -> Dict[str, int]:
-        codes = {}
+    async def read_tasks(self, job_dirs: Dict[str, str], claim_ids: Collection[str] = ()) -> Dict[str, TaskFiles]:
+        """The folders' exit codes, signals and earlier runs; tasks in ``claim_ids`` without an
+        exit code are claimed (True: they never started)."""
+        out = {}
         for job_id, d in job_dirs.items():
+            folder = Path(d)
             try:
-                codes[job_id] = int((Path(d) / EXIT_CODE_FILE).read_text().strip())
+                code: Optional[int] = int((folder / EXIT_CODE_FILE).read_text().strip())
             except (FileNotFoundError, ValueError):
-                pass
-        return codes
+                code = None
+            runs = 0
+            while (folder / f"{RUN_DIR_PREFIX}{runs + 1}").exists():
+                runs += 1
+            claimed = code is None and job_id in claim_ids and claim(folder)
+            out[job_id] = TaskFiles(code, (folder / SIGNALLED_FILE).exists(), runs, claimed)
+        return out
 
     async def fetch(self, names: List[str], local_dirs: List[Path]) -> None:
         return None
@@ -82,15 +107,19 @@ class SSHLogin:
                          f"{shlex.quote(p)}\n" for p, t in files)
         await self.login.conn.run(script)
 
-    async def exit_codes(self, job_dirs: Dict[str, str]) -> Dict[str, int]:
-        script = "".join(f"rc=''; [ -f {shlex.quote(d)}/exit_code ] && read rc < {shlex.quote(d)}/exit_code; "
-                         f"echo {shlex.quote(j)} \"$rc\"\n" for j, d in job_dirs.items())
-        codes = {}
+    async def read_tasks(self, job_dirs: Dict[str, str], claim_ids: Collection[str] = ()) -> Dict[str, TaskFiles]:
+        """As :meth:`LocalLogin.read_tasks`, in one command on the login node."""
+        if not job_dirs:
+            return {}
+        script = f"r() {{ {_READ}; }}\n" + "".join(
+            f"r {shlex.quote(j)} {shlex.quote(d)} {int(j in claim_ids)}\n" for j, d in job_dirs.items())
+        out = {}
         for line in (await self.login.conn.run(script)).stdout.splitlines():
             parts = line.split()
-            if len(parts) == 2 and parts[1].lstrip("-").isdigit():
-                codes[parts[0]] = int(parts[1])
-        return codes
+            if len(parts) == 5 and parts[0] in job_dirs:
+                code = int(parts[1]) if parts[1].lstrip("-").isdigit() else None
+                out[parts[0]] = TaskFiles(code, parts[2] == "1", int(parts[3]), parts[4] == "1")
+        return out
 
     async def fetch(self, names: List[str], local_dirs: List[Path]) -> None:
         await self.login.jobs.fetch(names, local_dirs)

@@ -37,12 +37,16 @@ class DetailView:
         lines = int(self.lines.value)
         out = sweep.logs(tid, "stdout", lines)
         err = sweep.logs(tid, "stderr", lines)
+        scheduler = sweep.logs(tid, "slurm", lines)
+        folder = sweep.directory / "tasks" / info["job_name"] if info["job_name"] else None
         history = history.assign(time=history["time"].dt.strftime("%H:%M:%S"))
         self.body.value = (
-            kv([("task", tid), ("state", info["state"]), ("source", info["source"]),
-                ("attempt", info["attempt"]), ("exit code", info["exit_code"]), ("error", info["error"])])
+            kv([("task", tid), ("state", info["state"]), ("source", info["source"]), ("job id", info["job_id"]),
+                ("attempt", info["attempt"]), ("exit code", info["exit_code"]), ("error", info["error"]),
+                ("folder", str(folder) if folder else None)])
             + f"<b>parameters</b><pre>{esc(json.dumps(info['params'], indent=1))}</pre>"
             + "<b>history</b>" + table(history, "hsm-history")
             + f"<b>stdout</b> (last {lines} lines)<pre class='hsm-stdout'>{esc(out) or '(empty)'}</pre>"
             + f"<b>stderr</b><pre class='hsm-stderr'>{esc(err) or '(empty)'}</pre>"
+            + (f"<b>Slurm's messages</b> (slurm.out)<pre class='hsm-scheduler'>{esc(scheduler)}</pre>" if scheduler else "")
         )
