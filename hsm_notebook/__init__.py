@@ -43,6 +43,7 @@ _EXPORTS = {
     "SourceError": "core.errors",
     "SubmitError": "core.errors",
     "CommandError": "core.errors",
+    "SweepPanel": "ui.panel",  # ipywidgets is imported only when the panel is asked for
 }
 
 __all__ = sorted(_EXPORTS)

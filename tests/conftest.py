@@ -58,3 +58,23 @@ def python() -> str:
 
 def pytest_report_header(config) -> str:
     return f"hsm_notebook tests on {os.uname().nodename}, python {sys.version.split()[0]}"
+
+
+@pytest.fixture()
+def panels():
+    """Panels a test made (append them): closed at the end, so no refresh thread outlives the test."""
+    made = []
+    yield made
+    for panel in made:
+        panel.close()
+
+
+@pytest.fixture()
+def sweeps():
+    """Sweeps a test started (append them): cancelled and waited for if still running at the end."""
+    made = []
+    yield made
+    for sweep in made:
+        if sweep.running:
+            sweep.cancel()
+            sweep.wait(timeout=60)

@@ -81,3 +81,46 @@ def test_sigkill_then_attach_runs_every_task_exactly_once(workdir, kill_after):
         assert not pid.exists() or pid.read_text().strip() == "never"
         assert not (directory / "tasks" / job_name / "stdout.log").exists()
     assert len(Sweep.attach(directory, resume=False).results()) == 40
+
+
+STEPPING = textwrap.dedent(
+    """
+    import sys, time
+    from hsm_notebook import LocalComputeSource, ParameterSpace, Sweep
+    workdir, directory = sys.argv[1:3]
+    sweep = Sweep(ParameterSpace(grid={"x": list(range(4))}), ["python", "steps.py"],
+                  [LocalComputeSource(max_parallel_jobs=4)], workdir=workdir, directory=directory, poll_interval=0.1)
+    print("started", flush=True)
+    sweep.run()
+    """
+)
+
+
+def test_intermediate_metrics_are_neither_lost_nor_doubled_across_a_controller_crash(workdir):
+    """Steps read before a SIGKILL of the controller are read again, once, by the new one."""
+    (workdir / "steps.py").write_text(
+        "import time\nfrom hsm_notebook.metrics import log_metrics\n"
+        "for i in range(10):\n    log_metrics(step=i, loss=1 / (i + 1))\n    time.sleep(0.3)\n")
+    (workdir / "controller.py").write_text(STEPPING)
+    directory = workdir / "sweeps" / "stepping"
+    proc = subprocess.Popen([sys.executable, "controller.py", str(workdir), str(directory)], cwd=workdir,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "started"
+        deadline = time.monotonic() + 60
+        while True:  # some steps are in the ledger, the jobs still run
+            assert time.monotonic() < deadline and proc.poll() is None
+            if (directory / "ledger.sqlite").exists():
+                with sqlite3.connect(directory / "ledger.sqlite") as db:
+                    has_table = db.execute("SELECT name FROM sqlite_master WHERE name='steps'").fetchone()
+                    if has_table and db.execute("SELECT COUNT(*) FROM steps").fetchone()[0] >= 8:
+                        break
+            time.sleep(0.05)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    sweep = Sweep.attach(directory)
+    sweep.wait(timeout=120)
+    assert sweep.counts() == {"COMPLETED": 4}
+    per_task = sweep.metrics(metric="loss").groupby("task_id")["step"].apply(list)
+    assert len(per_task) == 4 and all(steps == [float(i) for i in range(10)] for steps in per_task), per_task

@@ -10,7 +10,7 @@ import textwrap
 import tomllib
 from pathlib import Path
 
-import pandas as pd
+
 
 ROOT = Path(__file__).resolve().parents[1]
 CORE = ROOT / "hsm_notebook" / "core"
@@ -71,21 +71,19 @@ def test_a_local_sweep_does_not_import_asyncssh(workdir):
     assert out.stdout.strip() == "[]", out.stdout
 
 
-def test_without_matplotlib_the_results_view_says_how_to_install_it(monkeypatch):
+def test_the_results_view_draws_without_a_plotting_library(monkeypatch, workdir):
+    """Charts are SVG text: no matplotlib (nor any plotting library) is imported to draw them."""
+    from hsm_notebook import ParameterSpace, Sweep
     from hsm_notebook.ui.results_view import ResultsView
 
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
-    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # importing matplotlib now raises ImportError
+    sweep = Sweep(ParameterSpace(grid={"x": [1, 2, 3]}), ["python", "job.py"], workdir=workdir, poll_interval=0.1).run()
     view = ResultsView()
-    view.show(pd.DataFrame({"task_id": ["a", "b"], "lr": [0.1, 0.01], "score": [1.0, 2.0]}), ["lr"])
-    assert "pip install &#x27;hsm_notebook[panel]&#x27;" in view.note.value
-    assert view.image.value == b"" and "2</b> completed" in view.table.value
+    view.show(sweep)
+    assert view.scatter.value.startswith("<svg") and "3</b> completed" in view.page_label.value
 
 
-def test_matplotlib_is_an_extra_of_the_panel():
+def test_the_package_needs_no_plotting_library():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert not any(d.startswith("matplotlib") for d in project["dependencies"])
-    extras = project["optional-dependencies"]
-    assert any(d.startswith("matplotlib") for d in extras["panel"])
-    assert any(d.startswith("matplotlib") for d in extras["test"])
-    assert "[panel]" in (ROOT / "binder" / "postBuild").read_text()
+    assert not any(d.startswith("matplotlib") for d in project["optional-dependencies"]["panel"])

@@ -133,3 +133,27 @@ def test_a_sweep_directory_is_never_reused(workdir):
     with pytest.raises(ConfigError, match="already holds a sweep"):
         _sweep(workdir, ParameterSpace(grid={"x": [2]}), directory=sweep.directory)
     assert sweep.counts() == {"PENDING": 1}
+
+
+def test_the_objective_decides_what_best_means(workdir):
+    """With accuracy-like metrics, "best" is the highest: the declared objective says so."""
+    space = ParameterSpace(grid={"x": [1, 5, 3, 2]})
+    sweep = _sweep(workdir, space, objective={"score": "max"}).run()
+    assert sweep.objective == ("score", False)
+    assert list(sweep.best(2)["x"]) == [5, 3]
+    assert list(sweep.best(2, minimize=True)["x"]) == [1, 2]
+    assert Sweep.attach(sweep.directory, resume=False).objective == ("score", False)  # recorded
+    plain = _sweep(workdir, space).run()
+    with pytest.raises(ConfigError, match="no objective"):
+        plain.best()
+    assert list(plain.best(1, metric="score")["x"]) == [1]
+    with pytest.raises(ConfigError) as err:
+        _sweep(workdir, space, objective={"score": "up"})
+    assert err.value.field == "objective"
+
+
+def test_a_sweep_file_declares_its_objective(workdir):
+    (workdir / "s.yaml").write_text("command: [python, job.py]\nobjective: {score: maximize}\n"
+                                    "sweep:\n  grid:\n    x: [1, 2]\n")
+    sweep = Sweep.from_yaml(workdir / "s.yaml", [LocalComputeSource(max_parallel_jobs=2)], poll_interval=0.2).run()
+    assert sweep.objective == ("score", False) and list(sweep.best(1)["x"]) == [2]

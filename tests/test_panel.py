@@ -10,17 +10,9 @@ import pytest
 from hsm_notebook import LocalComputeSource, ParameterSpace, Sweep
 from hsm_notebook.ui import SweepPanel
 from hsm_notebook.ui.magic import open_panel
-from hsm_notebook.ui.params_editor import parse_values, rows_to_space
+from hsm_notebook.ui.values import parse_values, rows_to_space
 from hsm_notebook.core.errors import ConfigError
 from tests.helpers import until as _until
-
-
-@pytest.fixture()
-def panels():
-    made = []
-    yield made
-    for p in made:
-        p.close()
 
 
 def _msg(panel):
@@ -58,6 +50,8 @@ def test_launch_from_the_form_runs_a_real_sweep(workdir, panels, tmp_path):
     assert not panel.launch_button.disabled and panel.cancel_button.disabled
     panel.launch_button.click()
     assert panel.sweep is not None and "Launched 10 tasks" in _msg(panel)
+    panel.launch()  # a double click: nothing more, and no wrong count
+    assert "Already running" in _msg(panel) or panel.sweep.done
     panel.sweep.wait(timeout=60)
     _until(lambda: "hsm-done'>10<" in panel.status_view.summary.value and panel.cancel_button.disabled)
     assert panel.status_view.progress.value == 10 and panel.status_view.progress.max == 10
@@ -79,9 +73,19 @@ def test_launch_from_the_form_runs_a_real_sweep(workdir, panels, tmp_path):
     assert "SUBMITTING" in panel.detail_view.body.value and "exit code 3" in panel.detail_view.body.value
     # results and the plot
     panel.tabs.selected_index = 4
-    assert panel.results_view.table.value.count("<tr>") == 6  # header + 5
+    assert panel.results_view.table.value.count("<tr") == 11  # header + every task, the completed 5 with metrics
+    assert "<b>10</b> tasks, <b>5</b> completed" in panel.results_view.page_label.value
+    view = panel.results_view
+    x_of = panel.sweep.status().set_index("task_id")["x"]
+    next(b for b in view.header.children if b.description.startswith("x")).click()  # a column header
+    assert [x_of[t] for t in view._page_ids] == [1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+    next(b for b in view.header.children if b.description.startswith("x")).click()  # again: the other way
+    assert view.descending.value and "x ▼" in [b.description for b in view.header.children]
+    assert [x_of[t] for t in view._page_ids] == [5, 5, 4, 4, 3, 3, 2, 2, 1, 1]
+    view.openers.children[0].click()  # the first row: x=5
+    assert panel.tabs.selected_index == 3 and panel.detail_view.task.value == view._page_ids[0]
     assert panel.results_view.metric.value == "score" and panel.results_view.param.value == "x"
-    assert panel.results_view.image.value[:4] == b"\x89PNG"
+    assert panel.results_view.scatter.value.startswith("<svg")
 
 
 def test_cancel_and_retry_buttons(workdir, panels):
@@ -153,7 +157,7 @@ def test_a_broken_metrics_file_does_not_break_the_panel(workdir, panels):
     panel = sweep.panel()
     panels.append(panel)
     panel.tabs.selected_index = 4
-    assert "hsm-error" not in _msg(panel) and "2</b> completed" in panel.results_view.table.value
+    assert "hsm-error" not in _msg(panel) and "2</b> completed" in panel.results_view.page_label.value
     panel.tabs.selected_index = 3
     panel.detail_view.task.value = "nonexistent"
     assert "no task 'nonexistent'" in html.unescape(panel.detail_view.body.value)
@@ -263,3 +267,57 @@ def test_the_sources_tab_shows_health_and_drains_a_source(workdir, panels):
     sv.control.value = "one"
     sv.disable_button.click()  # the sweep has ended: said in words, not raised
     assert "not running" in _msg(panel)
+
+
+def test_results_show_live_curves_and_follow_the_objective(workdir, panels):
+    """While a job runs its curve is drawn; the best table and the best-so-far line follow the
+    declared objective (accuracy: higher is better)."""
+    (workdir / "curve.py").write_text(
+        "import sys, time\nfrom hsm_notebook.metrics import log_metrics\n"
+        "x = int(sys.argv[1].split('=')[1])\n"
+        "for i in range(4):\n    log_metrics(step=i, accuracy=x * i / 10)\n"
+        "if x == 9:\n    time.sleep(60)\n"
+        "log_metrics(accuracy=x / 10)\n")
+    sweep = Sweep(ParameterSpace(grid={"x": [1, 5, 3, 9]}), ["python", "curve.py"],
+                  [LocalComputeSource(max_parallel_jobs=4)], workdir=workdir, poll_interval=0.1,
+                  objective={"accuracy": "max"})
+    panel = sweep.panel()
+    panels.append(panel)
+    sweep.start()
+    panel.tabs.selected_index = 4
+    view = panel.results_view
+    _until(lambda: sweep.counts().get("COMPLETED") == 3 and "(running)" in view.note.value
+           and view.best_line.value.count("<circle") >= 1, timeout=60, what="three done and the running curve drawn")
+    assert view.metric.value == "accuracy" and view.direction.value is False  # higher is better
+    assert view.curves.value.startswith("<svg") and view.curves.value.count("<polyline") >= 2
+    assert view.best_line.value.startswith("<svg") and "best accuracy so far" in view.best_line.value
+    # the first row after the header: the best finished task (accuracy 0.5, x=5)
+    _until(lambda: ">0.5<" in view.table.value.split("<tr")[2], what="the best task first")
+    assert len(view.curves.value) < 20_000  # a few KB, not a PNG
+    _until(lambda: view.parallel.value.count("<polyline") == 3, what="x against accuracy, a line per finished task")
+    sweep.cancel()
+    sweep.wait(timeout=30)
+
+
+def test_getting_back_to_a_sweep(workdir, panels):
+    """``%hsm`` lists recent sweeps with Open; a second panel on a sweep this kernel drives shows the
+    live one (no lock error naming our own pid); a saved notebook shows a readable summary."""
+    done = Sweep(ParameterSpace(grid={"x": [1, 2]}), ["python", "job.py"], workdir=workdir, poll_interval=0.1,
+                 name="finished-one", objective={"score": "max"}).run()
+    busy = Sweep(ParameterSpace(grid={"x": [1], "sleep": [30]}), ["python", "job.py"], workdir=workdir,
+                 poll_interval=0.1, name="busy-one").start()
+    listing = open_panel("")
+    panels.append(listing)
+    rows = listing.recent.children[1:]  # after the title: one (Open button, description) per sweep
+    text = html.unescape(" ".join(row.children[1].value for row in rows))
+    assert done.id in text and busy.id in text and "finished" in text and "running (pid" in text
+    second = open_panel(str(busy.directory))
+    panels.append(second)
+    assert second.sweep is busy  # the live object, not a SweepLockedError
+    [row] = [row for row in rows if done.id in row.children[1].value]
+    row.children[0].click()  # Open
+    assert listing.sweep is not None and listing.sweep.id == done.id and "hsm-error" not in _msg(listing)
+    plain = listing._repr_mimebundle_()["text/plain"]
+    assert plain.startswith(f"hsm_notebook sweep {done.id}: 2 tasks") and "best score (max): 4" in plain
+    busy.cancel()
+    busy.wait(timeout=30)

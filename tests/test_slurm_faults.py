@@ -147,7 +147,7 @@ CHECKPOINTING = textwrap.dedent('''
         if step == 10 and not os.path.exists(ckpt):
             open(os.path.join(d, "ready"), "w").close()
             time.sleep(60)  # waits for the signal
-    log_metrics(step=step, resumed=os.path.exists(ckpt))
+    log_metrics(final_step=step, resumed=os.path.exists(ckpt))
 ''')
 
 

@@ -12,6 +12,7 @@ import yaml
 
 from .environment import Environment
 from .errors import ConfigError
+from .records import objective
 from .space import ParameterSpace, flatten
 
 class YamlLoader(yaml.SafeLoader):
@@ -34,7 +35,7 @@ def load_yaml(text: str):
 
 
 _FILE_KEYS = {"sweep", "metadata", "command", "name", "arg_style", "max_parallel_jobs", "env", "wandb_group",
-              "environment", "defaults", "script", "resumable"}
+              "environment", "defaults", "script", "resumable", "objective"}
 #: Keys of a ``sweep:`` section; a file without one may hold them at the top (the reference reads both).
 _SPACE_KEYS = {"grid", "paired", "fixed", "exclude", "sample", "combinations"}
 #: The reference's GPU-type planning keys inside ``sweep:``: read, and without effect here.
@@ -127,7 +128,8 @@ class SweepFile:
     ``script:`` (the script to run, relative to the project root), ``metadata:`` (kept and shown),
     ``resumable:`` (only disabled), ``sweep.cost_param``/``cost_map`` (without effect), and the
     W&B-style ``parameters: {name: {values: [...]}}`` of its v2 template.  This tool's own keys:
-    ``command``, ``name``, ``arg_style``, ``max_parallel_jobs``, ``env``, ``wandb_group`` and
+    ``command``, ``name``, ``arg_style``, ``max_parallel_jobs``, ``env``, ``wandb_group``, ``objective``
+    (``{val_loss: min}``) and
     ``environment`` (``conda_env``, ``conda_exe``, ``venv``, ``modules``, ``pre_script``, ``env``; see
     :class:`~hsm_notebook.core.environment.Environment`), and in ``sweep:`` ``fixed``, ``exclude``,
     ``sample``, ``combinations``.  Any other key is a :class:`ConfigError` naming it.
@@ -145,6 +147,7 @@ class SweepFile:
     environment: Environment = field(default_factory=Environment)
     script: str | None = None
     hydra_defaults: tuple[Any, ...] = ()
+    objective: Mapping[str, str] | None = None
 
     @classmethod
     def load(cls, source: str | Path) -> "SweepFile":
@@ -199,4 +202,5 @@ class SweepFile:
             environment=Environment.from_dict(data.get("environment")),
             script=script,
             hydra_defaults=hydra_defaults,
+            objective=objective(data.get("objective")),
         )

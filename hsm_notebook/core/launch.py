@@ -58,6 +58,7 @@ def launch_options(
         "space": spec.space, "command": command, "sources": sources, "name": spec.name,
         "arg_style": spec.arg_style, "env": {**(config.env if config else {}), **spec.env},
         "wandb_group": spec.wandb_group, "metadata": spec.metadata, "reference_args": config is not None,
+        "objective": spec.objective,
         "origin": {"file": str(spec.path) if spec.path else None, "hydra_defaults": list(spec.hydra_defaults),
                    "project": config.describe() if config else None},
     }

@@ -28,7 +28,7 @@ import json
 import time
 from typing import Optional, Sequence
 
-from . import dispatch
+from . import dispatch, steps
 from .control import ControlMixin
 from .errors import ConfigError, SourceError, describe_error, is_infrastructure, shorten
 from .events import EventBus
@@ -84,6 +84,7 @@ class DistributedJobManager(SupervisorMixin, PollingMixin, ControlMixin):
         self.faults = Faults()
         self.live: dict[Key, Live] = {}
         self._load: collections.Counter = collections.Counter()  # per source: live attempts not ended
+        self.steps_stored = 0  # intermediate metric values recorded by this run (the panel's cue to redraw)
         self._reserved: collections.Counter = collections.Counter()  # per source: submissions in flight
         self._submitting: dict[str, tuple[str, int]] = {}  # task id -> (source, attempt) while submit_job runs
         self._cancel: set[str] = set()  # tasks whose cancel was asked and is not done yet
@@ -230,6 +231,8 @@ class DistributedJobManager(SupervisorMixin, PollingMixin, ControlMixin):
                 self.store.set_state(tid, attempt, JobState.QUEUED, job_id=job_id, detail="re-adopted")
             source.job_names[job_id] = job_name
             source.adopt(job_id, job_name)
+            with self.store.transaction() as conn:
+                steps.forget(conn, tid, attempt)
             state = JobState(row["state"])
             self._add_live((source.name, job_id), Live(tid, attempt, job_name,
                                                         JobState.QUEUED if state == JobState.SUBMITTING else state))

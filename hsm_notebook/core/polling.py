@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from . import steps
 from .errors import SourceError, describe_error
 from .source import ComputeSource, reported_state
 from .state import JobOutcome, JobState
@@ -36,6 +37,7 @@ class Live:
     ended: Optional[JobState] = None  # the source said it ended; its files are being collected
     unknown_since: Optional[float] = None  # first round without a usable answer, in a row
     unknown_why: Optional[str] = None
+    steps_at: int = 0  # bytes of its metrics.jsonl already in the ledger
 
 
 class PollingMixin:
@@ -73,6 +75,7 @@ class PollingMixin:
             with self.store.transaction():
                 for job_id in ids:
                     self._read_answer(source, job_id, answers.get(job_id))
+            await self._read_steps(source)
         todo = self._uncollected[source.name]
         if todo and source.name not in self._collecting and self._collection_due(source, len(todo)):
             self._last_collect[source.name] = time.monotonic()
@@ -81,6 +84,26 @@ class PollingMixin:
             task = self._spawn(self._collect(source, batch), None, f"collecting from {source.name}")
             self._collecting[source.name] = task
             task.add_done_callback(lambda t, n=source.name: self._collecting.pop(n, None))
+
+    async def _read_steps(self, source: ComputeSource) -> None:
+        """Running jobs' new intermediate metrics into the ledger: one call per source per poll."""
+        running = {job_id: live for (name, job_id), live in self.live.items()
+                   if name == source.name and live.ended is None and live.state == JobState.RUNNING}
+        if not running:
+            return
+        try:
+            chunks = await source.read_steps({job_id: live.steps_at for job_id, live in running.items()})
+        except Exception as exc:  # noqa: BLE001 - curves wait for the next poll; the run goes on
+            self.faults.report(source.name, "reading intermediate metrics", exc)
+            return
+        self._store_steps([(running[j], data) for j, data in (chunks or {}).items() if j in running])
+
+    def _store_steps(self, chunks: list[tuple[Live, bytes]]) -> None:
+        with self.store.transaction() as conn:
+            for live, data in chunks:
+                rows, used = steps.parse_steps(data)
+                live.steps_at += used
+                self.steps_stored += steps.insert(conn, live.tid, live.attempt, rows)
 
     def _collection_due(self, source: ComputeSource, waiting: int) -> bool:
         """Finished jobs come home in batches: at most once per poll interval while the source still
@@ -135,7 +158,11 @@ class PollingMixin:
                 return
             note = f"its files could not be brought back from {source.name}: {describe_error(exc, 200)}"
         outcomes = {job_id: await self._outcome(source, job_id, state, note) for job_id, state in finished.items()}
+        lives = {job_id: self.live[(source.name, job_id)] for job_id in finished if (source.name, job_id) in self.live}
+        rest = steps.read_local({j: (source.job_dir(live.job_name), live.steps_at) for j, live in lives.items()},
+                                limit=1 << 30)  # the files are home now: the last steps, whole
         with self.store.transaction():
+            self._store_steps([(lives[j], data) for j, data in rest.items()])
             for job_id, outcome in outcomes.items():
                 self._record(source, job_id, outcome)
 

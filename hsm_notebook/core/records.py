@@ -68,3 +68,53 @@ def check_sources(sources: Optional[Sequence[ComputeSource]], template: JobTempl
     for s in sources:
         s.validate(template)
     return sources
+
+
+_DIRECTIONS = {"min": "min", "minimize": "min", "max": "max", "maximize": "max"}
+
+
+def objective(value: Any) -> Optional[dict[str, str]]:
+    """``{"val_loss": "min"}`` (or ``"minimize"``/``"maximize"``), a bare metric name (min), or None."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value:
+        value = {value: "min"}
+    if not isinstance(value, Mapping) or len(value) != 1:
+        raise ConfigError(f"must name one metric and its direction, e.g. {{'val_loss': 'min'}}, got {value!r}",
+                          "objective")
+    (metric, direction), = value.items()
+    if not isinstance(metric, str) or not metric or str(direction).lower() not in _DIRECTIONS:
+        raise ConfigError(f"must be {{metric name: 'min' or 'max'}}, got {value!r}", "objective")
+    return {metric: _DIRECTIONS[str(direction).lower()]}
+
+
+def recent_sweeps(roots: Optional[Sequence[Path]] = None, limit: int = 20) -> list[dict[str, Any]]:
+    """The sweep folders under ``roots`` (default: the sweeps folder, and a reference project's
+    ``sweeps/outputs``), the most recently changed first: id, folder, description, counts, when it
+    was created and last changed, and who drives it now (None: nobody)."""
+    import contextlib
+    import sqlite3
+
+    import yaml
+
+    from .sweepdir import LEDGER, RECORD, lock_holder
+
+    roots = list(roots) if roots is not None else [default_sweeps_dir(), Path.cwd() / "sweeps" / "outputs"]
+    folders = {d.absolute() for root in roots if Path(root).is_dir() for d in Path(root).iterdir()
+               if (d / RECORD).is_file() and (d / LEDGER).is_file()}
+    changed = {d: max((d / LEDGER).stat().st_mtime, (d / (LEDGER + "-wal")).stat().st_mtime
+                      if (d / (LEDGER + "-wal")).exists() else 0.0) for d in folders}
+    out = []
+    for folder in sorted(folders, key=changed.get, reverse=True)[:limit]:
+        try:
+            record = yaml.safe_load((folder / RECORD).read_text()) or {}
+            with contextlib.closing(sqlite3.connect(f"file:{folder / LEDGER}?mode=ro", uri=True)) as conn:
+                counts = dict(conn.execute("SELECT state, COUNT(*) FROM tasks GROUP BY state").fetchall())
+        except (OSError, sqlite3.Error, yaml.YAMLError) as exc:
+            out.append({"folder": folder, "sweep_id": folder.name, "problem": f"cannot be read: {exc}"})
+            continue
+        out.append({"folder": folder, "sweep_id": record.get("sweep_id", folder.name), "name": record.get("name"),
+                    "description": (record.get("metadata") or {}).get("description"),
+                    "created": record.get("created"), "changed": changed[folder], "counts": counts,
+                    "driven_by": lock_holder(folder)})
+    return out

@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
-from . import registry
+from . import registry, steps
 from .errors import ConfigError, SourceError
 from .job import (
     CANCEL_FILE,
@@ -203,6 +203,14 @@ class ComputeSource(ABC):
         """The inverse of :meth:`describe`: ``cls(**description)`` less ``type`` and ``class``.
         Override it when the constructor does not take what ``describe()`` records."""
         return cls(**{k: v for k, v in description.items() if k not in registry.BOOKKEEPING})
+
+    async def read_steps(self, offsets: Dict[str, int]) -> Dict[str, bytes]:
+        """The new bytes of running jobs' ``metrics.jsonl`` (intermediate metrics, see
+        ``core.steps``), each from its offset: ``{job id: bytes}``.  Called once per poll for all the
+        source's running jobs.  This default reads the job folders here (this machine, a cluster's
+        shared filesystem); a source whose jobs run elsewhere reads them there in one request."""
+        return steps.read_local({j: (self.job_dir(self.job_names[j]), offset)
+                                 for j, offset in offsets.items() if j in self.job_names})
 
     @property
     def capacity(self) -> int:

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import json
 import math
+import posixpath
+import shlex
 import time
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
-STEPS_FILE = "metrics.jsonl"
+from ..metrics import STEPS_FILE  # noqa: E402,F401 - the one name of the file, with log_metrics
 #: At most this many new bytes of one job are read per poll (a chatty job catches up over polls).
 MAX_READ = 1 << 20
 
@@ -51,19 +53,44 @@ def _number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def read_local(paths: dict[str, tuple[Path, int]]) -> dict[str, bytes]:
+def read_local(paths: dict[str, tuple[Path | str, int]], limit: int = MAX_READ) -> dict[str, bytes]:
     """``{job_id: (folder, offset)}`` -> the new bytes of each folder's ``metrics.jsonl``."""
     out: dict[str, bytes] = {}
     for job_id, (folder, offset) in paths.items():
         try:
-            with open(folder / STEPS_FILE, "rb") as f:
+            with open(Path(folder) / STEPS_FILE, "rb") as f:
                 f.seek(offset)
-                data = f.read(MAX_READ)
+                data = f.read(limit)
         except FileNotFoundError:
             continue
         if data:
             out[job_id] = data
     return out
+
+
+def remote_script(paths: dict[str, tuple[str, int]]) -> str:
+    """One shell command printing the new bytes of each folder's ``metrics.jsonl`` (framed for
+    :func:`parse_remote`): how SSH hosts and login nodes answer for all their running jobs at once."""
+    parts = []
+    for job_id, (folder, offset) in paths.items():
+        f = shlex.quote(posixpath.join(folder, STEPS_FILE))
+        parts.append(f"[ -f {f} ] && {{ printf '@@hsm %s\\n' {shlex.quote(job_id)}; "
+                     f"tail -c +{int(offset) + 1} {f} | head -c {MAX_READ}; printf '\\n@@end\\n'; }}")
+    return "\n".join([*parts, "true"])
+
+
+def parse_remote(out: str) -> dict[str, bytes]:
+    """What :func:`remote_script` printed -> ``{job_id: bytes}``."""
+    found: dict[str, bytes] = {}
+    pos = 0
+    while (start := out.find("@@hsm ", pos)) >= 0:
+        eol = out.find("\n", start)
+        end = out.find("\n@@end\n", eol)
+        if eol < 0 or end < 0:
+            break
+        found[out[start + 6:eol]] = out[eol + 1:end].encode()
+        pos = end + 7
+    return {job_id: data for job_id, data in found.items() if data}
 
 
 def best_so_far(values: Iterable[tuple[float, float]], minimize: bool) -> list[tuple[float, float]]:
@@ -75,3 +102,94 @@ def best_so_far(values: Iterable[tuple[float, float]], minimize: bool) -> list[t
             best = v
             out.append((t, v))
     return out
+
+
+# -- in the ledger ------------------------------------------------------------------------------
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS steps (
+    task_id TEXT NOT NULL, attempt INTEGER NOT NULL, step REAL NOT NULL, metric TEXT NOT NULL,
+    value REAL NOT NULL, time REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS steps_task ON steps (task_id, metric, step);
+"""
+
+
+def insert(conn, task_id: str, attempt: int, rows: Iterable[Row]) -> int:
+    """Add one attempt's rows (inside the caller's transaction); returns how many."""
+    data = [(task_id, attempt, step, metric, value, when) for step, metric, value, when in rows]
+    conn.executemany("INSERT INTO steps VALUES (?,?,?,?,?,?)", data)
+    return len(data)
+
+
+def forget(conn, task_id: str, attempt: int) -> None:
+    """Drop an attempt's rows: a re-adopted job's file is read again from its start (the file is
+    the truth; the offset reached before the restart is not kept)."""
+    conn.execute("DELETE FROM steps WHERE task_id=? AND attempt=?", (task_id, attempt))
+
+
+def frame(conn, task_id: Optional[str | Sequence[str]] = None, metric: Optional[str] = None):
+    """The steps as a long DataFrame: task_id, attempt, step, metric, value, time (UTC); of one
+    task or a list of tasks, of one metric or all."""
+    import pandas as pd
+
+    where, args = [], []
+    if isinstance(task_id, str):
+        where.append("task_id=?")
+        args.append(task_id)
+    elif task_id is not None:
+        ids = list(task_id)
+        where.append(f"task_id IN ({','.join('?' * len(ids))})" if ids else "0")
+        args.extend(ids)
+    if metric is not None:
+        where.append("metric=?")
+        args.append(metric)
+    sql = "SELECT task_id, attempt, step, metric, value, time FROM steps"
+    sql += (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY rowid"
+    try:
+        rows = conn.execute(sql, args).fetchall()
+    except Exception as exc:  # noqa: BLE001 - a ledger from before steps existed has none
+        if "no such table" not in str(exc):
+            raise
+        rows = []
+    df = pd.DataFrame.from_records([tuple(r) for r in rows],
+                                   columns=["task_id", "attempt", "step", "metric", "value", "time"])
+    df["time"] = pd.to_datetime(df["time"].astype("float64"), unit="s", utc=True)
+    return df.astype({"attempt": "int64", "step": "float64", "value": "float64"})
+
+
+def rows_after(conn, task_ids: Sequence[str], metric: str, after: int = 0) -> list[tuple[int, str, float, float]]:
+    """``(row, task_id, step, value)`` of ``metric`` for ``task_ids`` after row ``after``: what a
+    chart already drawn needs to grow (its last row is the new ``after``)."""
+    ids = list(task_ids)
+    if not ids:
+        return []
+    try:
+        return [tuple(r) for r in conn.execute(
+            f"SELECT rowid, task_id, step, value FROM steps WHERE metric=? AND rowid > ? "
+            f"AND task_id IN ({','.join('?' * len(ids))}) ORDER BY rowid", (metric, after, *ids))]
+    except Exception as exc:  # noqa: BLE001 - a ledger from before steps existed
+        if "no such table" not in str(exc):
+            raise
+        return []
+
+
+def metric_names(conn, after: int = 0) -> tuple[set[str], int]:
+    """The metric names of the rows after row ``after``, and the last row: a caller keeping the
+    names it has seen reads only what is new."""
+    try:
+        rows = conn.execute("SELECT DISTINCT metric FROM steps WHERE rowid > ?", (after,)).fetchall()
+        last = conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM steps").fetchone()[0]
+    except Exception as exc:  # noqa: BLE001 - a ledger from before steps existed
+        if "no such table" not in str(exc):
+            raise
+        return set(), 0
+    return {r[0] for r in rows}, last
+
+
+def version(conn) -> int:
+    """Changes whenever steps are added (the last row number): for refresh loops."""
+    try:
+        return conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM steps").fetchone()[0]
+    except Exception as exc:  # noqa: BLE001 - a ledger from before steps existed
+        if "no such table" not in str(exc):
+            raise
+        return 0

@@ -33,6 +33,7 @@ import yaml
 
 from .errors import ConfigError, StoreError, SweepLockedError
 from .events import Event
+from . import steps
 from .state import JobOutcome, JobState
 from .sweepdir import (CREATING, LEDGER, LOCK, RECORD, atomic_write, build_folder, check_new, move_into_place,
                        unfinished)
@@ -165,9 +166,10 @@ class SweepStore:
 
     @property
     def conn(self) -> sqlite3.Connection:
-        """The writer connection (the controller's)."""
+        """The writer connection (the controller's); a ledger from before ``steps`` gains the table."""
         if self._conn is None:
             self._conn = _connect(self.directory / LEDGER)
+            self._conn.executescript(steps.SCHEMA)
         return self._conn
 
     def record(self) -> dict[str, Any]:

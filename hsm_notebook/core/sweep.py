@@ -16,12 +16,13 @@ import datetime as dt
 import json
 import re
 import secrets
+import weakref
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Iterable, Mapping, Optional, Sequence
 
 import pandas as pd
 
-from . import _loop, registry
+from . import _loop, registry, steps
 from .config import SweepFile, parse_command
 from .errors import ConfigError, HsmError
 from .frames import (
@@ -40,6 +41,7 @@ from .events import Event, EventBus
 from .manager import DistributedJobManager
 from .project import ProjectConfig
 from .records import check_sources, default_sweeps_dir, git_state, rebuild_source, retry_policy
+from .records import objective as check_objective
 from .retry import RetryPolicy
 from .source import ComputeSource
 from .space import ParameterSpace
@@ -49,6 +51,11 @@ from .store import SweepStore
 
 #: A sweep's name becomes part of its folder's name: no path separators, no hidden folder, no "..".
 _NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
+
+
+#: Sweeps this process drives, by folder: a second panel or ``attach`` in the same kernel gets the
+#: live object instead of a lock error naming its own pid.
+_RUNNING_HERE: "weakref.WeakValueDictionary[str, Sweep]" = weakref.WeakValueDictionary()
 
 
 class Sweep:
@@ -82,6 +89,7 @@ class Sweep:
         metadata: Optional[Mapping[str, Any]] = None,
         sweeps_root: str | Path | None = None,
         origin: Optional[Mapping[str, Any]] = None,
+        objective: Optional[Mapping[str, str] | str] = None,
     ):
         if not isinstance(space, ParameterSpace):
             raise ConfigError(f"must be a ParameterSpace, got {type(space).__name__}", "space")
@@ -103,7 +111,7 @@ class Sweep:
             "sources": [s.describe() for s in sources], "poll_interval": poll_interval, "strategy": strategy,
             "retry": retry_policy(retry).to_dict(), "health_interval": health_interval, "max_failures": max_failures,
             "unknown_timeout": unknown_timeout, "stall_timeout": stall_timeout, "git": git_state(workdir),
-            "metadata": dict(metadata or {}), "origin": dict(origin or {}),
+            "metadata": dict(metadata or {}), "origin": dict(origin or {}), "objective": check_objective(objective),
         }
         if strategy not in STRATEGIES:
             raise ConfigError(f"must be one of {STRATEGIES}, got {strategy!r}", "strategy")
@@ -144,6 +152,9 @@ class Sweep:
     ) -> "Sweep":
         """Reopen a sweep after a restart.  With ``resume`` (the default) it re-adopts the jobs
         still running and finishes the sweep in the background; ``resume=False`` only reads."""
+        live = _RUNNING_HERE.get(str(Path(directory).absolute()))
+        if live is not None and live.running:  # this process drives it: the same, live object
+            return live
         store = SweepStore.open(Path(directory))
         record = store.record()
         if sources is None:
@@ -195,6 +206,7 @@ class Sweep:
             events=self.bus,
         )
         self._future = _loop.spawn(self._drive(self._manager))
+        _RUNNING_HERE[str(self.directory)] = self
         return self
 
     async def _drive(self, manager: DistributedJobManager) -> None:
@@ -358,6 +370,31 @@ class Sweep:
         """Parameters and metrics of the completed tasks."""
         return results_frame(self.store)
 
+    @property
+    def objective(self) -> Optional[tuple[str, bool]]:
+        """``(metric, minimize)`` when the sweep declared one (``objective={"val_loss": "min"}``)."""
+        declared = self._record.get("objective")
+        if not declared:
+            return None
+        (metric, direction), = declared.items()
+        return metric, direction == "min"
+
+    def best(self, n: int = 5, metric: Optional[str] = None, minimize: Optional[bool] = None) -> pd.DataFrame:
+        """The ``n`` best completed tasks by the objective (or ``metric``; lower is better unless
+        ``minimize=False`` or the objective says max)."""
+        declared = self.objective
+        metric = metric or (declared[0] if declared else None)
+        if metric is None:
+            raise ConfigError("no objective: give best(metric='val_loss') or Sweep(..., objective={'val_loss': 'min'})",
+                              "metric")
+        if minimize is None:
+            minimize = declared[1] if declared and declared[0] == metric else True
+        results = self.results()
+        if metric not in results.columns:
+            raise ConfigError(f"no completed task reported {metric!r}; metrics so far: "
+                              f"{[c for c in results.columns if c not in self.param_names and c != 'task_id']}", "metric")
+        return results.dropna(subset=[metric]).sort_values(metric, ascending=minimize).head(n)
+
     def counts(self) -> dict[str, int]:
         """Number of tasks in each state."""
         return self.store.counts()
@@ -371,9 +408,10 @@ class Sweep:
         """One page of the status table filtered and sorted in the ledger (see ``frames.status_page``)."""
         return status_page(self.store, **query)
 
-    def store_version(self) -> tuple[int, int]:
-        """Changes whenever the ledger changes (cheap: for refresh loops)."""
-        return ledger_version(self.store)
+    def store_version(self) -> tuple[int, int, int]:
+        """Changes whenever the ledger changes, intermediate metrics included (cheap: for refresh loops)."""
+        with contextlib.closing(self.store.reader()) as conn:
+            return (*ledger_version(self.store), steps.version(conn))
 
     def time_span(self) -> tuple[Optional[float], Optional[float]]:
         """(first submission, last end) over all tasks, epoch seconds."""
@@ -398,6 +436,19 @@ class Sweep:
         """The notebook panel of this sweep (an ipywidgets view; displaying it shows it)."""
         return registry.panel(self)
 
+    def metrics(self, task_id: Optional[str | Sequence[str]] = None, metric: Optional[str] = None) -> pd.DataFrame:
+        """Intermediate metrics (``log_metrics(step=...)``) as a long DataFrame: task_id, attempt,
+        step, metric, value, time; of a task (or a list of them), of one metric.  It grows while
+        the sweep runs; final metrics are in ``results()``."""
+        with contextlib.closing(self.store.reader()) as conn:
+            return steps.frame(conn, task_id, metric)
+
+    def metric_names(self, after: int = 0) -> tuple[set[str], int]:
+        """Names of the intermediate metrics logged after row ``after``, and the last row (see
+        :func:`~hsm_notebook.core.steps.metric_names`): cheap to call again with what it returned."""
+        with contextlib.closing(self.store.reader()) as conn:
+            return steps.metric_names(conn, after)
+
     def task(self, task_id: str) -> dict[str, Any]:
         """One task's row: params, state, source, attempt, exit code, error, metrics."""
         with contextlib.closing(self.store.reader()) as conn:
@@ -409,16 +460,25 @@ class Sweep:
         info["metrics"] = json.loads(info["metrics"]) if info["metrics"] else None
         return info
 
-    def logs(self, task_id: str, stream: str = "stderr", lines: int = 20) -> str:
+    def logs(self, task_id: str, stream: str = "stderr", lines: int = 20, attempt: Optional[int] = None) -> str:
         """The last lines of a task's ``stdout``, ``stderr`` or ``slurm`` (the batch system's own
-        messages) of its latest attempt."""
+        messages), of its latest attempt or of ``attempt``."""
+        path = self.log_path(task_id, stream, attempt)
+        return tail(path, lines) if path is not None else ""
+
+    def log_path(self, task_id: str, stream: str = "stderr", attempt: Optional[int] = None) -> Optional[Path]:
+        """Where a task's log is (its latest attempt's, or ``attempt``'s); None before it ran."""
         files = {"stdout": STDOUT_FILE, "stderr": STDERR_FILE, "slurm": SCHEDULER_FILE}
         if stream not in files:
             raise ConfigError(f"must be one of {sorted(files)}", "stream")
-        job_name = self.task(task_id)["job_name"]
-        if job_name is None:
-            return ""
-        return tail(self.directory / "tasks" / job_name / files[stream], lines)
+        info = self.task(task_id)
+        if attempt is None:
+            job_name = info["job_name"]
+        elif isinstance(attempt, int) and 1 <= attempt <= (info["attempt"] or 0):
+            job_name = f"{task_id}-{attempt}"
+        else:
+            raise ConfigError(f"task {task_id} has attempts 1 to {info['attempt'] or 0}, not {attempt!r}", "attempt")
+        return self.directory / "tasks" / job_name / files[stream] if job_name else None
 
     def __repr__(self) -> str:
         counts = self.counts()

@@ -1,4 +1,5 @@
-"""A stand-in for a training script: Hydra-style ``key=value`` arguments in, metrics out.
+"""A stand-in for a training script: Hydra-style ``key=value`` arguments in, metrics out
+(a ``val_loss`` per epoch while it runs, and the final ``val_loss`` and ``accuracy``).
 
     python train.py lr=0.01 model.width=128 seed=1 data_split=a
 
@@ -39,6 +40,7 @@ def main():
         time.sleep(float(args.get("sleep", 0.1)))
         loss = (math.log10(lr) + 2.5) ** 2 + 64 / width + 0.05 * rng.random() + 0.5 / (epoch + 1)
         print(f"epoch {epoch}: val_loss={loss:.4f}", flush=True)
+        log_metrics(step=epoch, val_loss=round(loss, 4))  # a curve, seen live in sweep.metrics()
     log_metrics(val_loss=round(loss, 4), accuracy=round(1 / (1 + loss), 4))
 
 

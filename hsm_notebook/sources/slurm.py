@@ -357,6 +357,11 @@ class SlurmComputeSource(ComputeSource):
             raise SourceError(f"{job_name} started but left no Slurm id in its folder; cannot follow it", self.name)
         return out.split()[0]
 
+    async def read_steps(self, offsets: Dict[str, int]) -> Dict[str, bytes]:
+        """Running tasks' new intermediate metrics, read on the login node in one call."""
+        return await self.side.read_steps({j: (posixpath.join(self.tasks_dir, self.job_names[j]), offset)
+                                           for j, offset in offsets.items() if j in self.job_names})
+
     async def cancel_job(self, job_id: str) -> bool:
         """Cancels asked for at the same moment (a whole sweep's) go out as one ``scancel``."""
         future = asyncio.get_running_loop().create_future()

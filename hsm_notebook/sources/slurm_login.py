@@ -13,6 +13,7 @@ import shlex
 from pathlib import Path
 from typing import Collection, Dict, List, NamedTuple, Optional, Sequence
 
+from ..core import steps
 from ..core.errors import CommandError
 from ..core.job import EXIT_CODE_FILE, RUN_DIR_PREFIX, SIGNALLED_FILE, claim
 from ..core.shell import CommandResult, LocalShell
@@ -72,6 +73,9 @@ class LocalLogin:
             out[job_id] = TaskFiles(code, (folder / SIGNALLED_FILE).exists(), runs, claimed)
         return out
 
+    async def read_steps(self, paths: Dict[str, tuple[str, int]]) -> Dict[str, bytes]:
+        return steps.read_local(paths)
+
     async def fetch(self, names: List[str], local_dirs: List[Path]) -> None:
         return None
 
@@ -120,6 +124,11 @@ class SSHLogin:
                 code = int(parts[1]) if parts[1].lstrip("-").isdigit() else None
                 out[parts[0]] = TaskFiles(code, parts[2] == "1", int(parts[3]), parts[4] == "1")
         return out
+
+    async def read_steps(self, paths: Dict[str, tuple[str, int]]) -> Dict[str, bytes]:
+        if not paths:
+            return {}
+        return steps.parse_remote((await self.login.conn.run(steps.remote_script(paths))).stdout)
 
     async def fetch(self, names: List[str], local_dirs: List[Path]) -> None:
         await self.login.jobs.fetch(names, local_dirs)

@@ -23,6 +23,7 @@ from ..core.environment import Environment, check_literal_env, expand_home, job_
 from ..core.errors import ConfigError, NotConnected, SourceError, is_infrastructure
 from ..core.gpus import GpuPool
 from ..core.job import JobTemplate, write_params
+from ..core import steps
 from ..core.source import ComputeSource
 from ..core.state import JobOutcome, JobState
 from .ssh_connection import SSHConnection, SSHTarget
@@ -288,6 +289,16 @@ class SSHComputeSource(RemoteSideMixin, ComputeSource):
         if note and outcome.state == JobState.LOST:
             return dataclasses.replace(outcome, error="; ".join(filter(None, [None if replace else outcome.error, note])))
         return outcome
+
+    async def read_steps(self, offsets: Dict[str, int]) -> Dict[str, bytes]:
+        """All running jobs' new intermediate metrics in one remote command."""
+        if self.jobs is None:
+            return {}
+        paths = {j: (posixpath.join(self.jobs.tasks_dir, self.job_names[j]), offset)
+                 for j, offset in offsets.items() if j in self.job_names}
+        if not paths:
+            return {}
+        return steps.parse_remote((await self.conn.run(steps.remote_script(paths))).stdout)
 
     async def cancel_job(self, job_id: str) -> bool:
         await self._ensure()

@@ -14,12 +14,15 @@ from .panel import SweepPanel
 
 
 def open_panel(arg: str = "") -> Optional[SweepPanel]:
-    """``""`` -> an empty panel; a sweep directory -> that sweep, resumed;
+    """``""`` -> an empty panel listing the recent sweeps (each with Open); a sweep directory ->
+    that sweep, resumed (the live one if this kernel already drives it);
     a YAML file -> a panel filled from it (and from its reference project's ``.hsm/config.yaml``:
     command, sources, environment), ready to launch with every setting of the file."""
     words = shlex.split(arg)
     if not words:
-        return SweepPanel()
+        panel = SweepPanel()
+        panel.show_recent()
+        return panel
     path = Path(words[0]).expanduser()
     if path.is_dir():
         return SweepPanel.attach(path)

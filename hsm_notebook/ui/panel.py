@@ -82,6 +82,7 @@ class SweepPanel:
         self.detail_view.task.observe(lambda _: self._guarded(self._show_detail), "value")
         self.detail_view.lines.observe(lambda _: self._guarded(self._show_detail), "value")
         self.results_view = ResultsView()
+        self.results_view.on_open = lambda task_id: self._guarded(self.open_task, task_id)
 
         self.tabs = w.Tab(children=[
             w.VBox([self.sources_view.widget, self.health_button]), self.editor.widget,
@@ -110,7 +111,51 @@ class SweepPanel:
 
     # -- display ----------------------------------------------------------------------
     def _repr_mimebundle_(self, **kwargs: Any):
-        return self.widget._repr_mimebundle_(**kwargs)
+        """The live widget; a saved notebook without widget state shows the text summary instead of
+        the widgets' raw repr."""
+        bundle = self.widget._repr_mimebundle_(**kwargs)
+        if isinstance(bundle, dict):
+            bundle["text/plain"] = self.summary()
+        return bundle
+
+    def summary(self) -> str:
+        """The sweep in a few plain lines: what a saved notebook shows where the panel was."""
+        sweep = self.sweep
+        if sweep is None:
+            return "hsm_notebook panel (no sweep launched)"
+        counts = sweep.counts()
+        total = sum(counts.values())
+        lines = [f"hsm_notebook sweep {sweep.id}: {total} tasks in {sweep.directory}",
+                 "  " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))]
+        if sweep.objective:
+            metric, minimize = sweep.objective
+            try:
+                best = sweep.best(1)
+            except HsmError:
+                best = None
+            if best is not None and len(best):
+                lines.append(f"  best {metric} ({'min' if minimize else 'max'}): {best.iloc[0][metric]:.6g} "
+                             f"(task {best.iloc[0]['task_id']})")
+        return "\n".join(lines)
+
+    def show_recent(self, roots: Optional[Sequence[Any]] = None) -> None:
+        """List recent sweeps above the tabs; Open binds this panel to the chosen one (resumed)."""
+        from .recent import RecentSweeps
+
+        def open_(folder: Any) -> None:
+            def bind() -> None:
+                sweep = Sweep.attach(folder)
+                self.sources_view.sources = list(sweep.sources)
+                self._bind(sweep)
+                self.recent.close()
+                self.widget.children = tuple(c for c in self.widget.children if c is not self.recent)
+                self.say(f"Opened {folder}.")
+            self._guarded(bind)
+
+        self.recent = RecentSweeps(open_, roots).widget
+        children = list(self.widget.children)
+        children.insert(children.index(self.tabs), self.recent)
+        self.widget.children = tuple(children)
 
     def close(self) -> None:
         """Stop refreshing and close the widgets (the sweep itself goes on)."""
@@ -119,6 +164,9 @@ class SweepPanel:
 
     # -- actions (each one call in the Python API) ----------------------------------------
     def launch(self) -> None:
+        if self.sweep is not None and self.sweep.running:
+            self.say("Already running: the tasks are on their way (Status shows them).")
+            return
         if self.sweep is None:
             options = {**self.options, "space": self.editor.space(), "command": self.editor.command_argv(),
                        "sources": self.sources_view.sources}
@@ -208,12 +256,14 @@ class SweepPanel:
             except HsmError:
                 ok = False
             self.launch_button.disabled = not ok
+            self.launch_button.description = self.editor.launch_label()
             for b in (self.cancel_button, self.retry_button, self.complete_button):
                 b.disabled = True
             return
         counts = self.sweep.counts()
         running = self.sweep.running
         self.launch_button.disabled = running or not counts.get(JobState.PENDING, 0)
+        self.launch_button.description = self.editor.launch_label(counts.get(JobState.PENDING, 0))
         self.cancel_button.disabled = not running
         self.retry_button.disabled = not (counts.get(JobState.FAILED, 0) + counts.get(JobState.LOST, 0))
         self.complete_button.disabled = running or not sum(counts.get(s, 0) for s in RERUNNABLE)
@@ -240,13 +290,18 @@ class SweepPanel:
                 self.detail_view.set_choices(list(self.status_view.rows["task_id"]))
             if self.tabs.selected_index == 4 and (force or version[0] != self._results_version):
                 self._results_version = version[0]
-                self.results_view.show(sweep.results(), names)
+                self.results_view.show(sweep)
             if self.tabs.selected_index == 3:
                 self._show_detail()
             if self.tabs.selected_index == 0 and sweep._manager is not None:
                 self.sources_view.render_stats(sweep.sources_status())
             self.refreshes += 1
             self._update_buttons()
+
+    def open_task(self, task_id: str) -> None:
+        """Show ``task_id`` in Job detail (a row clicked in Results)."""
+        self.detail_view.task.value = task_id
+        self.tabs.selected_index = 3
 
     def _show_detail(self) -> None:
         if self.sweep is not None:

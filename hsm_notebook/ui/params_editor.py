@@ -1,96 +1,57 @@
 """The Parameters section: rows of name + values typed the quick way, or YAML.
 
-Parsing is pure functions (``parse_values``, ``rows_to_space``) so it is tested
-without widgets; the widget only collects text and shows the count or the error.
+Parsing and checking are pure functions (``parse_values``, ``check_rows``, ``rows_to_space``,
+``preview``) so they are tested without widgets; the widget only collects text, marks a
+bad field (CSS class ``hsm-bad``) with the problem in words right of its row, previews the
+values of a good row, and shows the task count or the first problem under the form.
 """
 
 from __future__ import annotations
 
-import re
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import ipywidgets as w
 import yaml
 
-from ..core.config import SweepFile, load_yaml, parse_command
-from ..core.errors import ConfigError
+from ..core.config import SweepFile, parse_command
+from ..core.errors import ConfigError, HsmError
 from ..core.space import ParameterSpace
+from .html import esc
 
-KINDS = ("grid", "paired A", "paired B", "paired C", "fixed")
-_RANGE = re.compile(r"^range\(\s*(-?\d+)\s*(?:,\s*(-?\d+)\s*)?(?:,\s*(-?\d+)\s*)?\)$")
-
-
-def _scalar(text: str) -> Any:
-    """``"0.1"`` -> 0.1, ``"true"`` -> True, ``"relu"`` -> "relu" (YAML rules for one item)."""
-    try:
-        value = load_yaml(text)
-    except yaml.YAMLError:
-        return text
-    return text if isinstance(value, (dict, list)) or value is None and text.lower() not in ("null", "none", "~") else value
+from .values import KINDS, RowCheck, check_rows, parse_values, preview, rows_to_space, words  # noqa: F401 - parse_values re-exported
 
 
-def parse_values(text: str, field: str = "values") -> list[Any]:
-    """What a person types for a parameter's values, as a list.
-
-    ``0.1, 0.01`` | ``range(1, 4)`` | ``[a, b]`` (YAML) | ``64`` (one value).
-    """
-    text = (text or "").strip()
-    if not text:
-        raise ConfigError("no values; type them separated by commas, e.g. 0.1, 0.01", field)
-    m = _RANGE.match(text)
-    if m:
-        a, b, step = (int(g) if g is not None else None for g in m.groups())
-        values = list(range(a) if b is None else range(a, b, step or 1))
-        if not values:
-            raise ConfigError(f"{text} is empty", field)
-        return values
-    if text.startswith("["):
-        try:
-            values = load_yaml(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"is not a valid YAML list ({exc.problem})", field) from None
-        if not isinstance(values, list):
-            raise ConfigError("must be a list such as [1, 2]", field)
-        return values
-    return [_scalar(part.strip()) for part in text.split(",") if part.strip()]
+def _mark(widget: w.Widget, bad: bool) -> None:
+    """Add or remove the ``hsm-bad`` class (a red field) only when it changes."""
+    if bad and "hsm-bad" not in widget._dom_classes:
+        widget.add_class("hsm-bad")
+    elif not bad and "hsm-bad" in widget._dom_classes:
+        widget.remove_class("hsm-bad")
 
 
-def rows_to_space(rows: Sequence[tuple[str, str, str]]) -> ParameterSpace:
-    """``[(name, values text, kind), ...]`` -> a space (blank rows are ignored)."""
-    grid: dict[str, Any] = {}
-    fixed: dict[str, Any] = {}
-    groups: dict[str, dict[str, Any]] = {}
-    for i, (name, text, kind) in enumerate(rows):
-        name = (name or "").strip()
-        if not name and not (text or "").strip():
-            continue
-        if not name:
-            raise ConfigError("has values but no parameter name", f"row {i + 1}")
-        if name in grid or name in fixed or any(name in g for g in groups.values()):
-            raise ConfigError("parameter given twice; keep one row", name)
-        values = parse_values(text, name)
-        if kind == "fixed":
-            if len(values) != 1:
-                raise ConfigError(f"a fixed parameter takes one value, got {len(values)}", name)
-            fixed[name] = values[0]
-        elif kind == "grid":
-            grid[name] = values
-        else:
-            groups.setdefault(kind, {})[name] = values
-    if not grid and not groups and not fixed:
-        raise ConfigError("add at least one parameter (a name and its values)", "parameters")
-    return ParameterSpace(grid=grid, paired=list(groups.values()), fixed=fixed)
+def _note(check: RowCheck, kind: str) -> str:
+    """The small HTML right of a row: the problem, or a preview of the values."""
+    if check.error:
+        return f"<span class='hsm-error hsm-row-error' style='color:#b00'>⚠ {esc(check.error)}</span>"
+    if check.values is not None:
+        return f"<span class='hsm-preview'>{esc(preview(check.values, kind))}</span>"
+    return ""
 
 
 class ParamsEditor:
-    """Widgets for the space and the command, with a live count or an error in words."""
+    """Widgets for the space and the command: a bad field is marked and explained beside
+    it, a good row previews its values, and the count (or the first problem) sits below."""
 
     def __init__(self, on_change: Callable[[], None] | None = None, rows: int = 4):
         self._on_change: Callable[[], None] = lambda: None  # quiet while the widgets are built
-        self.command = w.Text(value="python train.py", description="Command", layout=w.Layout(width="60%"))
+        self.command = w.Text(value="python train.py", description="Command",
+                              layout=w.Layout(width="60%", flex="0 0 auto"))
+        self.command_note = w.HTML(layout=w.Layout(flex="1 1 0", min_width="160px"))
+        self.command_note.add_class("hsm-row-note")
         self.workdir = w.Text(value="", placeholder="(the notebook's folder)", description="Workdir",
                               layout=w.Layout(width="60%"))
         self.rows: list[tuple[w.Text, w.Text, w.Dropdown]] = []
+        self.notes: list[w.HTML] = []
         self.rows_box = w.VBox()
         self.add_button = w.Button(description="+ parameter", layout=w.Layout(width="120px"))
         self.add_button.on_click(lambda _: self.add_row())
@@ -106,40 +67,85 @@ class ParamsEditor:
             widget.observe(lambda _: self.changed(), "value")
         self.body = w.VBox()
         self._show_mode()
-        self.widget = w.VBox([self.command, self.workdir, self.mode, self.body, self.count])
+        self.widget = w.VBox([w.HBox([self.command, self.command_note]), self.workdir, self.mode, self.body,
+                              self.count])
         self._on_change = on_change or (lambda: None)
 
     def add_row(self, name: str = "", values: str = "", kind: str = "grid") -> None:
-        row = (w.Text(value=name, placeholder="name, e.g. lr", layout=w.Layout(width="180px")),
-               w.Text(value=values, placeholder="0.1, 0.01 | range(1, 4) | [a, b]", layout=w.Layout(width="320px")),
-               w.Dropdown(options=KINDS, value=kind, layout=w.Layout(width="110px")))
+        # fixed widths that never shrink, so a long message beside a row does not squeeze its fields
+        row = (w.Text(value=name, placeholder="name, e.g. lr", layout=w.Layout(width="180px", flex="0 0 auto")),
+               w.Text(value=values, placeholder="0.1, 0.01 | range(1, 4) | [a, b]",
+                      layout=w.Layout(width="320px", flex="0 0 auto")),
+               w.Dropdown(options=KINDS, value=kind, layout=w.Layout(width="110px", flex="0 0 auto")))
+        note = w.HTML(layout=w.Layout(flex="1 1 0", min_width="160px"))
+        note.add_class("hsm-row-note")
         for widget in row:
             widget.observe(lambda _: self.changed(), "value")
         self.rows.append(row)
-        self.rows_box.children = [w.HBox(list(r)) for r in self.rows]
+        self.notes.append(note)
+        self.rows_box.children = [w.HBox([*r, n]) for r, n in zip(self.rows, self.notes)]
         self.changed()
 
     def _show_mode(self) -> None:
         self.body.children = [self.rows_box, self.add_button] if self.mode.value == "rows" else [self.yaml]
         self.changed()
 
+    def _row_texts(self) -> list[tuple[str, str, str]]:
+        return [(n.value, v.value, k.value) for n, v, k in self.rows]
+
     def space(self) -> ParameterSpace:
         if self.mode.value == "YAML":
             return SweepFile.load(self.yaml.value + "\n").space if self.yaml.value.strip() else rows_to_space([])
-        return rows_to_space([(n.value, v.value, k.value) for n, v, k in self.rows])
+        return rows_to_space(self._row_texts())
 
     def command_argv(self) -> tuple[str, ...]:
         return parse_command(self.command.value)
 
-    def changed(self) -> None:
-        """Recount, or show what is wrong next to the fields."""
+    def task_count(self) -> int | None:
+        """How many tasks Launch would start, or None while the form has a problem."""
         try:
             space = self.space()
             self.command_argv()
-            self.count.value = f"<b>{len(space):,}</b> combinations of {', '.join(space.names)}"
+            return len(space)
+        except HsmError:
+            return None
+
+    def launch_label(self, count: int | None = None) -> str:
+        """``"Launch 6 tasks"`` (``count``, or ``task_count()`` when not given); ``"Launch"`` when
+        the count is unknown (the form has a problem) or 0 (nothing left to start)."""
+        n = self.task_count() if count is None else count
+        return f"Launch {n:,} task{'s' if n != 1 else ''}" if n else "Launch"
+
+    def changed(self) -> None:
+        """Re-check every field: mark a bad one and explain it beside it, preview good rows,
+        and recount (or repeat the first problem) under the form."""
+        self._show_row_checks()
+        self._show_command_check()
+        try:
+            space = self.space()
+            self.command_argv()
+            self.count.value = f"<b>{len(space):,}</b> combinations of {esc(', '.join(space.names))}"
+            _mark(self.yaml, False)
         except ConfigError as exc:
-            self.count.value = f"<span class='hsm-error' style='color:#b00'>{_esc(str(exc))}</span>"
+            self.count.value = f"<span class='hsm-error' style='color:#b00'>{esc(str(exc))}</span>"
+            _mark(self.yaml, self.mode.value == "YAML" and exc.field != "command")
         self._on_change()
+
+    def _show_row_checks(self) -> None:
+        for (name, values, kind), note, check in zip(self.rows, self.notes, check_rows(self._row_texts())):
+            _mark(name, check.bad == "name")
+            _mark(values, check.bad == "values")
+            note.value = _note(check, kind.value)
+
+    def _show_command_check(self) -> None:
+        try:
+            self.command_argv()
+            problem = None
+        except ConfigError as exc:
+            problem = words(exc)
+        _mark(self.command, problem is not None)
+        self.command_note.value = (f"<span class='hsm-error hsm-row-error' style='color:#b00'>⚠ {esc(problem)}</span>"
+                                   if problem else "")
 
     def show_space(self, space_dict: dict, command: Sequence[str]) -> None:
         """Show an existing sweep's space and command, read-only."""
@@ -148,9 +154,3 @@ class ParamsEditor:
         self.command.value = " ".join(command)
         for widget in (self.yaml, self.command, self.workdir, self.mode, self.add_button):
             widget.disabled = True
-
-
-def _esc(text: str) -> str:
-    import html
-
-    return html.escape(text)

@@ -1,0 +1,55 @@
+"""Recent sweeps, with an Open button each: how ``%hsm`` with no argument gets back to a sweep."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Callable, Optional, Sequence
+
+import ipywidgets as w
+
+from ..core.records import recent_sweeps
+from ..core.state import JobState
+from .html import esc
+
+
+def _when(stamp: Optional[float]) -> str:
+    if not stamp:
+        return ""
+    delta = dt.datetime.now() - dt.datetime.fromtimestamp(stamp)
+    if delta < dt.timedelta(hours=1):
+        return f"{int(delta.total_seconds() // 60)} min ago"
+    if delta < dt.timedelta(days=2):
+        return f"{int(delta.total_seconds() // 3600)} h ago"
+    return dt.datetime.fromtimestamp(stamp).strftime("%Y-%m-%d %H:%M")
+
+
+def describe(entry: dict[str, Any]) -> str:
+    """One line of HTML: id, state in words, counts, when."""
+    if entry.get("problem"):
+        return f"<b>{esc(entry['sweep_id'])}</b> <span style='color:#b00'>{esc(entry['problem'])}</span>"
+    counts = entry["counts"]
+    total = sum(counts.values())
+    ended = sum(n for s, n in counts.items() if JobState(s).is_terminal)
+    state = (f"running ({entry['driven_by']})" if entry["driven_by"] else
+             "finished" if ended == total else "stopped, not finished")
+    parts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
+    about = f" · {esc(entry['description'])}" if entry.get("description") else ""
+    return (f"<b>{esc(entry['sweep_id'])}</b>{about} · {esc(state)} · {ended}/{total} ended ({esc(parts)}) · "
+            f"changed {esc(_when(entry['changed']))}")
+
+
+class RecentSweeps:
+    """A list of the recent sweep folders; ``on_open(folder)`` is called by a row's Open button."""
+
+    def __init__(self, on_open: Callable[[Any], None], roots: Optional[Sequence[Any]] = None, limit: int = 10):
+        self.entries = recent_sweeps(roots, limit)
+        rows = []
+        for entry in self.entries:
+            button = w.Button(description="Open", icon="folder-open", layout=w.Layout(width="90px"))
+            button.add_class("hsm-open")
+            button.on_click(lambda _, folder=entry["folder"]: on_open(folder))
+            button.disabled = bool(entry.get("problem"))
+            rows.append(w.HBox([button, w.HTML(describe(entry))]))
+        title = w.HTML("<b>Recent sweeps</b>" if rows else "<i>No sweeps here yet (sweeps/ is empty).</i>")
+        self.widget = w.VBox([title, *rows])
+        self.widget.add_class("hsm-recent")
