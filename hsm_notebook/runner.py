@@ -2,7 +2,7 @@
 
 It runs in the task's folder (``HSM_TASK_DIR``) like any job, loads the sweep's function from
 ``function.pkl`` in the sweep's folder (the task folder's grandparent, here or on the remote,
-where the source put it once for the whole sweep), calls ``fn(**params)`` and keeps what it
+where the source put it once for the whole sweep), calls ``fn(**params)`` (dotted names nested again: ``model.width`` is ``model={"width": ...}``) and keeps what it
 returns: a dict's numbers and strings become the task's metrics (``results()``), and the whole
 return value is pickled to ``result.pkl`` (``sweep.result(task_id)``).  An exception prints its
 traceback to stderr and exits 1, so the task is FAILED with ``ValueError: ...`` as its error.
@@ -28,7 +28,7 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m hsm_notebook.runner PARAMS_JSON", file=sys.stderr)
         return 2
-    params = json.loads(argv[0])
+    params = nest(json.loads(argv[0]))
     task_dir = Path(os.environ.get("HSM_TASK_DIR", "."))
     sweep_dir = task_dir.parent.parent
     wanted = (sweep_dir / VERSION_FILE).read_text().strip() if (sweep_dir / VERSION_FILE).exists() else None
@@ -50,6 +50,19 @@ def main(argv: list[str]) -> int:
         return 1
     _keep(value, task_dir)
     return 0
+
+
+def nest(params: dict) -> dict:
+    """Dotted names back into the nested dicts they came from: a space's ``{"cfg": {"a": 1}}`` is
+    stored as ``cfg.a``; the function gets ``cfg={"a": 1}``."""
+    out: dict = {}
+    for name, value in params.items():
+        *parents, leaf = name.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
 
 
 def _keep(value: object, task_dir: Path) -> None:

@@ -321,3 +321,33 @@ def test_getting_back_to_a_sweep(workdir, panels):
     assert plain.startswith(f"hsm_notebook sweep {done.id}: 2 tasks") and "best score (max): 4" in plain
     busy.cancel()
     busy.wait(timeout=30)
+
+
+def test_the_form_launches_a_function_of_the_notebook(workdir, panels, tmp_path):
+    """The command field takes the name of a function defined in the notebook as well as a command."""
+    from IPython import get_ipython
+    from IPython.testing.globalipapp import start_ipython
+
+    start_ipython()  # once per process: a later call returns None
+    ip = get_ipython()
+
+    def double(x):
+        return {"y": 2 * x}
+
+    ip.user_ns["double"] = double
+    panel = SweepPanel(sources=[LocalComputeSource(max_parallel_jobs=2)], refresh_interval=0.1,
+                       directory=tmp_path / "fn")
+    panels.append(panel)
+    panel.editor.command.value = "double"
+    panel.editor.workdir.value = str(workdir)
+    _fill(panel, [("x", "1, 2, 3", "grid")])
+    panel.launch_button.click()
+    assert panel.sweep is not None and "hsm-error" not in _msg(panel), _msg(panel)
+    panel.sweep.wait(timeout=60)
+    assert sorted(panel.sweep.results()["y"]) == [2, 4, 6]
+    other = SweepPanel(sources=[LocalComputeSource(max_parallel_jobs=2)], directory=tmp_path / "nofn")
+    panels.append(other)
+    other.editor.command.value = "no_such_function_here"
+    _fill(other, [("x", "1", "grid")])
+    other.launch_button.click()
+    assert "neither a function defined in this notebook nor a program on PATH" in _msg(other)

@@ -79,6 +79,10 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+#: Prints the interpreter's version: how a source learns it at setup.
+VERSION_CODE = "import sys; print('%d.%d.%d' % sys.version_info[:3])"
+
+
 def version_problem(found: Optional[str], wanted: Optional[str], where: str) -> Optional[str]:
     """Why the Python ``found`` (``3.10.12``) on ``where`` cannot run a function pickled by ``wanted``
     (``3.11``), or None."""

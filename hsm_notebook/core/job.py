@@ -20,7 +20,7 @@ from .environment import check_literal_env
 from .errors import ConfigError
 from .overrides import hydra_value
 
-ARG_STYLES = ("hydra", "argparse", "none")
+ARG_STYLES = ("hydra", "argparse", "none", "json")  # json: all parameters as one JSON argument (function sweeps)
 
 #: Files inside a job's directory.
 PARAMS_FILE = "params.json"
@@ -139,6 +139,9 @@ class JobTemplate:
     #: Also pass ``wandb.group=<group> output.dir=<task dir>`` after the parameters, as the
     #: reference HSM does (scripts written for it save there).
     reference_args: bool = False
+    #: A function sweep: the Python major.minor that pickled the function (each source's
+    #: interpreter must match it); None for a command.
+    python_version: str | None = None
 
     def __post_init__(self) -> None:
         for key in self.env:
@@ -155,6 +158,8 @@ class JobTemplate:
             return []
         if self.arg_style == "hydra":
             return [f"{k}={hydra_value(v, k)}" for k, v in params.items()]
+        if self.arg_style == "json":
+            return [json.dumps(dict(params), separators=(",", ":"))] if params else []
         return [f"--{k}={format_value(v)}" for k, v in params.items()]
 
     def check(self, values: Iterable[tuple[str, Any]]) -> None:
@@ -167,6 +172,8 @@ class JobTemplate:
         """The command followed by the parameter arguments (and, with ``reference_args``, the
         group and the task's folder where the job runs)."""
         extra = {"wandb.group": group, "output.dir": task_dir} if self.reference_args and task_dir else {}
+        if self.arg_style == "json":
+            return [*self.command, *self.args({**params, **extra})] if params or extra else [*self.command, "{}"]
         return [*self.command, *self.args(params), *self.args(extra)]
 
     def environ(
@@ -184,12 +191,12 @@ class JobTemplate:
     def to_dict(self) -> dict[str, Any]:
         """As plain data, for the sweep record."""
         return {"command": list(self.command), "arg_style": self.arg_style, "workdir": self.workdir, "env": dict(self.env),
-                "reference_args": self.reference_args}
+                "reference_args": self.reference_args, "python_version": self.python_version}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "JobTemplate":
         return cls(tuple(data["command"]), data.get("arg_style", "hydra"), data.get("workdir"), dict(data.get("env") or {}),
-                   bool(data.get("reference_args", False)))
+                   bool(data.get("reference_args", False)), data.get("python_version"))
 
 
 def reference_template(

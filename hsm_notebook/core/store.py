@@ -68,6 +68,17 @@ def _connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def _holder(fd: int) -> str:
+    """What the controller lock file says ("pid N on HOST"): a controller writes it just after it
+    takes the lock, so an empty file is read again for a moment before saying "another process"."""
+    for _ in range(20):
+        text = os.pread(fd, 256, 0).decode(errors="replace").strip()
+        if text:
+            return text
+        time.sleep(0.025)
+    return "another process"
+
+
 def _requirements(requires: Callable[[dict], Any], params: dict) -> str | None:
     """``requires(params)`` as JSON for the ledger; a value that is not a JSON mapping is a ConfigError."""
     req = requires(params)
@@ -97,14 +108,15 @@ class SweepStore:
     # -- creation and opening ---------------------------------------------------------
     @classmethod
     def create(cls, directory: Path, record: Mapping[str, Any], tasks: Iterable[tuple[str, dict]],
-               requires: Callable[[dict], Any] | None = None) -> "SweepStore":
+               requires: Callable[[dict], Any] | None = None, files: Mapping[str, bytes] | None = None) -> "SweepStore":
         """A new sweep folder, whole or not at all.
 
         The ledger, ``sweep.yaml`` and ``tasks/`` are built in a hidden sibling
         ``.<name>.creating-<hex>`` (its controller lock held meanwhile, so others can tell a build
         in progress from a crashed one) and renamed to ``directory`` at the end.  An error removes
         the sibling; a crash leaves only it, which ``open`` and ``create`` name as unfinished.
-        ``directory`` may exist if it is empty."""
+        ``directory`` may exist if it is empty.  ``files`` (name -> bytes) are written into it too
+        (a function sweep's pickled function)."""
         directory = Path(directory).absolute()
         check_new(directory)
         build = build_folder(directory)
@@ -112,6 +124,8 @@ class SweepStore:
         try:
             store.acquire()
             store._fill(record, tasks, requires)
+            for name, data in (files or {}).items():
+                (build / name).write_bytes(data)
             store.close()
             move_into_place(build, directory)
         except BaseException:
@@ -197,7 +211,7 @@ class SweepStore:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(fd, 256).decode(errors="replace").strip() or "another process"
+            holder = _holder(fd)
             os.close(fd)
             raise SweepLockedError(
                 f"sweep {self.directory.name} is being driven by {holder}; nothing was changed. To change it, "

@@ -22,7 +22,7 @@ from typing import Any, AsyncIterator, Callable, Iterable, Mapping, Optional, Se
 
 import pandas as pd
 
-from . import _loop, registry, steps
+from . import _loop, functions, registry, steps
 from .config import SweepFile, parse_command
 from .errors import ConfigError, HsmError
 from .frames import (
@@ -68,7 +68,7 @@ class Sweep:
     def __init__(
         self,
         space: ParameterSpace,
-        command: Sequence[str] | str,
+        command: Sequence[str] | str | Callable[..., Any],
         sources: Optional[Sequence[ComputeSource]] = None,
         *,
         directory: str | Path | None = None,
@@ -99,7 +99,14 @@ class Sweep:
         workdir = Path(workdir or Path.cwd()).absolute()
         if not workdir.is_dir():
             raise ConfigError(f"{workdir} is not a directory", "workdir")
-        template = JobTemplate(parse_command(command), arg_style, str(workdir), dict(env or {}), bool(reference_args))
+        files, function = {}, None
+        if callable(command):  # a function sweep: pickled once, run by hsm_notebook.runner in every task
+            function = {"name": getattr(command, "__qualname__", None) or repr(command), "python": functions.python_version()}
+            files = {functions.FUNCTION_FILE: functions.pack(command),
+                     functions.VERSION_FILE: function["python"].encode()}
+            command, arg_style = functions.RUNNER, "json"
+        template = JobTemplate(parse_command(command), arg_style, str(workdir), dict(env or {}), bool(reference_args),
+                               function["python"] if function else None)
         template.check(space.values())
         sources = check_sources(sources, template)
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -112,10 +119,11 @@ class Sweep:
             "retry": retry_policy(retry).to_dict(), "health_interval": health_interval, "max_failures": max_failures,
             "unknown_timeout": unknown_timeout, "stall_timeout": stall_timeout, "git": git_state(workdir),
             "metadata": dict(metadata or {}), "origin": dict(origin or {}), "objective": check_objective(objective),
+            "function": function,
         }
         if strategy not in STRATEGIES:
             raise ConfigError(f"must be one of {STRATEGIES}, got {strategy!r}", "strategy")
-        store = SweepStore.create(directory, record, space.with_ids(), requires)
+        store = SweepStore.create(directory, record, space.with_ids(), requires, files)
         self._init(store, sources, record)
 
     def _init(self, store: SweepStore, sources: list[ComputeSource], record: Mapping[str, Any]) -> None:
@@ -366,9 +374,31 @@ class Sweep:
         """One row per task: state, source, parameters, times, exit code, last error line."""
         return status_frame(self.store)
 
-    def results(self) -> pd.DataFrame:
-        """Parameters and metrics of the completed tasks."""
-        return results_frame(self.store)
+    def results(self, objects: bool = False) -> pd.DataFrame:
+        """Parameters and metrics of the completed tasks; with ``objects`` (a function sweep), also
+        each task's return value in a ``result`` column (read from its folder)."""
+        frame = results_frame(self.store)
+        if objects:
+            frame["result"] = [self.result(tid) for tid in frame["task_id"]]
+        return frame
+
+    def result(self, task_id: str) -> Any:
+        """What the function returned in a completed task of a function sweep (unpickled on demand:
+        a large return stays in the task's folder until asked for)."""
+        info = self.task(task_id)
+        if not self._record.get("function"):
+            raise ConfigError("not a function sweep: its tasks ran a command; see results() for their metrics",
+                              "task_id")
+        if info["state"] != JobState.COMPLETED.value:
+            raise ConfigError(f"task {task_id} is {info['state']}, not COMPLETED: it has no return value"
+                              + (f" ({info['error']})" if info["error"] else ""), "task_id")
+        path = self.directory / "tasks" / info["job_name"] / functions.RESULT_FILE
+        if not path.exists():
+            raise ConfigError(f"task {task_id} left no {functions.RESULT_FILE} in {path.parent}", "task_id")
+        import cloudpickle
+
+        with open(path, "rb") as f:
+            return cloudpickle.load(f)
 
     @property
     def objective(self) -> Optional[tuple[str, bool]]:

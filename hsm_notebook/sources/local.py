@@ -25,6 +25,7 @@ from ..core.environment import (Environment, check_literal_env, environment_scri
                                 probe_problem, script_name)
 from ..core.errors import ConfigError, SourceError, SubmitError
 from ..core.gpus import GpuPool
+from ..core.functions import VERSION_CODE, version_problem
 from ..core.job import CANCEL_FILE, EXIT_CODE_FILE, NEVER, WRAPPER, JobTemplate, claim, read_pid, write_params
 from ..core.source import ComputeSource
 from ..core.shell import LocalShell
@@ -373,8 +374,23 @@ class LocalComputeSource(ComputeSource):
         self._loop = asyncio.get_running_loop()
         (Path(sweep_dir) / "tasks").mkdir(parents=True, exist_ok=True)
         await self._setup_environment(Path(sweep_dir))
+        await self._check_python()
         self.stats.health_status = "healthy"
         return True
+
+    async def _check_python(self) -> None:
+        """A function sweep run by another interpreter than this kernel's (``python=``, or one an
+        environment provides): it must be the Python that pickled the function."""
+        wanted = self.template.python_version if self.template else None
+        argv = self._argv0(["python", "-c", VERSION_CODE])
+        if not wanted or (argv[0] == sys.executable and not self._env_script):
+            return
+        proc = await asyncio.create_subprocess_exec(*job_argv(self._env_script, argv), stdout=asyncio.subprocess.PIPE,
+                                                    stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL)
+        out = (await proc.communicate())[0].decode(errors="replace").strip().splitlines()
+        problem = version_problem(out[-1] if out else "unknown (it did not start)", wanted, "this machine")
+        if problem:
+            raise SourceError(problem, self.name)
 
     async def submit_job(
         self, params: Dict[str, Any], job_name: str, sweep_id: str, wandb_group: Optional[str] = None

@@ -23,6 +23,7 @@ from ..core import registry
 from ..core.environment import (Environment, check_literal_env, environment_script, expand_home, job_argv,
                                 probe_command, probe_problem, script_name)
 from ..core.errors import CommandError, ConfigError, SourceError, SubmitError
+from ..core.functions import VERSION_CODE, version_problem
 from ..core.job import WRAPPER, write_params
 from ..core.source import ComputeSource
 from ..core.state import JobOutcome, JobState, ResourceSpec
@@ -215,8 +216,20 @@ class SlurmComputeSource(ComputeSource):
             message = " ".join((test.stderr or test.stdout).split())
             raise SourceError(f"Slurm refuses these resources: {message}", self.name)
         await self._setup_environment()
+        await self._check_python()
         self.stats.health_status = "healthy"
         return True
+
+    async def _check_python(self) -> None:
+        """A function sweep: the tasks' interpreter must be the Python that pickled the function."""
+        wanted = self.template.python_version if self.template else None
+        if not wanted:
+            return
+        argv = job_argv(self._env_script, self._command(["python", "-c", VERSION_CODE]))
+        out = (await self._run("other", argv, check=False)).stdout.strip().splitlines()
+        problem = version_problem(out[-1] if out else "unknown (it did not start)", wanted, "the Slurm login node")
+        if problem:
+            raise SourceError(problem, self.name)
 
     async def health_check(self) -> Dict[str, Any]:
         part = ["-p", self.resources.partition] if self.resources.partition else []

@@ -15,6 +15,7 @@ import shlex
 from pathlib import Path
 
 from .. import metrics as metrics_module
+from ..core.functions import FUNCTION_FILE, VERSION_FILE, version_problem
 from ..core.environment import environment_script, probe_command, probe_problem, probe_version, script_name
 from ..core.errors import ConfigError, SourceError
 from ..core.job import EXIT_CODE_FILE, JobTemplate
@@ -49,7 +50,9 @@ class RemoteSideMixin:
                 sweep_dir=self.sweep_dir)
         await self._setup_environment(template, sweep_root, workdir)
         setsid = "setsid" if self.facts.get("setsid") == "yes" else "nohup"
-        lib = await self._upload_helpers()
+        lib = await self._upload_helpers(template)
+        if template.python_version:
+            await self._upload_function(sweep_root)
         self.jobs = RemoteJobManager(self.conn, posixpath.join(sweep_root, "tasks"), workdir, setsid,
                                      self.cancel_grace, lib)
         self.jobs.tar = self.facts.get("tar") == "yes"
@@ -75,6 +78,9 @@ class RemoteSideMixin:
         if problem:
             raise SourceError(problem, self.name)
         self.facts["python"] = probe_version(out) or ""
+        problem = version_problem(self.facts["python"], template.python_version, self.target.label)
+        if problem:
+            raise SourceError(problem, self.name)
 
     async def _watch(self) -> None:
         """One more channel per connection: ``tail -F`` of the events file the job wrappers append
@@ -94,15 +100,32 @@ class RemoteSideMixin:
 
         self._watcher = asyncio.get_running_loop().create_task(read())
 
-    async def _upload_helpers(self) -> str:
+    async def _upload_helpers(self, template: JobTemplate) -> str:
         """Put ``hsm_notebook.metrics`` (stdlib only) on the remote, so jobs can ``log_metrics``
-        without installing anything there.  Returns the folder to add to PYTHONPATH."""
+        without installing anything there; for a function sweep also the runner and cloudpickle
+        (pure Python).  Returns the folder to add to PYTHONPATH."""
         lib = posixpath.join(self.root, "lib")
-        pkg = shlex.quote(posixpath.join(lib, "hsm_notebook"))
-        source = Path(metrics_module.__file__).read_text()
-        await self.conn.run(f"mkdir -p {pkg} && printf '%s' {shlex.quote(_REMOTE_INIT)} > {pkg}/__init__.py && "
-                            f"printf '%s' {shlex.quote(source)} > {pkg}/metrics.py")
+        files = {"hsm_notebook/__init__.py": _REMOTE_INIT, "hsm_notebook/metrics.py": Path(metrics_module.__file__).read_text()}
+        if template.python_version:
+            import cloudpickle
+
+            from .. import runner
+
+            files["hsm_notebook/runner.py"] = Path(runner.__file__).read_text()
+            package = Path(cloudpickle.__file__).parent
+            files.update({f"cloudpickle/{f.name}": f.read_text() for f in sorted(package.glob("*.py"))})
+        script = " && ".join(f"mkdir -p {shlex.quote(posixpath.dirname(posixpath.join(lib, name)))} && printf '%s' "
+                             f"{shlex.quote(text)} > {shlex.quote(posixpath.join(lib, name))}" for name, text in files.items())
+        await self.conn.run(script)
         return lib
+
+    async def _upload_function(self, sweep_root: str) -> None:
+        """A function sweep's pickled function (and its Python version), once per sweep, next to
+        the remote tasks folder where the runner looks for it."""
+        assert self.sweep_dir is not None
+        sftp = await self.conn.sftp()
+        for name in (FUNCTION_FILE, VERSION_FILE):
+            await sftp.put(str(self.sweep_dir / name), posixpath.join(sweep_root, name))
 
     async def _ensure(self) -> None:
         """Reconnect after a drop, with backoff inside the caller's polling rhythm; set the remote up

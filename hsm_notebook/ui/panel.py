@@ -168,7 +168,7 @@ class SweepPanel:
             self.say("Already running: the tasks are on their way (Status shows them).")
             return
         if self.sweep is None:
-            options = {**self.options, "space": self.editor.space(), "command": self.editor.command_argv(),
+            options = {**self.options, "space": self.editor.space(), "command": self._command(),
                        "sources": self.sources_view.sources}
             options["workdir"] = self.editor.workdir.value.strip() or options.get("workdir")
             if self.directory is not None:
@@ -298,6 +298,19 @@ class SweepPanel:
             self.refreshes += 1
             self._update_buttons()
 
+    def _command(self) -> Any:
+        """The form's command: a function of the notebook when its name is one (``train``), else a
+        command line (``python train.py``)."""
+        text = self.editor.command.value.strip()
+        if text.isidentifier():
+            fn = _user_namespace().get(text)
+            if callable(fn):
+                return fn
+            if fn is None and " " not in text and not _on_path(text):
+                raise HsmError(f"{text!r} is neither a function defined in this notebook nor a program on PATH; "
+                               "define the function first (run its cell), or type a command such as 'python train.py'")
+        return self.editor.command_argv()
+
     def open_task(self, task_id: str) -> None:
         """Show ``task_id`` in Job detail (a row clicked in Results)."""
         self.detail_view.task.value = task_id
@@ -318,3 +331,19 @@ class SweepPanel:
                 self.refresh(force)
             except Exception as exc:  # noqa: BLE001 - the refresher must outlive any one error
                 self.show_error(exc)
+
+
+def _user_namespace() -> dict:
+    """The notebook's variables (IPython's user namespace), or {} outside IPython."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return {}
+    shell = get_ipython()
+    return dict(shell.user_ns) if shell is not None else {}
+
+
+def _on_path(program: str) -> bool:
+    import shutil
+
+    return shutil.which(program) is not None

@@ -85,7 +85,9 @@ def test_cancelled_job(slurm_cluster: SlurmCluster, tmp_path: Path):
     c.run("scancel", job, check=True)
     assert c.wait_job(job) == "CANCELLED"
     info = c.show_job(job)
-    assert (info["JobState"], info["ExitCode"]) == ("CANCELLED", "0:15")
+    # SIGTERM reaches the batch shell and its sleep together: the shell dies of it (0:15) or first
+    # sees sleep die and exits 143 (143:0), depending on the load
+    assert info["JobState"] == "CANCELLED" and info["ExitCode"] in ("0:15", "143:0"), info
     assert _squeue(c, job)[0][5] == "CANCELLED"
 
 
