@@ -100,7 +100,7 @@ def test_intermediate_metrics_are_neither_lost_nor_doubled_across_a_controller_c
     """Steps read before a SIGKILL of the controller are read again, once, by the new one."""
     (workdir / "steps.py").write_text(
         "import time\nfrom hsm_notebook.metrics import log_metrics\n"
-        "for i in range(10):\n    log_metrics(step=i, loss=1 / (i + 1))\n    time.sleep(0.3)\n")
+        "for i in range(20):\n    log_metrics(step=i, loss=1 / (i + 1))\n    time.sleep(0.3)\n")
     (workdir / "controller.py").write_text(STEPPING)
     directory = workdir / "sweeps" / "stepping"
     proc = subprocess.Popen([sys.executable, "controller.py", str(workdir), str(directory)], cwd=workdir,
@@ -123,4 +123,4 @@ def test_intermediate_metrics_are_neither_lost_nor_doubled_across_a_controller_c
     sweep.wait(timeout=120)
     assert sweep.counts() == {"COMPLETED": 4}
     per_task = sweep.metrics(metric="loss").groupby("task_id")["step"].apply(list)
-    assert len(per_task) == 4 and all(steps == [float(i) for i in range(10)] for steps in per_task), per_task
+    assert len(per_task) == 4 and all(steps == [float(i) for i in range(20)] for steps in per_task), per_task

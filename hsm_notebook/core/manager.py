@@ -85,6 +85,8 @@ class DistributedJobManager(SupervisorMixin, PollingMixin, ControlMixin):
         self.live: dict[Key, Live] = {}
         self._load: collections.Counter = collections.Counter()  # per source: live attempts not ended
         self.steps_stored = 0  # intermediate metric values recorded by this run (the panel's cue to redraw)
+        self._steps_seen: set[str] = set()  # sources whose running jobs have logged steps
+        self._steps_read_at: dict[str, float] = {}
         self._reserved: collections.Counter = collections.Counter()  # per source: submissions in flight
         self._submitting: dict[str, tuple[str, int]] = {}  # task id -> (source, attempt) while submit_job runs
         self._cancel: set[str] = set()  # tasks whose cancel was asked and is not done yet

@@ -22,6 +22,7 @@ from .state import JobOutcome, JobState
 
 Key = tuple[str, str]  # (source name, job id)
 _COLLECT_BATCH = 256  # finished jobs that are collected at once, whatever the time since the last batch
+_STEPS_PROBE = 5.0  # seconds between looks for intermediate metrics on a source whose jobs have logged none yet
 
 
 @dataclass
@@ -86,17 +87,25 @@ class PollingMixin:
             task.add_done_callback(lambda t, n=source.name: self._collecting.pop(n, None))
 
     async def _read_steps(self, source: ComputeSource) -> None:
-        """Running jobs' new intermediate metrics into the ledger: one call per source per poll."""
+        """Running jobs' new intermediate metrics into the ledger: one call per source per poll once
+        the source's jobs log steps; until then at most every ``_STEPS_PROBE`` seconds (a sweep whose
+        jobs never log steps costs no extra request per poll; the last steps come with the results)."""
         running = {job_id: live for (name, job_id), live in self.live.items()
                    if name == source.name and live.ended is None and live.state == JobState.RUNNING}
-        if not running:
+        now = time.monotonic()
+        if not running or (source.name not in self._steps_seen
+                           and now - self._steps_read_at.get(source.name, -_STEPS_PROBE) < _STEPS_PROBE):
             return
+        self._steps_read_at[source.name] = now
         try:
             chunks = await source.read_steps({job_id: live.steps_at for job_id, live in running.items()})
         except Exception as exc:  # noqa: BLE001 - curves wait for the next poll; the run goes on
             self.faults.report(source.name, "reading intermediate metrics", exc)
             return
-        self._store_steps([(running[j], data) for j, data in (chunks or {}).items() if j in running])
+        found = [(running[j], data) for j, data in (chunks or {}).items() if j in running and data]
+        if found:
+            self._steps_seen.add(source.name)
+            self._store_steps(found)
 
     def _store_steps(self, chunks: list[tuple[Live, bytes]]) -> None:
         with self.store.transaction() as conn:

@@ -10,244 +10,25 @@ the moment a job exits, so no slot idles until the next poll.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from ..core.environment import (Environment, check_literal_env, environment_script, job_argv, probe_command,
                                 probe_problem, script_name)
-from ..core.errors import ConfigError, SourceError, SubmitError
+from ..core.errors import ConfigError, SourceError
 from ..core.gpus import GpuPool
 from ..core.functions import VERSION_CODE, version_problem
-from ..core.job import CANCEL_FILE, EXIT_CODE_FILE, NEVER, WRAPPER, JobTemplate, claim, read_pid, write_params
+from ..core.job import JobTemplate, write_params
 from ..core.source import ComputeSource
 from ..core.shell import LocalShell
 from ..core.state import JobOutcome, JobState
+from .local_jobs import LocalJobManager, ProcessTable
 
 _PYTHON_NAMES = ("python", "python3")
-
-
-def pid_alive(pid: int, marker: str | None = None) -> bool:
-    """True if ``pid`` runs and is not a zombie (and, on Linux, has ``marker`` as one of its
-    argv items: a reused pid is not the job's)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
-                return False
-        if marker is not None:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                return any(_same_dir(arg, marker) for arg in f.read().split(b"\0"))
-        return True
-    except FileNotFoundError:
-        return False
-    except OSError:  # no /proc (macOS): fall back to signal 0
-        try:
-            os.kill(pid, 0)
-            return True
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-
-
-def _same_dir(arg: bytes, job_dir: str) -> bool:
-    """Is this argv item the job dir, maybe spelled through another path (a symlink)?"""
-    if arg == os.fsencode(job_dir):
-        return True
-    tail = os.fsencode("/" + os.path.basename(job_dir))
-    return arg.endswith(tail) and os.path.realpath(os.fsdecode(arg)) == os.path.realpath(job_dir)
-
-
-class ProcessTable:
-    """Which live process has a given argv item (a job dir): one read of /proc, made the first
-    time a poll round asks and shared by the round.  Empty where there is no /proc."""
-
-    def __init__(self) -> None:
-        self._items: Optional[Dict[bytes, List[tuple[int, bytes]]]] = None  # by last path component
-
-    def find(self, item: str) -> Optional[int]:
-        if self._items is None:
-            self._items = {}
-            try:
-                pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
-            except OSError:
-                pids = []
-            for pid in pids:
-                try:
-                    with open(f"/proc/{pid}/cmdline", "rb") as f:
-                        argv = f.read()  # empty for zombies and kernel threads
-                except OSError:
-                    continue
-                for arg in argv.split(b"\0"):
-                    self._items.setdefault(arg.rsplit(b"/", 1)[-1], []).append((pid, arg))
-        for pid, arg in self._items.get(os.fsencode(os.path.basename(item)), []):
-            if _same_dir(arg, item) and pid_alive(pid, item):
-                return pid
-        return None
-
-
-class LocalJobManager:
-    """Starts, inspects and stops detached job processes; knows nothing of sweeps."""
-
-    def __init__(self, cancel_grace: float = 5.0):
-        self.cancel_grace = cancel_grace
-        self._procs: dict[Path, subprocess.Popen] = {}
-
-    def start(self, job_dir: Path, argv: List[str], env: Dict[str, str], cwd: str | None) -> int:
-        """Start the job's wrapper in its own session; returns the wrapper's pid."""
-        job_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            proc = subprocess.Popen(
-                ["/bin/sh", "-c", WRAPPER, "hsm-job", str(job_dir), *argv],
-                cwd=cwd, env={**os.environ, **env}, start_new_session=True,
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )
-        except OSError as exc:
-            raise SubmitError(f"cannot start {argv[0]!r} in {cwd}: {exc}") from exc
-        self._procs[job_dir] = proc
-        return proc.pid
-
-    def watch(self, job_dir: Path, loop: asyncio.AbstractEventLoop, on_exit) -> bool:
-        """Call ``on_exit()`` on the loop when the job's wrapper exits (Linux pidfd)."""
-        proc = self._procs.get(job_dir)
-        if proc is None or not hasattr(os, "pidfd_open"):
-            return False
-        try:
-            fd = os.pidfd_open(proc.pid)
-        except OSError:
-            return False
-
-        def ready() -> None:
-            loop.remove_reader(fd)
-            os.close(fd)
-            proc.poll()  # reap now: no zombie left behind
-            on_exit()
-
-        loop.add_reader(fd, ready)
-        return True
-
-    @staticmethod
-    def _exit_code(job_dir: Path) -> Optional[str]:
-        try:
-            return (job_dir / EXIT_CODE_FILE).read_text().strip() or None  # empty: being written
-        except FileNotFoundError:
-            return None
-
-    def state(self, job_dir: Path, table: Optional[ProcessTable] = None) -> JobState:
-        """The job's state from its files (exit code, pid) and, for the living, the process table.
-
-        LOST only when that is certain: the wrapper's process is gone without an exit code, or
-        the job never started and has been claimed so that it never will (see ``job.WRAPPER``).
-        A job without a pid file whose launcher still runs (a slow start) is QUEUED."""
-        rc = self._exit_code(job_dir)
-        if rc is not None:
-            proc = self._procs.pop(job_dir, None)
-            if proc is not None:
-                proc.poll()
-            if rc == "0":
-                return JobState.COMPLETED
-            return JobState.CANCELLED if (job_dir / CANCEL_FILE).exists() else JobState.FAILED
-        table = table or ProcessTable()
-        text = read_pid(job_dir)
-        if text is None:  # not started: still starting, or never to start
-            if self.find(job_dir, table) is not None:
-                return JobState.QUEUED
-            if not claim(job_dir):  # its wrapper claimed it just now
-                return self.state(job_dir, table)
-            text = NEVER
-        if text == NEVER:
-            return JobState.CANCELLED if (job_dir / CANCEL_FILE).exists() else JobState.LOST
-        proc = self._procs.get(job_dir)
-        if proc is not None and proc.poll() is None:
-            return JobState.RUNNING
-        # a pid: is that process still the job's wrapper?  Empty: the wrapper claimed the job and is
-        # writing its pid (or could not: a full disk, and then it ran nothing): is it still there?
-        alive = pid_alive(int(text), str(job_dir)) if text.isdigit() else self.find(job_dir, table) is not None
-        if alive:
-            return JobState.RUNNING
-        if self._exit_code(job_dir) is not None:  # finished between the two checks
-            return self.state(job_dir, table)
-        if (job_dir / CANCEL_FILE).exists():
-            return JobState.CANCELLED
-        return JobState.LOST
-
-    def find(self, job_dir: Path, table: Optional[ProcessTable] = None) -> Optional[int]:
-        """The pid of a live process started for the job (its launcher or wrapper: the job dir is
-        one of its argv items; Popen returns only after exec), or None."""
-        proc = self._procs.get(job_dir)
-        if proc is not None and proc.poll() is None:
-            return proc.pid
-        return (table or ProcessTable()).find(str(job_dir))
-
-    def started(self, job_dir: Path) -> bool:
-        """Did the job start, or may it still (a launcher still starting)?  False only when it
-        provably never will: then its pid file is claimed for the controller."""
-        if not job_dir.is_dir():
-            return False  # the launcher is started after the folder is made
-        text = read_pid(job_dir)
-        if text is None and self.find(job_dir) is None:
-            if claim(job_dir):
-                return False
-            text = read_pid(job_dir)
-        return text != NEVER
-
-    @staticmethod
-    def lost_reason(job_dir: Path) -> Optional[str]:
-        """Why a LOST job is lost, when its files say more than "vanished without an exit code"."""
-        text = read_pid(job_dir)
-        if text == NEVER:
-            return "the job never started (its launcher is gone); it was claimed so it never will"
-        if text == "":
-            return "the job's wrapper could not write its pid (is the disk full?) and ran nothing"
-        return None
-
-    @staticmethod
-    def _read_pid(job_dir: Path) -> Optional[int]:
-        text = read_pid(job_dir)
-        return int(text) if text and text.isdigit() else None
-
-    async def stop(self, job_dir: Path) -> bool:
-        """TERM the job's process group, then KILL it after the grace period.  A job that has not
-        started is claimed instead, so that it never does."""
-        if (job_dir / EXIT_CODE_FILE).exists():
-            return False
-        proc = self._procs.get(job_dir)
-        if read_pid(job_dir) is None and job_dir.is_dir():
-            (job_dir / CANCEL_FILE).touch()
-            if claim(job_dir):
-                if proc is not None and proc.poll() is None:  # our launcher, still starting: end it now
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.pid, signal.SIGTERM)
-                return True
-        if read_pid(job_dir) == NEVER:
-            return False
-        pid = self._read_pid(job_dir)
-        pid = pid if pid is not None else (proc.pid if proc else None)
-        if pid is None or (job_dir / EXIT_CODE_FILE).exists():
-            return False
-        (job_dir / CANCEL_FILE).touch()
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(pid, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.monotonic() + self.cancel_grace
-            while time.monotonic() < deadline and pid_alive(pid):
-                if proc is not None:
-                    proc.poll()
-                await asyncio.sleep(0.05)
-            if not pid_alive(pid):
-                break
-        if proc is not None:
-            proc.poll()
-        return True
 
 
 class LocalComputeSource(ComputeSource):

@@ -1,0 +1,165 @@
+"""What a sweep says, read from its ledger and folder: the tables, one task, logs, intermediate
+metrics, return values, the objective's best.  A mixin of ``Sweep`` (which adds creating,
+running and controlling): everything here works the same on a sweep that another process drives
+(``Sweep.attach(dir, resume=False)``) and never changes the ledger.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import pandas as pd
+
+from . import functions, registry, steps
+from .errors import ConfigError
+from .frames import counts_by_source, ledger_version, results_frame, status_frame, status_page, task_history, time_span
+from .job import SCHEDULER_FILE, STDERR_FILE, STDOUT_FILE, tail
+from .space import ParameterSpace
+from .state import JobState
+
+
+class SweepViews:
+    # -- reading -----------------------------------------------------------------------------
+    def status(self) -> pd.DataFrame:
+        """One row per task: state, source, parameters, times, exit code, last error line."""
+        return status_frame(self.store)
+
+    def results(self, objects: bool = False) -> pd.DataFrame:
+        """Parameters and metrics of the completed tasks; with ``objects`` (a function sweep), also
+        each task's return value in a ``result`` column (read from its folder)."""
+        frame = results_frame(self.store)
+        if objects:
+            frame["result"] = [self.result(tid) for tid in frame["task_id"]]
+        return frame
+
+    def result(self, task_id: str) -> Any:
+        """What the function returned in a completed task of a function sweep (unpickled on demand:
+        a large return stays in the task's folder until asked for)."""
+        info = self.task(task_id)
+        if not self._record.get("function"):
+            raise ConfigError("not a function sweep: its tasks ran a command; see results() for their metrics",
+                              "task_id")
+        if info["state"] != JobState.COMPLETED.value:
+            raise ConfigError(f"task {task_id} is {info['state']}, not COMPLETED: it has no return value"
+                              + (f" ({info['error']})" if info["error"] else ""), "task_id")
+        path = self.directory / "tasks" / info["job_name"] / functions.RESULT_FILE
+        if not path.exists():
+            raise ConfigError(f"task {task_id} left no {functions.RESULT_FILE} in {path.parent}", "task_id")
+        import cloudpickle
+
+        with open(path, "rb") as f:
+            return cloudpickle.load(f)
+
+    @property
+    def objective(self) -> Optional[tuple[str, bool]]:
+        """``(metric, minimize)`` when the sweep declared one (``objective={"val_loss": "min"}``)."""
+        declared = self._record.get("objective")
+        if not declared:
+            return None
+        (metric, direction), = declared.items()
+        return metric, direction == "min"
+
+    def best(self, n: int = 5, metric: Optional[str] = None, minimize: Optional[bool] = None) -> pd.DataFrame:
+        """The ``n`` best completed tasks by the objective (or ``metric``; lower is better unless
+        ``minimize=False`` or the objective says max)."""
+        declared = self.objective
+        metric = metric or (declared[0] if declared else None)
+        if metric is None:
+            raise ConfigError("no objective: give best(metric='val_loss') or Sweep(..., objective={'val_loss': 'min'})",
+                              "metric")
+        if minimize is None:
+            minimize = declared[1] if declared and declared[0] == metric else True
+        results = self.results()
+        if metric not in results.columns:
+            raise ConfigError(f"no completed task reported {metric!r}; metrics so far: "
+                              f"{[c for c in results.columns if c not in self.param_names and c != 'task_id']}", "metric")
+        return results.dropna(subset=[metric]).sort_values(metric, ascending=minimize).head(n)
+
+    def counts(self) -> dict[str, int]:
+        """Number of tasks in each state."""
+        return self.store.counts()
+
+    @property
+    def done(self) -> bool:
+        """True when no task is waiting or running."""
+        return all(JobState(s).is_terminal for s in self.counts())
+
+    def page(self, **query: Any) -> tuple[pd.DataFrame, int]:
+        """One page of the status table filtered and sorted in the ledger (see ``frames.status_page``)."""
+        return status_page(self.store, **query)
+
+    def store_version(self) -> tuple[int, int, int]:
+        """Changes whenever the ledger changes, intermediate metrics included (cheap: for refresh loops)."""
+        with contextlib.closing(self.store.reader()) as conn:
+            return (*ledger_version(self.store), steps.version(conn))
+
+    def time_span(self) -> tuple[Optional[float], Optional[float]]:
+        """(first submission, last end) over all tasks, epoch seconds."""
+        return time_span(self.store)
+
+    @property
+    def param_names(self) -> list[str]:
+        """The parameter names, in the space's order (every name any combination has)."""
+        if self._param_names is None:
+            self._param_names = list(ParameterSpace.from_dict(self._record["space"]).names)
+        return self._param_names
+
+    def counts_by_source(self) -> dict[str | None, dict[str, int]]:
+        """``{source: {state: n}}`` (tasks never submitted under None)."""
+        return counts_by_source(self.store)
+
+    def history(self, task_id: str) -> pd.DataFrame:
+        """Every state a task went through, with times, attempts and sources."""
+        return task_history(self.store, task_id)
+
+    def panel(self) -> "Any":
+        """The notebook panel of this sweep (an ipywidgets view; displaying it shows it)."""
+        return registry.panel(self)
+
+    def metrics(self, task_id: Optional[str | Sequence[str]] = None, metric: Optional[str] = None) -> pd.DataFrame:
+        """Intermediate metrics (``log_metrics(step=...)``) as a long DataFrame: task_id, attempt,
+        step, metric, value, time; of a task (or a list of them), of one metric.  It grows while
+        the sweep runs; final metrics are in ``results()``."""
+        with contextlib.closing(self.store.reader()) as conn:
+            return steps.frame(conn, task_id, metric)
+
+    def metric_names(self, after: int = 0) -> tuple[set[str], int]:
+        """Names of the intermediate metrics logged after row ``after``, and the last row (see
+        :func:`~hsm_notebook.core.steps.metric_names`): cheap to call again with what it returned."""
+        with contextlib.closing(self.store.reader()) as conn:
+            return steps.metric_names(conn, after)
+
+    def task(self, task_id: str) -> dict[str, Any]:
+        """One task's row: params, state, source, attempt, exit code, error, metrics."""
+        with contextlib.closing(self.store.reader()) as conn:
+            row = conn.execute("SELECT * FROM tasks WHERE task_id=?", (task_id,)).fetchone()
+        if row is None:
+            raise ConfigError(f"no task {task_id!r} in sweep {self.id}; copy an id from status()", "task_id")
+        info = dict(row)
+        info["params"] = json.loads(info["params"])
+        info["metrics"] = json.loads(info["metrics"]) if info["metrics"] else None
+        return info
+
+    def logs(self, task_id: str, stream: str = "stderr", lines: int = 20, attempt: Optional[int] = None) -> str:
+        """The last lines of a task's ``stdout``, ``stderr`` or ``slurm`` (the batch system's own
+        messages), of its latest attempt or of ``attempt``."""
+        path = self.log_path(task_id, stream, attempt)
+        return tail(path, lines) if path is not None else ""
+
+    def log_path(self, task_id: str, stream: str = "stderr", attempt: Optional[int] = None) -> Optional[Path]:
+        """Where a task's log is (its latest attempt's, or ``attempt``'s); None before it ran."""
+        files = {"stdout": STDOUT_FILE, "stderr": STDERR_FILE, "slurm": SCHEDULER_FILE}
+        if stream not in files:
+            raise ConfigError(f"must be one of {sorted(files)}", "stream")
+        info = self.task(task_id)
+        if attempt is None:
+            job_name = info["job_name"]
+        elif isinstance(attempt, int) and 1 <= attempt <= (info["attempt"] or 0):
+            job_name = f"{task_id}-{attempt}"
+        else:
+            raise ConfigError(f"task {task_id} has attempts 1 to {info['attempt'] or 0}, not {attempt!r}", "attempt")
+        return self.directory / "tasks" / job_name / files[stream] if job_name else None
+
