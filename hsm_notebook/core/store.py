@@ -18,12 +18,9 @@ the writer.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import glob
 import json
-import os
 import shutil
-import socket
 import sqlite3
 import time
 from pathlib import Path
@@ -31,12 +28,12 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import yaml
 
-from .errors import ConfigError, StoreError, SweepLockedError
+from .errors import ConfigError, StoreError
 from .events import Event
 from . import steps
 from .state import JobOutcome, JobState
-from .sweepdir import (CREATING, LEDGER, LOCK, RECORD, atomic_write, build_folder, check_new, move_into_place,
-                       unfinished)
+from .sweepdir import (CREATING, LEDGER, RECORD, atomic_write, build_folder, check_new, drop_lock, move_into_place,
+                       take_lock, unfinished)
 
 _ACTIVE = tuple(s.value for s in JobState if s.is_active)
 SCHEMA_VERSION = 1
@@ -66,17 +63,6 @@ def _connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.row_factory = sqlite3.Row
     return conn
-
-
-def _holder(fd: int) -> str:
-    """What the controller lock file says ("pid N on HOST"): a controller writes it just after it
-    takes the lock, so an empty file is read again for a moment before saying "another process"."""
-    for _ in range(20):
-        text = os.pread(fd, 256, 0).decode(errors="replace").strip()
-        if text:
-            return text
-        time.sleep(0.025)
-    return "another process"
 
 
 def _requirements(requires: Callable[[dict], Any], params: dict) -> str | None:
@@ -204,29 +190,14 @@ class SweepStore:
 
     # -- the controller lock -----------------------------------------------------------
     def acquire(self) -> None:
-        """Only one live process drives a sweep; the OS drops the lock when it dies."""
-        if self._lock_fd is not None:
-            return
-        fd = os.open(self.directory / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _holder(fd)
-            os.close(fd)
-            raise SweepLockedError(
-                f"sweep {self.directory.name} is being driven by {holder}; nothing was changed. To change it, "
-                "stop that controller (or wait for it to end) and try again, or do it in the process that drives "
-                "it; to watch its progress without driving it: Sweep.attach(dir, resume=False)"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
-        self._lock_fd = fd
+        """Only one live process drives a sweep (see :func:`~hsm_notebook.core.sweepdir.take_lock`)."""
+        if self._lock_fd is None:
+            self._lock_fd = take_lock(self.directory)
 
     def release(self) -> None:
         """Give up the controller lock."""
         if self._lock_fd is not None:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            os.close(self._lock_fd)
+            drop_lock(self._lock_fd)
             self._lock_fd = None
 
     # -- writes (controller only) --------------------------------------------------------

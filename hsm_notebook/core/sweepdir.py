@@ -1,4 +1,5 @@
-"""The sweep folder as files: its names, atomic writes, and how it is built whole or not at all.
+"""The sweep folder as files: its names, atomic writes, the controller lock, and how it is built
+whole or not at all.
 
 ``Sweep(...)`` builds a sweep folder in a hidden sibling ``.<name>.creating-<hex>`` (its
 controller lock held, so a build in progress is told from a crashed one) and renames it into
@@ -13,11 +14,13 @@ import fcntl
 import os
 import secrets
 import shutil
+import socket
 import stat
 import tempfile
+import time
 from pathlib import Path
 
-from .errors import ConfigError
+from .errors import ConfigError, SweepLockedError
 
 LEDGER = "ledger.sqlite"
 RECORD = "sweep.yaml"
@@ -64,10 +67,45 @@ def lock_holder(directory: Path) -> str | None:
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        return os.read(fd, 256).decode(errors="replace").strip() or "another process"
+        return _holder(fd)
     finally:
         os.close(fd)
     return None
+
+
+def take_lock(directory: Path) -> int:
+    """Take the controller lock of ``directory`` (one live process drives a sweep; the OS drops the
+    lock when it dies) and write who holds it; the open descriptor, for :func:`drop_lock`."""
+    fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _holder(fd)
+        os.close(fd)
+        raise SweepLockedError(
+            f"sweep {directory.name} is being driven by {holder}; nothing was changed. To change it, stop that "
+            "controller (or wait for it to end) and try again, or do it in the process that drives it; to watch "
+            "its progress without driving it: Sweep.attach(dir, resume=False)"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+    return fd
+
+
+def drop_lock(fd: int) -> None:
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+
+
+def _holder(fd: int) -> str:
+    """What the lock file says ("pid N on HOST"): a controller writes it just after it takes the lock,
+    so an empty file is read again for a moment before saying "another process"."""
+    for _ in range(20):
+        text = os.pread(fd, 256, 0).decode(errors="replace").strip()
+        if text:
+            return text
+        time.sleep(0.025)
+    return "another process"
 
 
 def unfinished(directory: Path) -> str | None:
