@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from . import steps
 from .space import flatten
 from .state import JobState
 from .store import SweepStore
@@ -83,12 +84,13 @@ def results_frame(store: SweepStore) -> pd.DataFrame:
 _SORTABLE = {"idx", "task_id", "source", "state", "attempt", "submit_time", "start_time", "end_time", "exit_code"}
 
 
-def ledger_version(store: SweepStore) -> tuple[int, int]:
-    """Changes whenever any task changes: (last event number, number of tasks)."""
+def ledger_version(store: SweepStore) -> tuple[int, int, int]:
+    """Changes whenever any task changes or steps are added: (last event number, number of
+    tasks, last steps row), read on one connection."""
     with contextlib.closing(store.reader()) as conn:
         seq = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
         n = conn.execute("SELECT COUNT(*) FROM tasks").fetchone()[0]
-    return seq, n
+        return seq, n, steps.version(conn)
 
 
 def counts_by_source(store: SweepStore) -> dict[str | None, dict[str, int]]:

@@ -113,6 +113,16 @@ CREATE INDEX IF NOT EXISTS steps_task ON steps (task_id, metric, step);
 """
 
 
+def _select(conn, sql: str, args: Sequence = ()) -> list:
+    """The rows of a query on the steps table; none from a ledger written before steps existed."""
+    try:
+        return conn.execute(sql, args).fetchall()
+    except Exception as exc:  # noqa: BLE001 - sqlite3.OperationalError, from whichever sqlite module
+        if "no such table" not in str(exc):
+            raise
+        return []
+
+
 def insert(conn, task_id: str, attempt: int, rows: Iterable[Row]) -> int:
     """Add one attempt's rows (inside the caller's transaction); returns how many."""
     data = [(task_id, attempt, step, metric, value, when) for step, metric, value, when in rows]
@@ -144,12 +154,7 @@ def frame(conn, task_id: Optional[str | Sequence[str]] = None, metric: Optional[
         args.append(metric)
     sql = "SELECT task_id, attempt, step, metric, value, time FROM steps"
     sql += (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY rowid"
-    try:
-        rows = conn.execute(sql, args).fetchall()
-    except Exception as exc:  # noqa: BLE001 - a ledger from before steps existed has none
-        if "no such table" not in str(exc):
-            raise
-        rows = []
+    rows = _select(conn, sql, args)
     df = pd.DataFrame.from_records([tuple(r) for r in rows],
                                    columns=["task_id", "attempt", "step", "metric", "value", "time"])
     df["time"] = pd.to_datetime(df["time"].astype("float64"), unit="s", utc=True)
@@ -162,34 +167,19 @@ def rows_after(conn, task_ids: Sequence[str], metric: str, after: int = 0) -> li
     ids = list(task_ids)
     if not ids:
         return []
-    try:
-        return [tuple(r) for r in conn.execute(
-            f"SELECT rowid, task_id, step, value FROM steps WHERE metric=? AND rowid > ? "
-            f"AND task_id IN ({','.join('?' * len(ids))}) ORDER BY rowid", (metric, after, *ids))]
-    except Exception as exc:  # noqa: BLE001 - a ledger from before steps existed
-        if "no such table" not in str(exc):
-            raise
-        return []
+    return [tuple(r) for r in _select(
+        conn, f"SELECT rowid, task_id, step, value FROM steps WHERE metric=? AND rowid > ? "
+              f"AND task_id IN ({','.join('?' * len(ids))}) ORDER BY rowid", (metric, after, *ids))]
 
 
 def metric_names(conn, after: int = 0) -> tuple[set[str], int]:
     """The metric names of the rows after row ``after``, and the last row: a caller keeping the
     names it has seen reads only what is new."""
-    try:
-        rows = conn.execute("SELECT DISTINCT metric FROM steps WHERE rowid > ?", (after,)).fetchall()
-        last = conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM steps").fetchone()[0]
-    except Exception as exc:  # noqa: BLE001 - a ledger from before steps existed
-        if "no such table" not in str(exc):
-            raise
-        return set(), 0
-    return {r[0] for r in rows}, last
+    rows = _select(conn, "SELECT DISTINCT metric FROM steps WHERE rowid > ?", (after,))
+    return {r[0] for r in rows}, version(conn)
 
 
 def version(conn) -> int:
     """Changes whenever steps are added (the last row number): for refresh loops."""
-    try:
-        return conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM steps").fetchone()[0]
-    except Exception as exc:  # noqa: BLE001 - a ledger from before steps existed
-        if "no such table" not in str(exc):
-            raise
-        return 0
+    rows = _select(conn, "SELECT COALESCE(MAX(rowid), 0) FROM steps")
+    return rows[0][0] if rows else 0

@@ -93,8 +93,7 @@ class SweepViews:
 
     def store_version(self) -> tuple[int, int, int]:
         """Changes whenever the ledger changes, intermediate metrics included (cheap: for refresh loops)."""
-        with contextlib.closing(self.store.reader()) as conn:
-            return (*ledger_version(self.store), steps.version(conn))
+        return ledger_version(self.store)
 
     def time_span(self) -> tuple[Optional[float], Optional[float]]:
         """(first submission, last end) over all tasks, epoch seconds."""
