@@ -67,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             sweep_file = getattr(args, "sweep_file", str(SWEEP_YAML))
             sources = [LocalComputeSource(max_parallel_jobs=args.parallel)] if getattr(args, "parallel", None) else None
-            sweep = Sweep.from_yaml(sweep_file, sources, directory=getattr(args, "dir", None),
+            sweep = Sweep.from_yaml(sweep_file, sources, directory=getattr(args, "dir", None), reattach=False,
                                     project=False if getattr(args, "no_project", False) else None,
                                     **({"command": args.command} if getattr(args, "command", None) else {}))
             print(f"Sweep {sweep.id}: {sweep.counts().get('PENDING', 0)} tasks from {sweep_file}")

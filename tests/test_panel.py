@@ -73,7 +73,7 @@ def test_launch_from_the_form_runs_a_real_sweep(workdir, panels, tmp_path):
     assert "SUBMITTING" in panel.detail_view.body.value and "exit code 3" in panel.detail_view.body.value
     # results and the plot
     panel.tabs.selected_index = 4
-    assert panel.results_view.table.value.count("<tr") == 11  # header + every task, the completed 5 with metrics
+    assert len(panel.results_view.rows) == 10  # every task, the completed 5 with metrics
     assert "<b>10</b> tasks, <b>5</b> completed" in panel.results_view.page_label.value
     view = panel.results_view
     x_of = panel.sweep.status().set_index("task_id")["x"]
@@ -82,7 +82,7 @@ def test_launch_from_the_form_runs_a_real_sweep(workdir, panels, tmp_path):
     next(b for b in view.header.children if b.description.startswith("x")).click()  # again: the other way
     assert view.descending.value and "x ▼" in [b.description for b in view.header.children]
     assert [x_of[t] for t in view._page_ids] == [5, 5, 4, 4, 3, 3, 2, 2, 1, 1]
-    view.openers.children[0].click()  # the first row: x=5
+    view.openers[0].click()  # the first row: x=5
     assert panel.tabs.selected_index == 3 and panel.detail_view.task.value == view._page_ids[0]
     assert panel.results_view.metric.value == "score" and panel.results_view.param.value == "x"
     assert panel.results_view.scatter.value.startswith("<svg")
@@ -292,7 +292,7 @@ def test_results_show_live_curves_and_follow_the_objective(workdir, panels):
     assert view.curves.value.startswith("<svg") and view.curves.value.count("<polyline") >= 2
     assert view.best_line.value.startswith("<svg") and "best accuracy so far" in view.best_line.value
     # the first row after the header: the best finished task (accuracy 0.5, x=5)
-    _until(lambda: ">0.5<" in view.table.value.split("<tr")[2], what="the best task first")
+    _until(lambda: ">0.5<" in view.rows[0].value, what="the best task first")
     assert len(view.curves.value) < 20_000  # a few KB, not a PNG
     _until(lambda: view.parallel.value.count("<polyline") == 3, what="x against accuracy, a line per finished task")
     sweep.cancel()

@@ -195,7 +195,7 @@ def test_a_reboot_that_emptied_the_remote_root_is_set_up_again(project, ssh_serv
 
 def test_collect_patterns_leave_the_checkpoint_on_the_remote(project, ssh_host):
     root = _root()
-    patterns = ["*.log", "acc.json"]
+    patterns = ["*.log", "eval/acc.json"]
     source = ssh_source(ssh_host, "picky", 2, remote_root=root, collect=patterns)
     assert source.describe()["collect"] == patterns
     assert SSHComputeSource.from_description(source.describe()).collect == patterns
@@ -276,10 +276,13 @@ def test_collect_patterns_are_checked_when_the_source_is_made(bad):
         SSHComputeSource("h", collect=bad)
 
 
-def test_collect_patterns_match_names_anywhere_and_paths_at_the_end():
+def test_collect_patterns_are_anchored_at_the_job_folder():
+    """Issue 19 item 9 changed this rule: a pattern is anchored at the job's folder (``**`` for any
+    depth); tests/test_ssh_edges_unit.py holds the whole table."""
     from hsm_notebook.sources.ssh_jobs import wanted
 
     assert wanted("j", "ckpt.bin", None)
     assert wanted("j", "exit_code", ["*.log"]) and wanted("j", "metrics.json", [])
-    assert wanted("j", "sub/train.log", ["*.log"]) and not wanted("j", "ckpt.bin", ["*.log"])
+    assert not wanted("j", "sub/train.log", ["*.log"]) and wanted("j", "sub/train.log", ["**/*.log"])
+    assert not wanted("j", "ckpt.bin", ["*.log"])
     assert wanted("j", "eval/acc.json", ["eval/*.json"]) and not wanted("j", "acc.json", ["eval/*.json"])

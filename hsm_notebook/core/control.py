@@ -13,19 +13,25 @@ from .errors import ConfigError
 from .gate import By, Gate, Mode
 from .source import ComputeSource
 
+#: How long ``cancel()`` (and ``complete()`` right after one) waits for the cancels it asked for to
+#: be recorded: a source that cannot be reached must not hold the caller for ever.
+CANCEL_WAIT = 30.0
+
 
 class ControlMixin:
     # -- control -----------------------------------------------------------------------
     async def cancel(self, task_ids: Optional[Iterable[str]] = None, source: Optional[str] = None) -> int:
         """Cancel waiting, in-flight and running tasks: all, those in ``task_ids``, or those on
         ``source``.  A submission still in flight is cancelled the moment it returns; the request
-        holds until the task has ended (it is never retried)."""
+        holds until the task has ended (it is never retried).  Returns once every cancel it asked
+        for is recorded in the ledger (at most ``CANCEL_WAIT`` s), so ``status()`` says CANCELLED and
+        ``complete()`` right after runs the task again."""
         await self._recovered.wait()
         self._raise_if_stopped()
         wanted = None if task_ids is None else set(task_ids)
         if source is not None:
             self._need(source)
-        n = 0
+        n, asked = 0, []
         if source is None:
             n = self.store.cancel_pending(wanted)
             self._queue = collections.deque(q for q in self._queue if wanted is not None and q[0] not in wanted)
@@ -35,6 +41,7 @@ class ControlMixin:
         for tid, (src, _) in self._submitting.items():
             if (wanted is None or tid in wanted) and (source is None or src == source) and tid not in self._cancel:
                 self._cancel.add(tid)
+                asked.append(tid)
                 n += 1
         jobs = [(self.sources[s], job_id, live.tid) for (s, job_id), live in self.live.items()
                 if not live.orphan and live.ended is None
@@ -42,10 +49,25 @@ class ControlMixin:
         self._cancel.update(tid for *_, tid in jobs)
         results = await asyncio.gather(*(self._cancel_one(src, job_id) for src, job_id, _ in jobs),
                                         return_exceptions=True)
-        for (src, _, _), result in zip(jobs, results):
+        for (src, _, tid), result in zip(jobs, results):
             if isinstance(result, BaseException):
                 self._fault(src, "cancelling", result)
+            elif result is True:
+                asked.append(tid)
+        await self.cancels_recorded(asked)
         return n + sum(1 for r in results if r is True)
+
+    async def cancels_recorded(self, task_ids: Iterable[str] | None = None, timeout: float = CANCEL_WAIT) -> None:
+        """Wait until the cancels asked for (of ``task_ids``, default: all) are recorded: each task
+        has ended in the ledger.  Gives up after ``timeout`` s (the request still holds) or when the
+        manager stops."""
+        wanted = set(self._cancel if task_ids is None else task_ids)
+        deadline = time.monotonic() + timeout
+        while self.running and time.monotonic() < deadline:
+            wanted = {tid for tid in wanted if tid in self._cancel and not self.store.task_state(tid).is_terminal}
+            if not wanted:
+                return
+            await asyncio.sleep(0.05)
 
     async def add_source(self, source: ComputeSource) -> None:
         """A new source joins the running sweep."""

@@ -26,6 +26,10 @@ class ConfigError(HsmError, ValueError):
         super().__init__(f"{field}: {message}" if field else message)
 
 
+class HsmWarning(UserWarning):
+    """Something was left out or assumed, said without stopping (``best()`` naming tasks it left out)."""
+
+
 class StoreError(HsmError):
     """The sweep directory or its ledger cannot be used as asked."""
 
@@ -74,7 +78,8 @@ class CommandError(SourceError):
         self.exit_code = exit_code
         self.stdout = stdout
         self.stderr = stderr
-        code = "lost connection (no exit status)" if exit_code is None else f"exit code {exit_code}"
+        code = ("a timeout" if isinstance(self, asyncio.TimeoutError)  # not a lost connection
+                else "lost connection (no exit status)" if exit_code is None else f"exit code {exit_code}")
         tail = [shorten(line, 200) for line in (stderr or stdout).strip().splitlines()[-5:]]
         detail = ("\n  " + "\n  ".join(tail)) if tail else ""
         super().__init__(f"command {command_label(self.argv)} failed with {code}{detail}", source)

@@ -60,7 +60,8 @@ def status_frame(store: SweepStore) -> pd.DataFrame:
 
 
 def results_frame(store: SweepStore) -> pd.DataFrame:
-    """Parameters and metrics of every COMPLETED task, with inferred dtypes."""
+    """Parameters and metrics of every COMPLETED task, with inferred dtypes.  A metric a task
+    logged only as steps (``log_metrics(step=...)``) has its value at the highest step."""
     with contextlib.closing(store.reader()) as conn:
         rows = conn.execute(
             "SELECT task_id, params, metrics FROM tasks WHERE state=? ORDER BY idx", (JobState.COMPLETED.value,)
@@ -69,12 +70,15 @@ def results_frame(store: SweepStore) -> pd.DataFrame:
             first = conn.execute("SELECT params FROM tasks ORDER BY idx LIMIT 1").fetchone()
             names = list(json.loads(first["params"])) if first else []
             return pd.DataFrame(columns=["task_id", *names])
+        from_steps = steps.last_values(conn)
     records = []
     for r in rows:
         params = json.loads(r["params"])
         record = {"task_id": r["task_id"], **params}
-        metrics = json.loads(r["metrics"]) if r["metrics"] else {}
-        for key, value in flatten(metrics, leaf=lambda v: False).items():
+        metrics = flatten(json.loads(r["metrics"]) if r["metrics"] else {}, leaf=lambda v: False)
+        # a metric reported only as steps: its value at the highest step (of the run that counts)
+        metrics.update({k: v for k, v in from_steps.get(r["task_id"], {}).items() if k not in metrics})
+        for key, value in metrics.items():
             record[f"metrics.{key}" if key in record else key] = value
         records.append(record)
     return pd.DataFrame.from_records(records).infer_objects()

@@ -44,10 +44,17 @@ class Gate:
     by: Optional[By] = None
     reason: Optional[str] = None
     before: Mode = Mode.ENABLED  # what a health recovery returns to (draining stays draining)
+    #: Set when the source could not be contacted to take work (a submission met a refused or dropped
+    #: connection): no new work until a poll or a health check reaches it again.  A fault of the
+    #: source, not of the tasks: they wait, spending no attempt.
+    unreachable: Optional[str] = None
+    #: Since when (monotonic) no submission or poll reached it: a health check that says "healthy"
+    #: reopens the gate but only work that reaches the source ends this (so a lying check cannot loop forever).
+    unreachable_since: Optional[float] = None
 
     @property
     def takes_work(self) -> bool:
-        return self.mode == Mode.ENABLED
+        return self.mode == Mode.ENABLED and self.unreachable is None
 
     @property
     def reachable(self) -> bool:
@@ -68,7 +75,10 @@ class Gate:
         self.mode, self.by, self.reason = mode or self.before, None, None
 
     def describe(self) -> str:
-        return self.mode.value if self.by is None else f"{self.mode.value} ({self.by.value})"
+        words = self.mode.value if self.by is None else f"{self.mode.value} ({self.by.value})"
+        if self.unreachable and self.mode in (Mode.ENABLED, Mode.DRAINING):
+            words += f", waiting for it to be reachable again ({self.unreachable})"
+        return words
 
 
 class Faults:

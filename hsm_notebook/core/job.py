@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
+from ..metrics import STEPS_FILE
 from .environment import check_literal_env
 from .errors import ConfigError
+from .functions import RESULT_FILE
 from .overrides import hydra_value
 
 ARG_STYLES = ("hydra", "argparse", "none", "json")  # json: all parameters as one JSON argument (function sweeps)
@@ -38,6 +40,11 @@ GPUS_FILE = "gpus"  # in the LOCAL job dir: the GPU ids pinned to the job ("0,1"
 NEVER = "never"
 
 SIGNALLED_FILE = "signalled"  # the signals a run received from outside (a cancel, a requeue, a time limit)
+#: The files the product itself reads from a job's folder (its exit code, logs, metrics, steps, a
+#: function's return value, the batch system's output): they always come home from a remote host,
+#: whatever ``collect=`` says (also inside an earlier run's ``runN/``).
+PRODUCT_FILES = (PARAMS_FILE, METRICS_FILE, STEPS_FILE, RESULT_FILE, STDOUT_FILE, STDERR_FILE, SCHEDULER_FILE,
+                 EXIT_CODE_FILE, PID_FILE, CANCEL_FILE, SIGNALLED_FILE)
 #: Earlier runs of a job a scheduler requeued keep their files in ``run1/``, ``run2/``, ...
 RUN_DIR_PREFIX = "run"
 #: Signals the wrapper passes on to the program and notes in ``signalled``: TERM, INT, HUP and
@@ -58,7 +65,9 @@ FORWARDED_SIGNALS = ("TERM", "INT", "HUP", "XCPU", "USR1", "USR2")
 #: (``SLURM_RESTART_COUNT``): it runs again unless a controller claimed the job, or the earlier
 #: run ended by itself (an exit code and no signal from outside: a node that failed after the program
 #: finished must not run it twice); the earlier run's logs, exit code and signals move to
-#: ``runN/`` first.  A wrapper that cannot write its pid (a full disk) runs nothing: its exit
+#: ``runN/`` first (its final ``metrics.json`` too), and a marker line ``{"hsm_run": N+1}`` is
+#: appended to ``metrics.jsonl`` (after a newline, ending a line the killed run left unfinished): the
+#: steps after it are the new run's (see :mod:`.steps`).  A wrapper that cannot write its pid (a full disk) runs nothing: its exit
 #: code could not be written either, and a retry would run the task twice.
 #:
 #: The program runs in the background so that the wrapper, which a batch system signals (the
@@ -68,7 +77,8 @@ WRAPPER = (
     '{ [ "${SLURM_RESTART_COUNT:-0}" != 0 ] && read p < "$d/pid" && [ "$p" != never ]; } || exit 0; '
     'set +C; [ ! -e "$d/exit_code" ] || [ -e "$d/signalled" ] || exit 0; '
     'if [ -e "$d/stdout.log" ]; then n=1; while [ -e "$d/run$n" ]; do n=$((n+1)); done; mkdir "$d/run$n" && '
-    'mv -f "$d/stdout.log" "$d/stderr.log" "$d/exit_code" "$d/signalled" "$d/run$n/" 2>/dev/null; fi; '
+    'mv -f "$d/stdout.log" "$d/stderr.log" "$d/exit_code" "$d/signalled" "$d/metrics.json" "$d/run$n/" 2>/dev/null; '
+    'printf \'\\n{"hsm_run": %d}\\n\' $((n+1)) >> "$d/metrics.jsonl"; fi; '
     'echo $$ > "$d/pid" || exit 1; '
     '"$@" > "$d/stdout.log" 2> "$d/stderr.log" < /dev/null & c=$!; '
     + "".join(f'trap \'echo {s} >> "$d/signalled"; kill -s {s} $c 2>/dev/null\' {s}; ' for s in FORWARDED_SIGNALS)

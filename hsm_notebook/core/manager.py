@@ -36,7 +36,7 @@ from .gate import By, Faults, Gate, Mode, log
 from .job import JobTemplate
 from .monitor import Health, HealthMonitor
 from .polling import Key, Live, PollingMixin
-from .retry import RetryPolicy
+from .retry import RetryPolicy, unreachable
 from .source import ComputeSource
 from .state import JobOutcome, JobState
 from .store import SweepStore
@@ -123,7 +123,7 @@ class DistributedJobManager(SupervisorMixin, PollingMixin, ControlMixin):
             self._recovered.set()
             while True:
                 self._raise_if_stopped()
-                self.monitor.tick(self.sources)
+                self.monitor.tick(self.sources, {n for n, g in self.gates.items() if g.unreachable is not None})
                 self._fill()
                 self._start_polls()
                 if self._finished():
@@ -320,6 +320,7 @@ class DistributedJobManager(SupervisorMixin, PollingMixin, ControlMixin):
                 return
             self._submitting.pop(tid, None)
             self.faults.ok(source.name, "submitting")
+            self.gates[source.name].unreachable_since = None
             source.job_names[job_id] = job_name
             self.store.set_state(tid, attempt, JobState.QUEUED, job_id=job_id)
             self._add_live((source.name, job_id), Live(tid, attempt, job_name))
@@ -333,6 +334,11 @@ class DistributedJobManager(SupervisorMixin, PollingMixin, ControlMixin):
         backoff), anything else FAILED; a cancelled task is CANCELLED.  Errors stay short."""
         self._fault(source, "submitting", exc)
         why = describe_error(exc)
+        if tid not in self._cancel and unreachable(exc):  # the source's fault, not the task's: it waits
+            self._wait_for(source, why)
+            if self.store.withdraw(tid, attempt, f"waiting for {source.name} to be reachable again: {why}"):
+                self.requeue()
+                return
         if tid in self._cancel:
             outcome = JobOutcome(JobState.CANCELLED, error=f"cancelled while it was being submitted ({why})")
         elif is_infrastructure(exc):
@@ -367,6 +373,8 @@ class DistributedJobManager(SupervisorMixin, PollingMixin, ControlMixin):
         gate = self.gates.get(source.name)
         if gate is None:
             return
+        if h.status != "unhealthy":
+            self._reached(source, proven=False)
         if h.status == "unhealthy":
             if gate.mode in (Mode.ENABLED, Mode.DRAINING) and h.failures >= self.max_failures:
                 self._disable(source, By.HEALTH, h.reason or "unhealthy")

@@ -12,7 +12,7 @@ import asyncio
 import time
 from datetime import datetime
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Callable, Collection, Dict, Mapping, Optional
 
 from .errors import describe_error
 from .source import ComputeSource
@@ -66,22 +66,33 @@ class HealthMonitor:
         self.health: Dict[str, Health] = {}
         self._checking: Dict[str, asyncio.Task] = {}
         self._last: Dict[str, float] = {}
+        self._counted: Dict[str, float] = {}  # when each source's last counted check started
+        #: Seconds between the extra checks of a source that could not be reached: they only look for
+        #: its return, so a failure of theirs never counts towards disabling it.
+        self.hurry_interval = min(interval, 1.0)
 
     def watch(self, source: ComputeSource) -> None:
         self.health.setdefault(source.name, Health())
 
-    def tick(self, sources: Dict[str, ComputeSource]) -> None:
-        """Start the checks that are due (each in its own task: a hung host blocks nothing)."""
+    def tick(self, sources: Dict[str, ComputeSource], hurry: Collection[str] = ()) -> None:
+        """Start the checks that are due (each in its own task: a hung host blocks nothing).  Sources
+        in ``hurry`` (unreachable ones that tasks wait for) are also checked every ``hurry_interval``
+        seconds, uncounted: those checks look for their return only."""
         now = time.monotonic()
         for name, source in sources.items():
-            if name in self._checking or now - self._last.get(name, 0.0) < self.interval:
+            if name in self._checking:
+                continue
+            counted = now - self._counted.get(name, -self.interval) >= self.interval
+            if not counted and (name not in hurry or now - self._last.get(name, 0.0) < self.hurry_interval):
                 continue
             self._last[name] = now
-            task = self.spawn(self._check(source), source, "health check")
+            if counted:
+                self._counted[name] = now
+            task = self.spawn(self._check(source, counted), source, "health check")
             self._checking[name] = task
             task.add_done_callback(lambda _t, n=name: self._checking.pop(n, None))
 
-    async def _check(self, source: ComputeSource) -> None:
+    async def _check(self, source: ComputeSource, counted: bool = True) -> None:
         h = self.health.setdefault(source.name, Health())
         try:
             status, reason, report = read_health(await asyncio.wait_for(source.health_check(), self.timeout))
@@ -89,6 +100,8 @@ class HealthMonitor:
             status, reason, report = "unhealthy", f"no answer to a health check in {self.timeout:.0f} s", {}
         except Exception as exc:  # noqa: BLE001 - any failure of a check is a failed check
             status, reason, report = "unhealthy", describe_error(exc), {}
+        if status == "unhealthy" and not counted:
+            return  # still away: the counted checks say so
         h.report, h.status, h.reason, h.checked_at = report, status, reason, time.time()
         h.failures = h.failures + 1 if status == "unhealthy" else 0
         source.stats.health_status, source.stats.last_health_check = status, datetime.now()

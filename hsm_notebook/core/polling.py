@@ -73,6 +73,8 @@ class PollingMixin:
                 answers = None
         if answers is not None:
             self.faults.ok(source.name, "polling")
+            if ids:
+                self._reached(source)  # it answered: it takes work again
             with self.store.transaction():
                 for job_id in ids:
                     self._read_answer(source, job_id, answers.get(job_id))
@@ -107,12 +109,12 @@ class PollingMixin:
             self._steps_seen.add(source.name)
             self._store_steps(found)
 
-    def _store_steps(self, chunks: list[tuple[Live, bytes]]) -> None:
+    def _store_steps(self, chunks: list[tuple[Live, bytes]], final: bool = False) -> None:
         with self.store.transaction() as conn:
             for live, data in chunks:
-                rows, used = steps.parse_steps(data)
+                added, used = steps.store(conn, live.tid, live.attempt, data, final)  # final: the job ended
                 live.steps_at += used
-                self.steps_stored += steps.insert(conn, live.tid, live.attempt, rows)
+                self.steps_stored += added
 
     def _collection_due(self, source: ComputeSource, waiting: int) -> bool:
         """Finished jobs come home in batches: at most once per poll interval while the source still
@@ -171,7 +173,7 @@ class PollingMixin:
         rest = steps.read_local({j: (source.job_dir(live.job_name), live.steps_at) for j, live in lives.items()},
                                 limit=1 << 30)  # the files are home now: the last steps, whole
         with self.store.transaction():
-            self._store_steps([(lives[j], data) for j, data in rest.items()])
+            self._store_steps([(lives[j], data) for j, data in rest.items()], final=True)
             for job_id, outcome in outcomes.items():
                 self._record(source, job_id, outcome)
 

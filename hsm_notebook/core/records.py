@@ -1,14 +1,19 @@
 """How a sweep is written down and rebuilt: sources from their ``describe()`` records,
-the retry policy from its dict, where new sweep folders go."""
+the retry policy from its dict, where new sweep folders go, how a sweep is found by its name
+and what a re-run ``Sweep(..., name=)`` changes of the recorded one."""
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import os
 import subprocess
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
-from . import registry
+import yaml
+
+from . import registry, sweepdir
 from .errors import ConfigError
 from .job import JobTemplate
 from .retry import RetryPolicy
@@ -118,3 +123,50 @@ def recent_sweeps(roots: Optional[Sequence[Path]] = None, limit: int = 20) -> li
                     "created": record.get("created"), "changed": changed[folder], "counts": counts,
                     "driven_by": lock_holder(folder)})
     return out
+
+
+# -- a sweep found again by its name ---------------------------------------------------------
+#: What a re-run ``Sweep(..., name=)`` must ask the same as the sweep it finds, and how to say it.
+_SAME = {"space": "its space", "job": "its command", "sources": "its sources", "function": "its function",
+         "objective": "its objective", "retry": "its retry policy", "strategy": "its strategy",
+         "wandb_group": "its wandb_group", "metadata": "its metadata"}
+
+
+def differences(stored: Mapping[str, Any], asked: Mapping[str, Any]) -> list[str]:
+    """What ``asked`` (a new sweep's record) changes of ``stored`` (the record of a sweep of the same
+    name), in words; settings of the run itself (poll interval, timeouts, health) are not compared."""
+    out = []
+    for key, words in _SAME.items():
+        old, new = stored.get(key), yaml.safe_load(yaml.safe_dump(asked.get(key)))  # as sweep.yaml holds it
+        if key == "function" and old and new and "code" not in old:  # recorded before code digests
+            new = {k: v for k, v in new.items() if k != "code"}
+        if (old or None) != (new or None):
+            out.append(words)
+    return out
+
+
+def sweep_folder(directory: str | Path) -> Path:
+    """``directory`` itself, or, for a bare name that is no folder here, the newest sweep of that name
+    in the sweeps folder (or a reference project's ``sweeps/outputs``)."""
+    path, text = Path(directory), str(directory)
+    if path.exists() or not text or "/" in text or text.startswith("."):
+        return path
+    roots = [default_sweeps_dir(), Path.cwd() / "sweeps" / "outputs"]
+    found = sweepdir.named(roots, text)
+    if not found:
+        raise ConfigError(f"no sweep named {text!r} in {' or '.join(str(r) for r in roots)}, and no folder {text!r} "
+                          "here; give the sweep's folder (sweeps/<sweep id>: %hsm lists them) or its name", "directory")
+    return found[0]
+
+
+def code_digest(fn: Callable[..., Any]) -> str | None:
+    """A digest of a function's source (else its bytecode): how a re-run cell tells the same function
+    from an edited one (the pickle itself differs between kernels: it names the cell)."""
+    try:
+        text = inspect.getsource(fn).encode()
+    except (OSError, TypeError):
+        code = getattr(fn, "__code__", None)
+        if code is None:
+            return None
+        text = code.co_code + repr(code.co_consts).encode()
+    return hashlib.sha256(text).hexdigest()[:16]

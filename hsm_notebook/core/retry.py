@@ -5,8 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from .errors import ConfigError
+from .errors import CommandTimeout, ConfigError, ConnectError
 from .state import JobState
+
+
+def unreachable(exc: BaseException) -> bool:
+    """A submission that failed because its source could not be contacted (a refused, dropped or
+    never made connection: nothing was sent, nothing can have run).  The source's fault: the task
+    waits for it and spends no attempt."""
+    return isinstance(exc, (ConnectError, ConnectionRefusedError)) and not isinstance(exc, CommandTimeout)
 
 
 @dataclass(frozen=True)

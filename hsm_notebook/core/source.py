@@ -102,7 +102,9 @@ class ComputeSource(ABC):
         if not isinstance(max_parallel_jobs, int) or isinstance(max_parallel_jobs, bool) or max_parallel_jobs < 1:
             raise ConfigError(f"must be a whole number >= 1, got {max_parallel_jobs!r}", "max_parallel_jobs")
         if not name or not isinstance(name, str):
-            raise ConfigError(f"must be a non-empty string, got {name!r}", "name")
+            hint = (f"; the first argument is the source's name: did you mean "
+                    f"{type(self).__name__}(max_parallel_jobs={name})?" if type(name) is int else "")
+            raise ConfigError(f"must be a non-empty string, got {name!r}{hint}", "name")
         self.name = name
         self.source_type = source_type
         self.max_parallel_jobs = max_parallel_jobs

@@ -20,9 +20,9 @@ from __future__ import annotations
 import contextlib
 import glob
 import json
-import shutil
 import sqlite3
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
@@ -32,8 +32,8 @@ from .errors import ConfigError, StoreError
 from .events import Event
 from . import steps
 from .state import JobOutcome, JobState
-from .sweepdir import (CREATING, LEDGER, RECORD, atomic_write, build_folder, check_new, drop_lock, move_into_place,
-                       take_lock, unfinished)
+from .sweepdir import (CREATING, LEDGER, RECORD, atomic_write, build_folder, check_new, discard, drop_lock,
+                       move_into_place, take_lock, unfinished)
 
 _ACTIVE = tuple(s.value for s in JobState if s.is_active)
 SCHEMA_VERSION = 1
@@ -61,6 +61,19 @@ def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def _reader(path: Path, query: str) -> sqlite3.Connection:
+    """A read-only connection, checked by one read (SQLite opens its files on first use)."""
+    conn = sqlite3.connect(f"file:{urllib.parse.quote(str(path))}?{query}", uri=True, isolation_level=None,
+                           check_same_thread=False, timeout=30)
+    try:
+        conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+    except sqlite3.Error:
+        conn.close()
+        raise
     conn.row_factory = sqlite3.Row
     return conn
 
@@ -117,7 +130,7 @@ class SweepStore:
         except BaseException:
             store.close()
             store.release()
-            shutil.rmtree(build, ignore_errors=True)
+            discard(build)
             raise
         store.directory = directory
         store.release()
@@ -169,7 +182,7 @@ class SweepStore:
         """The writer connection (the controller's); a ledger from before ``steps`` gains the table."""
         if self._conn is None:
             self._conn = _connect(self.directory / LEDGER)
-            self._conn.executescript(steps.SCHEMA)
+            steps.migrate(self._conn)
         return self._conn
 
     def record(self) -> dict[str, Any]:
@@ -364,6 +377,19 @@ class SweepStore:
                          (JobState.PENDING.value, detail, retry_at, task_id))
             self._event(conn, task_id, None, JobState.PENDING, detail=detail)
 
+    def withdraw(self, task_id: str, attempt: int, detail: str) -> bool:
+        """Take back the task's current attempt when nothing reached its source (it could not be
+        contacted): the task is PENDING again with ``detail`` and no attempt is spent (the next one
+        gets the same number); its SUBMITTING event stays in the history.  False if it moved on."""
+        with self.transaction() as conn:
+            if not conn.execute("DELETE FROM attempts WHERE task_id=? AND attempt=? AND state=? AND job_id IS NULL",
+                                (task_id, attempt, JobState.SUBMITTING.value)).rowcount:
+                return False
+            conn.execute("UPDATE tasks SET state=?, attempt=?, source=NULL, job_name=NULL, submit_time=NULL, detail=? "
+                         "WHERE task_id=? AND attempt=?", (JobState.PENDING.value, attempt - 1, detail, task_id, attempt))
+            self._event(conn, task_id, attempt, JobState.PENDING, detail=detail)
+        return True
+
     def next_retry(self) -> float | None:
         """When the earliest task waiting out a retry backoff becomes due."""
         return self._query("SELECT MIN(retry_at) FROM tasks WHERE state=? AND retry_at IS NOT NULL",
@@ -405,10 +431,22 @@ class SweepStore:
 
     # -- reads ------------------------------------------------------------------------
     def reader(self) -> sqlite3.Connection:
-        """A fresh read connection (safe from any thread)."""
-        if not (self.directory / LEDGER).exists():
-            raise StoreError(f"{self.directory / LEDGER} vanished; was the sweep directory removed?")
-        return _connect(self.directory / LEDGER)
+        """A fresh read connection (safe from any thread), opened read-only: reading a sweep writes
+        nothing, so it works on a full disk or a folder the reader may not write.  Where SQLite
+        cannot set up its shared index (the ``-shm`` file cannot grow: a full disk), the index is
+        kept in this connection's memory instead (``readonly_shm``: slower, still exact)."""
+        path = self.directory / LEDGER
+        if not path.exists():
+            raise StoreError(f"{path} vanished; was the sweep directory removed?")
+        try:
+            return _reader(path, "mode=ro")
+        except sqlite3.OperationalError:
+            pass
+        try:
+            return _reader(path, "mode=ro&readonly_shm=1")
+        except sqlite3.Error as exc:
+            raise StoreError(f"the ledger {path} cannot be read ({exc}); free space on that disk (or make the "
+                             f"folder readable), then read the sweep again: nothing was changed") from exc
 
     def pending(self, limit: int, after_idx: int = -1) -> list[sqlite3.Row]:
         """Pending tasks that are due (not waiting out a retry backoff), in order."""

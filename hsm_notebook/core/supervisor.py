@@ -16,7 +16,7 @@ import time
 from typing import Optional
 
 from .errors import HsmError, StoreError, describe_error, is_infrastructure
-from .gate import By
+from .gate import By, log
 from .source import ComputeSource
 from .state import JobState
 
@@ -73,10 +73,43 @@ class SupervisorMixin:
                                              f"fix the source, then enable({source.name!r})")
         return streak
 
+    def _wait_for(self, source: ComputeSource, why: str) -> None:
+        """``source`` could not be contacted: no new work until a poll or a health check reaches it."""
+        gate = self.gates[source.name]
+        if gate.unreachable is None:
+            log.warning("source %s cannot be reached (%s): its tasks wait for it, spending no attempt", source.name, why)
+        gate.unreachable = why
+        gate.unreachable_since = gate.unreachable_since or time.monotonic()
+
+    def _reached(self, source: ComputeSource, proven: bool = True) -> None:
+        """A health check (``proven=False``) or real work (a poll, a submission) reached ``source``."""
+        gate = self.gates[source.name]
+        if proven:
+            gate.unreachable_since = None
+        if gate.unreachable is not None:
+            gate.unreachable = None
+            log.info("source %s is reachable again", source.name)
+            self.notify(source.name)
+
+    def _check_away(self) -> None:
+        """Every source that could take the waiting tasks has been unreachable for ``stall_timeout``
+        (whatever its health checks said): stop in words; the tasks spent no attempt on it."""
+        now = time.monotonic()
+        open_ = {n: g for n, g in self.gates.items() if g.may_open}
+        if not open_ or any(g.unreachable_since is None or now - g.unreachable_since <= self.stall_timeout
+                            for g in open_.values()) or not self._has_pending():
+            return
+        why = "; ".join(f"{n}: {g.unreachable or self.faults.summary(n) or 'unreachable'}" for n, g in open_.items())
+        raise HsmError(f"{', '.join(open_)} could not be reached for {self.stall_timeout:.0f} s ({why}); "
+                       f"{self.store.counts().get(JobState.PENDING.value, 0)} task(s) wait for it and spent no attempt "
+                       "on it. Check the host (is sshd running? the network? the credentials?), then Sweep.attach(dir) "
+                       "(or complete()) finishes the sweep")
+
     def _check_stall(self) -> None:
         """Work is due and nothing runs or is being started: no open source can take it (all are
         closed, or the open ones do not meet the tasks' requirements).  Stop with the reasons
         rather than hang: at once if no source may open again, else after ``stall_timeout``."""
+        self._check_away()
         waiting = self._has_pending() and all(live.orphan for live in self.live.values()) and not self._busy()
         if not waiting:
             self._stalled_since = None

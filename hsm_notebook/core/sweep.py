@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import datetime as dt
 import re
-import secrets
 import weakref
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Iterable, Mapping, Optional, Sequence
 
 import pandas as pd
 
-from . import _loop, functions
+from . import _loop, functions, sweepdir
 from .config import SweepFile, parse_command
 from .errors import ConfigError, HsmError
 from .job import JobTemplate
@@ -30,7 +30,8 @@ from .events import Event, EventBus
 from .manager import DistributedJobManager
 from .views import SweepViews
 from .project import ProjectConfig
-from .records import check_sources, default_sweeps_dir, git_state, rebuild_source, retry_policy
+from .records import (check_sources, code_digest, default_sweeps_dir, differences, git_state, rebuild_source,
+                      retry_policy, sweep_folder)
 from .records import objective as check_objective
 from .retry import RetryPolicy
 from .source import ComputeSource
@@ -53,6 +54,12 @@ class Sweep(SweepViews):
 
     >>> sweep = Sweep(ParameterSpace(grid={"lr": [0.1, 0.01]}), ["python", "train.py"])  # doctest: +SKIP
     >>> sweep.run().results()                                                          # doctest: +SKIP
+
+    With ``name=`` (and no ``directory=``), a sweep of that name already in the sweeps folder is
+    found again (the cell runs again after a kernel restart): made from the same space, command,
+    sources, function, objective, retry policy, strategy, W&B group and metadata, this object *is*
+    that sweep (not started: ``start()`` resumes it); otherwise a ``ConfigError`` names what
+    differs.  ``reattach=False`` always makes a new sweep (as ``python -m hsm_notebook run`` does).
     """
 
     def __init__(
@@ -80,6 +87,7 @@ class Sweep(SweepViews):
         sweeps_root: str | Path | None = None,
         origin: Optional[Mapping[str, Any]] = None,
         objective: Optional[Mapping[str, str] | str] = None,
+        reattach: bool = True,
     ):
         if not isinstance(space, ParameterSpace):
             raise ConfigError(f"must be a ParameterSpace, got {type(space).__name__}", "space")
@@ -91,17 +99,20 @@ class Sweep(SweepViews):
             raise ConfigError(f"{workdir} is not a directory", "workdir")
         files, function = {}, None
         if callable(command):  # a function sweep: pickled once, run by hsm_notebook.runner in every task
-            function = {"name": getattr(command, "__qualname__", None) or repr(command), "python": functions.python_version()}
-            files = {functions.FUNCTION_FILE: functions.pack(command),
-                     functions.VERSION_FILE: function["python"].encode()}
+            python = functions.python_version()
+            function = {"name": getattr(command, "__qualname__", None) or repr(command), "python": python,
+                        "code": code_digest(command)}
+            files = {functions.FUNCTION_FILE: functions.pack(command, check_objective(objective)),
+                     functions.VERSION_FILE: python.encode()}
             command, arg_style = functions.RUNNER, "json"
         template = JobTemplate(parse_command(command), arg_style, str(workdir), dict(env or {}), bool(reference_args),
                                function["python"] if function else None)
         template.check(space.values())
         sources = check_sources(sources, template)
-        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        sweep_id = f"{name + '-' if name else ''}{stamp}-{secrets.token_hex(2)}"
-        directory = Path(directory) if directory else Path(sweeps_root or default_sweeps_dir()) / sweep_id
+        sweep_id = sweepdir.new_sweep_id(name)
+        root = Path(sweeps_root or default_sweeps_dir())
+        earlier = sweepdir.named([root], name) if name is not None and directory is None and reattach else []
+        directory = Path(directory) if directory else root / sweep_id
         record = {
             "sweep_id": sweep_id, "name": name, "created": dt.datetime.now().isoformat(timespec="seconds"),
             "space": space.to_dict(), "job": template.to_dict(), "wandb_group": wandb_group,
@@ -113,8 +124,29 @@ class Sweep(SweepViews):
         }
         if strategy not in STRATEGIES:
             raise ConfigError(f"must be one of {STRATEGIES}, got {strategy!r}", "strategy")
+        if earlier:  # the cell that made this named sweep runs again (Run All after a restart)
+            self._reattach(earlier[0], record, sources)
+            return
         store = SweepStore.create(directory, record, space.with_ids(), requires, files)
         self._init(store, sources, record)
+
+    def _reattach(self, folder: Path, record: Mapping[str, Any], sources: list[ComputeSource]) -> None:
+        """Become the existing sweep in ``folder`` when it was made from the same arguments; refuse,
+        naming what differs, when it was not.  Not started: ``start()``/``run()`` resume it."""
+        store = SweepStore.open(folder)
+        stored = store.record()
+        differs = differences(stored, record)
+        if differs:
+            raise ConfigError(
+                f"a sweep named {record['name']!r} already exists in {folder}, and {' and '.join(differs)} "
+                f"{'differs' if len(differs) == 1 else 'differ'} from what is asked now; to run this as a new "
+                f"sweep give it a new name= (or directory=), or to go on with the existing one as it is: "
+                f"Sweep.attach({str(folder)!r})", "name")
+        live = _RUNNING_HERE.get(str(folder))
+        if live is not None and live.running:  # this kernel drives it: this object is that one
+            self.__dict__ = live.__dict__
+            return
+        self._init(store, sources, stored)
 
     def _init(self, store: SweepStore, sources: list[ComputeSource], record: Mapping[str, Any]) -> None:
         self.store = store
@@ -148,8 +180,10 @@ class Sweep(SweepViews):
     def attach(
         cls, directory: str | Path, sources: Optional[Sequence[ComputeSource]] = None, *, resume: bool = True
     ) -> "Sweep":
-        """Reopen a sweep after a restart.  With ``resume`` (the default) it re-adopts the jobs
-        still running and finishes the sweep in the background; ``resume=False`` only reads."""
+        """Reopen a sweep after a restart: from its folder (``sweeps/<sweep id>``) or its name (the
+        newest sweep of that name in the sweeps folder).  With ``resume`` (the default) it re-adopts
+        the jobs still running and finishes the sweep in the background; ``resume=False`` only reads."""
+        directory = sweep_folder(directory)
         live = _RUNNING_HERE.get(str(Path(directory).absolute()))
         if live is not None and live.running:  # this process drives it: the same, live object
             return live
@@ -175,6 +209,12 @@ class Sweep(SweepViews):
         if self._future is None or not self._future.done() or self._future.cancelled():
             return None
         return self._future.exception()
+
+    @property
+    def launched(self) -> bool:
+        """True once a task of the sweep was handed to a source (it has an attempt)."""
+        with contextlib.closing(self.store.reader()) as conn:
+            return conn.execute("SELECT 1 FROM attempts LIMIT 1").fetchone() is not None
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -274,6 +314,10 @@ class Sweep(SweepViews):
         """Put tasks back in the running manager's queue; False if it has already ended."""
         if self._manager is None or not self._manager.running:
             return False
+        if JobState.CANCELLED in states:  # a cancel asked for just now is rerun too, once it has landed
+            await self._manager.cancels_recorded()
+            if not self._manager.running:
+                return False
         self.store.reset(states)
         self._manager.requeue()
         return True
@@ -364,3 +408,4 @@ class Sweep(SweepViews):
         total = sum(counts.values())
         parts = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
         return f"<Sweep {self.id}: {total} tasks ({parts}) in {self.directory}>"
+

@@ -9,9 +9,12 @@ place.  What an interrupted creation left behind is named here, with what to do 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import errno
 import fcntl
+import glob
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -40,6 +43,25 @@ def atomic_write(path: Path, text: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+# -- sweep ids and the folders named after them -------------------------------------------
+#: A sweep's id (its folder's name): ``[<name>-]<YYYYmmdd-HHMMSS>-<4 hex>``.
+_STAMPED = re.compile(r"-?\d{8}-\d{6}-[0-9a-f]{4}")
+
+
+def new_sweep_id(name: str | None) -> str:
+    """A new sweep id: the name (if any), the time, and a few random hex digits."""
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"{name + '-' if name else ''}{stamp}-{secrets.token_hex(2)}"
+
+
+def named(roots: list[Path], name: str) -> list[Path]:
+    """The whole sweep folders under ``roots`` whose id was made for ``name``, newest first."""
+    found = [folder for root in roots if root.is_dir() for folder in root.glob(f"{glob.escape(name)}-*")
+             if _STAMPED.fullmatch(folder.name[len(name):]) and (folder / LEDGER).is_file()
+             and (folder / RECORD).is_file()]
+    return sorted(found, key=lambda folder: folder.name[len(name):], reverse=True)
 
 
 # -- folders left by an interrupted Sweep(...) ------------------------------------------
@@ -144,17 +166,41 @@ def check_new(directory: Path) -> None:
         raise ConfigError(f"{directory} is a file; give a new or an empty folder for the sweep", "directory")
 
 
+#: The folders above a build folder that its creation made (deepest first): a build that is
+#: discarded takes them with it, so a refused sweep leaves no empty ``sweeps/`` behind.
+_MADE_FOR: dict[Path, list[Path]] = {}
+
+
 def build_folder(directory: Path) -> Path:
-    """A new hidden sibling of ``directory`` to build the sweep in (made with the usual mode)."""
+    """A new hidden sibling of ``directory`` to build the sweep in (made with the usual mode).
+    Folders above it that do not exist yet are made too, and removed again by :func:`discard`."""
+    made = [p for p in (directory.parent, *directory.parent.parents) if not p.exists()]
     try:
         directory.parent.mkdir(parents=True, exist_ok=True)
         while True:
             build = directory.parent / f".{directory.name}{CREATING}{secrets.token_hex(4)}"
             with contextlib.suppress(FileExistsError):
                 build.mkdir()
+                _MADE_FOR[build] = made
                 return build
     except OSError as exc:
+        _remove_empty(made)
         raise ConfigError(f"{directory} is not writable ({exc.strerror}); choose another directory", "directory") from None
+
+
+def discard(build: Path) -> None:
+    """Remove an unfinished ``build`` folder and the folders above it that its creation made (if
+    they are still empty: another sweep may have been created there meanwhile)."""
+    shutil.rmtree(build, ignore_errors=True)
+    _remove_empty(_MADE_FOR.pop(build, []))
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for folder in folders:  # deepest first
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def move_into_place(build: Path, directory: Path) -> None:
@@ -162,6 +208,7 @@ def move_into_place(build: Path, directory: Path) -> None:
     empty folder (which keeps its mode).  Where the OS refuses that rename (an empty mount point),
     the files are moved in one by one with ``sweep.yaml`` last: a crash in between leaves a folder
     that ``unfinished`` names."""
+    _MADE_FOR.pop(build, None)
     existing = directory.is_dir()
     if existing:
         os.chmod(build, stat.S_IMODE(directory.stat().st_mode))

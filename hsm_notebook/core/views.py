@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
+import numbers
+import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import pandas as pd
 
 from . import functions, registry, steps
-from .errors import ConfigError
+from .errors import ConfigError, HsmWarning
 from .frames import counts_by_source, ledger_version, results_frame, status_frame, status_page, task_history, time_span
 from .job import SCHEDULER_FILE, STDERR_FILE, STDOUT_FILE, tail
 from .space import ParameterSpace
@@ -64,7 +67,10 @@ class SweepViews:
 
     def best(self, n: int = 5, metric: Optional[str] = None, minimize: Optional[bool] = None) -> pd.DataFrame:
         """The ``n`` best completed tasks by the objective (or ``metric``; lower is better unless
-        ``minimize=False`` or the objective says max)."""
+        ``minimize=False`` or the objective says max).  A metric a task reported only as steps
+        counts with its value at the highest step (as in ``results()``).  Tasks left out (no value,
+        a value that is not a number, NaN) are named in a :class:`~.errors.HsmWarning` and in the
+        frame's ``attrs["left_out"]`` (``{task_id: why}``)."""
         declared = self.objective
         metric = metric or (declared[0] if declared else None)
         if metric is None:
@@ -76,7 +82,17 @@ class SweepViews:
         if metric not in results.columns:
             raise ConfigError(f"no completed task reported {metric!r}; metrics so far: "
                               f"{[c for c in results.columns if c not in self.param_names and c != 'task_id']}", "metric")
-        return results.dropna(subset=[metric]).sort_values(metric, ascending=minimize).head(n)
+        values, left_out = _objective_values(results, metric)
+        if left_out:
+            shown = "; ".join(f"{tid} ({why})" for tid, why in list(left_out.items())[:5])
+            more = f" and {len(left_out) - 5} more" if len(left_out) > 5 else ""
+            warnings.warn(f"best(): {len(left_out)} completed task(s) left out, their {metric!r} is not a number "
+                          f"that can be ranked: {shown}{more}; see results() for their rows",
+                          HsmWarning, stacklevel=2)
+        ranked = results.assign(**{metric: values}).dropna(subset=[metric])
+        best = ranked.sort_values(metric, ascending=minimize, kind="stable").head(n)
+        best.attrs["left_out"] = left_out
+        return best
 
     def counts(self) -> dict[str, int]:
         """Number of tasks in each state."""
@@ -118,12 +134,16 @@ class SweepViews:
         """The notebook panel of this sweep (an ipywidgets view; displaying it shows it)."""
         return registry.panel(self)
 
-    def metrics(self, task_id: Optional[str | Sequence[str]] = None, metric: Optional[str] = None) -> pd.DataFrame:
+    def metrics(self, task_id: Optional[str | Sequence[str]] = None, metric: Optional[str] = None,
+                runs: bool = False) -> pd.DataFrame:
         """Intermediate metrics (``log_metrics(step=...)``) as a long DataFrame: task_id, attempt,
-        step, metric, value, time; of a task (or a list of them), of one metric.  It grows while
-        the sweep runs; final metrics are in ``results()``."""
+        run, step, metric, value, time; of a task (or a list of them), of one metric.  It grows while
+        the sweep runs; final metrics are in ``results()``.  A job that Slurm requeued while it ran
+        has several runs in one attempt: the last (the run that counts) is shown, every run with
+        ``runs=True``.  NaN and infinities are values; lines that could not be read are counted in
+        ``task(id)["metrics_note"]``."""
         with contextlib.closing(self.store.reader()) as conn:
-            return steps.frame(conn, task_id, metric)
+            return steps.frame(conn, task_id, metric, runs)
 
     def metric_names(self, after: int = 0) -> tuple[set[str], int]:
         """Names of the intermediate metrics logged after row ``after``, and the last row (see
@@ -132,13 +152,17 @@ class SweepViews:
             return steps.metric_names(conn, after)
 
     def task(self, task_id: str) -> dict[str, Any]:
-        """One task's row: params, state, source, attempt, exit code, error, metrics."""
+        """One task's row: params, state, source, attempt, exit code, error, metrics, and
+        ``metrics_note``: the lines of its attempt's ``metrics.jsonl`` that could not be read
+        ("3 lines of metrics.jsonl unreadable, first: line 17: ..."), or None."""
         with contextlib.closing(self.store.reader()) as conn:
             row = conn.execute("SELECT * FROM tasks WHERE task_id=?", (task_id,)).fetchone()
+            note = steps.note(conn, task_id, row["attempt"]) if row is not None else None
         if row is None:
             raise ConfigError(f"no task {task_id!r} in sweep {self.id}; copy an id from status()", "task_id")
         info = dict(row)
         info["params"] = json.loads(info["params"])
+        info["metrics_note"] = note  # what of the attempt's metrics.jsonl could not be read, in words
         info["metrics"] = json.loads(info["metrics"]) if info["metrics"] else None
         return info
 
@@ -162,3 +186,28 @@ class SweepViews:
             raise ConfigError(f"task {task_id} has attempts 1 to {info['attempt'] or 0}, not {attempt!r}", "attempt")
         return self.directory / "tasks" / job_name / files[stream] if job_name else None
 
+
+
+def _objective_values(results: pd.DataFrame, metric: str) -> tuple[pd.Series, dict[str, str]]:
+    """The objective's column as floats (NaN where it cannot be ranked) and ``{task_id: why}`` of
+    the tasks left out: no value or NaN, a value that is not a number (text, a list, ...).  A bool
+    counts as 1 or 0, as in intermediate metrics."""
+    values: list[float] = []
+    left_out: dict[str, str] = {}
+    for tid, value in zip(results["task_id"], results[metric]):
+        got = float("nan")
+        if isinstance(value, numbers.Real):
+            got = float(value)
+            if math.isnan(got):
+                left_out[tid] = "no value, or NaN"
+        elif value is None or value is pd.NA:
+            left_out[tid] = "no value, or NaN"
+        else:
+            left_out[tid] = f"{type(value).__name__} {_short(value)}, not a number"
+        values.append(got)
+    return pd.Series(values, index=results.index, dtype="float64"), left_out
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:40] + "..."

@@ -20,8 +20,8 @@ from typing import Any, Dict, List, Optional, Sequence
 from ..core.environment import (Environment, check_literal_env, environment_script, job_argv, probe_command,
                                 probe_problem, script_name)
 from ..core.errors import ConfigError, SourceError
+from ..core.functions import LIB_DIR, RUNNER_CHECK_CODE, pythonpath, runner_problem, write_job_side
 from ..core.gpus import GpuPool
-from ..core.functions import VERSION_CODE, version_problem
 from ..core.job import JobTemplate, write_params
 from ..core.source import ComputeSource
 from ..core.shell import LocalShell
@@ -81,6 +81,7 @@ class LocalComputeSource(ComputeSource):
         self.env, self.tags = dict(env or {}), set(tags)
         check_literal_env(self.env)
         self._env_script: Optional[str] = None
+        self._lib: Optional[str] = None  # the job-side files, for a function run by another Python
         self.jobs = LocalJobManager(cancel_grace)
         self.pool = GpuPool(self.gpus, gpus_per_job, name)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -161,17 +162,33 @@ class LocalComputeSource(ComputeSource):
 
     async def _check_python(self) -> None:
         """A function sweep run by another interpreter than this kernel's (``python=``, or one an
-        environment provides): it must be the Python that pickled the function."""
+        environment provides): it must be the Python that pickled the function, and it gets the
+        runner and cloudpickle (the sweep's ``lib`` folder, first on the jobs' PYTHONPATH) whether or
+        not hsm_notebook is installed there; setup checks it can import them."""
         wanted = self.template.python_version if self.template else None
-        argv = self._argv0(["python", "-c", VERSION_CODE])
+        argv = self._argv0(["python", "-c", RUNNER_CHECK_CODE])
+        self._lib = None
         if not wanted or (argv[0] == sys.executable and not self._env_script):
             return
+        env = None
+        if argv[0] != sys.executable:
+            assert self.sweep_dir is not None
+            self._lib = write_job_side(Path(self.sweep_dir) / LIB_DIR, function=True)
+            env = {**os.environ, **(self.template.env if self.template else {}), **self.env,
+                   "PYTHONPATH": self._pythonpath()}
         proc = await asyncio.create_subprocess_exec(*job_argv(self._env_script, argv), stdout=asyncio.subprocess.PIPE,
-                                                    stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL)
-        out = (await proc.communicate())[0].decode(errors="replace").strip().splitlines()
-        problem = version_problem(out[-1] if out else "unknown (it did not start)", wanted, "this machine")
+                                                    stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
+                                                    env=env, cwd=(self.template.workdir if self.template else None)
+                                                    or self.sweep_dir)
+        out = (await proc.communicate())[0].decode(errors="replace")
+        problem = runner_problem(out, wanted, "this machine", self._lib)
         if problem:
             raise SourceError(problem, self.name)
+
+    def _pythonpath(self) -> str:
+        assert self._lib is not None
+        env = {**(self.template.env if self.template else {}), **self.env}
+        return pythonpath(self._lib, env.get("PYTHONPATH", os.environ.get("PYTHONPATH")))
 
     async def submit_job(
         self, params: Dict[str, Any], job_name: str, sweep_id: str, wandb_group: Optional[str] = None
@@ -180,6 +197,8 @@ class LocalComputeSource(ComputeSource):
         job_dir.mkdir(parents=True, exist_ok=True)
         write_params(job_dir, params)
         argv, env = self.job_command(params, job_name, sweep_id, wandb_group, str(job_dir))
+        if self._lib:  # the runner and cloudpickle, for a Python that may have neither
+            env["PYTHONPATH"] = self._pythonpath()
         if self.pool.enabled:
             env.update(self.pool.env(self.pool.take(job_name, job_dir)))
         try:

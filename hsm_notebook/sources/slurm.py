@@ -23,7 +23,7 @@ from ..core import registry
 from ..core.environment import (Environment, check_literal_env, environment_script, expand_home, job_argv,
                                 probe_command, probe_problem, script_name)
 from ..core.errors import CommandError, ConfigError, SourceError, SubmitError
-from ..core.functions import VERSION_CODE, version_problem
+from ..core.functions import LIB_DIR, RUNNER_CHECK_CODE, pythonpath, runner_problem, write_job_side
 from ..core.job import WRAPPER, write_params
 from ..core.source import ComputeSource
 from ..core.state import JobOutcome, JobState, ResourceSpec
@@ -91,6 +91,7 @@ class SlurmComputeSource(ComputeSource):
         self.array, self.array_throttle, self.max_queued = array, array_throttle, max_queued
         self.environment = Environment.from_dict(environment)
         self._env_script: Optional[str] = None
+        self._lib: Optional[str] = None  # the job-side files, for a function run by another Python
         self.python = python
         self.slurm_env = dict(slurm_env or {})
         self.env, self.tags = dict(env or {}), set(tags)
@@ -221,15 +222,35 @@ class SlurmComputeSource(ComputeSource):
         return True
 
     async def _check_python(self) -> None:
-        """A function sweep: the tasks' interpreter must be the Python that pickled the function."""
+        """A function sweep: the tasks' interpreter must be the Python that pickled the function and
+        import the runner and cloudpickle.  They travel (the sweep's ``lib`` folder, on the filesystem
+        the nodes share, first on the tasks' PYTHONPATH) unless the tasks run this kernel's Python;
+        over SSH the login side uploaded them."""
         wanted = self.template.python_version if self.template else None
+        self._lib = None
         if not wanted:
             return
-        argv = job_argv(self._env_script, self._command(["python", "-c", VERSION_CODE]))
-        out = (await self._run("other", argv, check=False)).stdout.strip().splitlines()
-        problem = version_problem(out[-1] if out else "unknown (it did not start)", wanted, "the Slurm login node")
+        command = self._command(["python", "-c", RUNNER_CHECK_CODE])
+        if self.login is not None:
+            self._lib = self.login.jobs.pythonpath
+        elif command[0] != sys.executable:
+            assert self.sweep_dir is not None
+            self._lib = write_job_side(Path(self.sweep_dir) / LIB_DIR, function=True)
+        argv = job_argv(self._env_script, command)
+        if self._lib:
+            argv = ["env", f"PYTHONPATH={self._pythonpath()}", *argv]
+        out = (await self._run("other", argv, check=False)).stdout
+        problem = runner_problem(out, wanted, "the Slurm login node", self._lib)
         if problem:
             raise SourceError(problem, self.name)
+
+    def _pythonpath(self) -> str:
+        """The tasks' PYTHONPATH: the job-side files first (alone over SSH: the login node's own is unknown here)."""
+        assert self._lib is not None
+        if self.login is not None:
+            return self._lib
+        env = {**(self.template.env if self.template else {}), **self.env}
+        return pythonpath(self._lib, env.get("PYTHONPATH", os.environ.get("PYTHONPATH")))
 
     async def health_check(self) -> Dict[str, Any]:
         part = ["-p", self.resources.partition] if self.resources.partition else []
@@ -266,6 +287,8 @@ class SlurmComputeSource(ComputeSource):
         argv, env = self.job_command(params, job_name, sweep_id, wandb_group, remote_dir)
         if self.login is not None:  # the uploaded hsm_notebook.metrics, as on the SSH source
             env["PYTHONPATH"] = self.login.jobs.pythonpath
+        elif self._lib:  # the runner and cloudpickle, for a Python that may have neither
+            env["PYTHONPATH"] = self._pythonpath()
         run_sh = run_script(self.workdir, env, self._argv(argv), remote_dir, WRAPPER)
         future = asyncio.get_running_loop().create_future()
         self._starts.append((job_name, future, run_sh))

@@ -5,7 +5,8 @@ A task's folder (see ``core.job.WRAPPER``) decides over Slurm's word when its ru
 itself: a node that fails after the program finished gets the job requeued, and the exit code
 already written is the answer.  Otherwise Slurm's word decides; a task that Slurm no longer lists
 and that never started was cancelled from outside (``scancel`` of a pending array task removes
-it without a record).
+it without a record); one Slurm lists as CANCELLED that this controller did not cancel was too
+(a user's own ``scancel``, of a running or a pending task): both say so in the outcome's note.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ class SlurmTasks:
         self._requeues: Dict[str, int] = {}  # job id -> times Slurm requeued it (seen, or runs kept)
         self._notes: Dict[str, str] = {}  # job id -> what its outcome adds
         self._arrays: Dict[str, List[str]] = {}  # array id -> its task ids
+        self._cancelled_here: set[str] = set()  # tasks this controller asked Slurm to cancel
         self.ended: set[str] = set()
 
     def submitted(self, array_id: str, n: int) -> List[str]:
@@ -104,6 +106,9 @@ class SlurmTasks:
             return JobState.LOST
         if state in (JobState.COMPLETED, JobState.FAILED) and code is not None:
             return JobState.COMPLETED if code == 0 and slurm_state == "COMPLETED" else JobState.FAILED
+        if state == JobState.CANCELLED and job_id not in self._cancelled_here:
+            when = "while it ran" if job_id in self._ran or code is not None else "before it started"
+            self._notes[job_id] = f"cancelled outside hsm_notebook (scancel) {when}; not retried"
         return state
 
     def detail(self, job_id: str) -> Optional[str]:
@@ -130,6 +135,7 @@ class SlurmTasks:
         """What one ``scancel`` names: an array whose unfinished tasks are all cancelled by its id
         (its pending tasks then never start), the other tasks one by one."""
         wanted = set(job_ids)
+        self._cancelled_here.update(wanted)
         names: List[str] = []
         for array, tasks in self._arrays.items():
             open_ = [t for t in tasks if t not in self.ended]

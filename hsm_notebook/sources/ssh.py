@@ -126,6 +126,7 @@ class SSHComputeSource(RemoteSideMixin, ComputeSource):
         #: What the last cleanup() did with the remote sweep folder, in words (removed, or kept and why).
         self.remote_cleanup: Optional[str] = None
         self._gone: Dict[str, str] = {}  # job id -> why its folder could not be collected
+        self._left: Dict[str, str] = {}  # job id -> the chosen files that did not come back, in words
         self._restoring = asyncio.Lock()
         self.own_job(command, python_path=python_path, script_path=script_path, project_dir=project_dir,
                      arg_style=arg_style)
@@ -285,6 +286,9 @@ class SSHComputeSource(RemoteSideMixin, ComputeSource):
             self._lost_reasons.pop(job_id, None)
             return JobOutcome(JobState.CANCELLED if state == JobState.CANCELLED else JobState.LOST, error=gone)
         outcome = await super().outcome(job_id, state)
+        left = self._left.pop(job_id, None)
+        if left:  # named with the task, whatever its state: the user looks for those files
+            outcome = dataclasses.replace(outcome, error="; ".join(filter(None, [outcome.error, left])))
         note, replace = self._lost_reasons.pop(job_id, ("", False))
         if note and outcome.state == JobState.LOST:
             return dataclasses.replace(outcome, error="; ".join(filter(None, [None if replace else outcome.error, note])))
@@ -314,8 +318,9 @@ class SSHComputeSource(RemoteSideMixin, ComputeSource):
         ids = job_ids if job_ids is not None else list(self.completed_jobs)
         names = {job_id: self.job_names.get(job_id, job_id) for job_id in ids}
         # a job whose folder is gone fails alone (see outcome); the others of the batch come home
-        gone = await self.jobs.fetch(list(names.values()), [self.job_dir(n) for n in names.values()], self.collect)
-        self._gone.update({job_id: gone[name] for job_id, name in names.items() if name in gone})
+        got = await self.jobs.fetch(list(names.values()), [self.job_dir(n) for n in names.values()], self.collect)
+        self._gone.update({job_id: got.gone[name] for job_id, name in names.items() if name in got.gone})
+        self._left.update({job_id: got.left[name] for job_id, name in names.items() if name in got.left})
         return True
 
     async def health_check(self) -> Dict[str, Any]:

@@ -244,6 +244,8 @@ class SSHConnection:
         try:
             data = await asyncio.wait_for(self._proc.stdout.readuntil(f"{marker} "), timeout)
             rc = await asyncio.wait_for(self._proc.stdout.readline(), timeout)
+        except (asyncio.TimeoutError, TimeoutError):
+            raise  # before OSError: since Python 3.11 a timeout IS an OSError, and no connection was lost
         except (asyncio.IncompleteReadError, asyncssh.Error, OSError) as exc:
             if first and isinstance(exc, asyncio.IncompleteReadError):
                 raise await self._shell_ended(exc.partial) from None

@@ -8,25 +8,33 @@ without tar), written to disk as it arrives.
 from __future__ import annotations
 
 import asyncio
-import fcntl
-import fnmatch
 import logging
-import os
 import posixpath
 import secrets
 import shlex
-import shutil
 import tarfile
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import asyncssh
 
-from ..core.errors import ConfigError, ConnectError, SourceError, SubmitError
-from ..core.job import (CANCEL_FILE, EXIT_CODE_FILE, METRICS_FILE, PARAMS_FILE, PID_FILE, STDERR_FILE, STDOUT_FILE,
-                        WRAPPER)
+from ..core.errors import ConnectError, SourceError, SubmitError
+from ..core.job import EXIT_CODE_FILE, PARAMS_FILE, WRAPPER
 from ..core.shell import join
+from .collect import (
+    Fetched,
+    check_patterns,
+    extract,
+    fetch_script,
+    left_note,
+    pipe_to_thread,
+    selector,
+    tar_why,
+    wanted,
+)
 from .ssh_connection import SSHConnection
+
+__all__ = ["RemoteJobManager", "Fetched", "check_patterns", "wanted"]  # the last three: collect's, used from here
 
 log = logging.getLogger(__name__)
 
@@ -136,24 +144,29 @@ class RemoteJobManager:
         return "stopping" in out
 
     async def fetch(self, job_names: Sequence[str], local_dirs: Sequence[Path],
-                    patterns: Optional[Sequence[str]] = None) -> Dict[str, str]:
+                    patterns: Optional[Sequence[str]] = None) -> Fetched:
         """Bring the given job dirs home, file by file straight to disk: one ``tar`` stream per batch
         on a channel of its own (the persistent shell stays free for polls and starts), extracted
-        as it arrives; SFTP where the host has no tar.  ``patterns`` (None: every file) choose what
-        comes back besides the job contract's files.  Returns ``{name: why}`` for the jobs whose
-        folder is not there (the others are fetched all the same); raises only when the transfer
-        itself fails (a lost connection), so the batch is tried again."""
+        as it arrives; SFTP where the host has no tar.  ``patterns`` (None: every file; see
+        :func:`pattern_regex`) choose what comes back besides the product's own files.  Returns the
+        jobs whose folder is not there and the chosen files that did not come back (both in words;
+        the others are fetched all the same); raises only when the transfer itself fails (a lost
+        connection), so the batch is tried again."""
         by_name = dict(zip(job_names, local_dirs))
         if not by_name:
-            return {}
+            return Fetched()
         if self.tar:
-            return await self._fetch_tar(by_name, patterns)
-        return await self._fetch_sftp(by_name, patterns)
+            return await self._fetch_tar(by_name, selector(patterns))
+        return await self._fetch_sftp(by_name, selector(patterns))
 
-    async def _fetch_tar(self, by_name: Dict[str, Path], patterns: Optional[Sequence[str]]) -> Dict[str, str]:
+    async def _fetch_tar(self, by_name: Dict[str, Path], want: Callable[[str], bool]) -> Fetched:
         token = secrets.token_hex(4)
-        proc = await self.conn.open_stream(fetch_script(self.tasks_dir, list(by_name), patterns, token))
+        proc = await self.conn.open_stream(fetch_script(self.tasks_dir, list(by_name), token))
         lost = f"connection to {self.conn.target.label} lost while fetching"
+        chosen: dict[str, list[str]] = {}
+        unlisted: dict[str, list[str]] = {}  # names the newline-separated listing cannot carry
+        extracted: set[tuple[str, str]] = set()
+        said = bytearray()
         try:
             missing: set[str] = set()
             count = None
@@ -172,7 +185,6 @@ class RemoteJobManager:
                     missing = set(by_name)
                 elif kind == "data":
                     count = int(arg or 0)
-            said = bytearray()
 
             async def drain_stderr() -> None:  # unread, it would fill the channel's window and stall stdout
                 try:
@@ -183,14 +195,32 @@ class RemoteJobManager:
 
             drain = asyncio.ensure_future(drain_stderr())
             if count:
-                await _pipe_to_thread(proc.stdout, _extract, by_name)
+                sep = b"\0" if (await proc.stdout.readline()).strip().endswith(b"nul") else b"\n"
+                end = f"{token}-end".encode() + sep
+                prev = ""
+                while (entry := await proc.stdout.readuntil(sep)) != end:
+                    path = entry[:-1].decode("utf-8", errors="surrogateescape")
+                    top, _, rel = path.partition("/")
+                    if top in by_name and rel:
+                        prev = top
+                        if want(rel):
+                            chosen.setdefault(top, []).append(rel)
+                    elif prev:  # newline-separated: the rest of a name that holds a newline
+                        unlisted.setdefault(prev, []).append(path)
+                selection = sep.join(f"{top}/{rel}".encode("utf-8", errors="surrogateescape")
+                                     for top, rels in chosen.items() for rel in rels)
+                proc.stdin.write(selection + sep if selection else b"")
+                proc.stdin.write_eof()
+                extracted = await pipe_to_thread(proc.stdout, extract, by_name)
             await proc.wait_closed()
             await drain
             if proc.exit_status is None:
                 raise ConnectError(lost, self.conn.source)
-            if proc.exit_status != 0:  # e.g. a file that changed while it was read: the rest came
+            if proc.exit_status != 0:  # e.g. a file that could not be read: the rest came; named below
                 log.debug("tar on %s: exit status %s: %s", self.conn.target.label, proc.exit_status,
                           said.decode(errors="replace").strip())
+        except asyncio.IncompleteReadError:
+            raise ConnectError(lost, self.conn.source) from None
         except asyncssh.Error as exc:
             raise ConnectError(f"{lost}: {exc}", self.conn.source) from None
         except tarfile.TarError as exc:
@@ -200,17 +230,30 @@ class RemoteJobManager:
                               f"({exc}); they are fetched again", self.conn.source) from None
         finally:
             proc.close()
-        return {name: self._gone(name) for name in missing}
+        why = tar_why(said.decode(errors="replace"))
+        left = {}
+        for name in by_name:
+            files = [rel for rel in chosen.get(name, []) if (name, rel) not in extracted]
+            if files:
+                left[name] = left_note(files, why)
+            if unlisted.get(name):
+                note = left_note(unlisted[name], "this host's tar cannot read NUL-separated names, so a name "
+                                                  "holding a newline cannot be asked for")
+                left[name] = f"{left[name]}; {note}" if name in left else note
+        for name, note in left.items():
+            log.warning("%s: job %s: %s", self.conn.source, name, note)
+        return Fetched({name: self._gone(name) for name in missing}, left)
 
     def _gone(self, name: str) -> str:
         return (f"its remote folder {posixpath.join(self.tasks_dir, name)} is gone (was the host rebooted or "
                 "the folder removed?)")
 
-    async def _fetch_sftp(self, by_name: Dict[str, Path], patterns: Optional[Sequence[str]]) -> Dict[str, str]:
+    async def _fetch_sftp(self, by_name: Dict[str, Path], want: Callable[[str], bool]) -> Fetched:
         """The same over SFTP, for hosts without tar: each wanted file written to disk as it comes."""
         sftp = await self.conn.sftp()
         sem = asyncio.Semaphore(32)
         missing: set[str] = set()
+        failed: dict[str, list[tuple[str, str]]] = {}
 
         async def walk(name: str, rel: str = "") -> list[str]:
             async with sem:
@@ -220,7 +263,7 @@ class RemoteJobManager:
                 if e.filename in (".", ".."):
                     continue
                 path = posixpath.join(rel, e.filename) if rel else e.filename
-                if e.attrs.type == asyncssh.FILEXFER_TYPE_REGULAR and wanted(name, path, patterns):
+                if e.attrs.type == asyncssh.FILEXFER_TYPE_REGULAR and want(path):
                     files.append(path)
                 elif e.attrs.type == asyncssh.FILEXFER_TYPE_DIRECTORY:
                     subdirs.append(path)
@@ -241,157 +284,16 @@ class RemoteJobManager:
                 return  # written here at submission
             target.parent.mkdir(parents=True, exist_ok=True)
             async with sem:
-                await sftp.get(posixpath.join(self.tasks_dir, name, rel), str(target), preserve=True)
+                try:
+                    await sftp.get(posixpath.join(self.tasks_dir, name, rel), str(target), preserve=True)
+                except (asyncssh.SFTPPermissionDenied, asyncssh.SFTPNoSuchFile) as exc:  # that file alone
+                    failed.setdefault(name, []).append((rel, exc.reason))
 
         listings = await asyncio.gather(*(listing(n) for n in by_name))
         for last in (False, True):  # exit codes after the rest: a local one means a folder home whole
             await asyncio.gather(*(get(n, rel) for n, files in zip(by_name, listings) for rel in files
                                    if (rel == EXIT_CODE_FILE) == last))
-        return {name: self._gone(name) for name in missing}
-
-
-#: The job contract's files: always fetched, whatever the patterns say.
-CONTRACT_FILES = (EXIT_CODE_FILE, PID_FILE, STDOUT_FILE, STDERR_FILE, METRICS_FILE, PARAMS_FILE, CANCEL_FILE)
-
-
-def check_patterns(patterns: Optional[Sequence[str] | str]) -> Optional[list[str]]:
-    """``collect=``: None (every file) or shell globs relative to a job's folder, refused in words."""
-    if patterns is None:
-        return None
-    items = [patterns] if isinstance(patterns, str) else patterns
-    if not isinstance(items, (list, tuple)):
-        raise ConfigError(f"must be a list of file patterns such as ['*.log', 'metrics.json'], or None for "
-                          f"every file; got {patterns!r}", "collect")
-    for p in items:
-        if (not isinstance(p, str) or not p.strip() or p.startswith("/") or ".." in p.split("/")
-                or any(c in p for c in "\n\0")):
-            raise ConfigError(f"{p!r} is not a usable pattern: use a file name glob ('*.log') or a path inside "
-                              "the job's folder ('eval/*.json'), no leading '/', no '..'", "collect")
-    return list(items)
-
-
-def wanted(name: str, path: str, patterns: Optional[Sequence[str]]) -> bool:
-    """Whether the file ``path`` (relative to job ``name``'s folder) is fetched: every file without
-    patterns; else the contract's files and those a pattern matches (a pattern without ``/`` is
-    matched against the file's name, in any sub-folder; one with ``/`` against the end of its path),
-    as ``find -name`` / ``-path`` does on the remote."""
-    base = posixpath.basename(path)
-    if patterns is None or base in CONTRACT_FILES:
-        return True
-    return any(fnmatch.fnmatchcase(f"{name}/{path}", f"*/{p}") if "/" in p else fnmatch.fnmatchcase(base, p)
-               for p in patterns)
-
-
-def fetch_script(tasks_dir: str, names: Sequence[str], patterns: Optional[Sequence[str]], token: str) -> str:
-    """The remote side of a fetch (``sh -c``): which folders are missing, then one tar stream of
-    the others (of their wanted files only, chosen by ``find``, with patterns)."""
-    q = shlex.quote
-    select = 'exec tar $f -cf - "$@"'
-    if patterns is not None:
-        tests = [f"-name {q(n)}" for n in CONTRACT_FILES]
-        tests += [f"-path {q('*/' + p)}" if "/" in p else f"-name {q(p)}" for p in patterns]
-        select = f'find "$@" -type f \\( {" -o ".join(tests)} \\) -print | exec tar $f -cf - -T -'
-    return (f"t={token}; set --\n"
-            f"if cd {q(tasks_dir)} 2>/dev/null; then for j in {' '.join(q(n) for n in names)}; do\n"
-            f'  if [ -d "$j" ]; then set -- "$@" "$j"; else echo "$t gone $j"; fi; done\n'
-            f'else echo "$t root"; fi\n'
-            f'echo "$t data $#"; [ $# -gt 0 ] || exit 0\n'
-            # GNU tar's posix format keeps sub-second mtimes (the job's start and end times); others fall back
-            f"f=; tar --format=posix -cf /dev/null /dev/null 2>/dev/null && f=--format=posix\n"
-            f"{select}\n")
-
-
-class _PipeOut(asyncio.Protocol):
-    """Flow control of the pipe to the writer thread: ``ready`` is clear while its buffer is full."""
-
-    def __init__(self) -> None:
-        self.ready = asyncio.Event()
-        self.ready.set()
-        self.lost = False
-
-    def pause_writing(self) -> None:
-        self.ready.clear()
-
-    def resume_writing(self) -> None:
-        self.ready.set()
-
-    def connection_lost(self, exc: Optional[Exception]) -> None:
-        self.lost = True  # the thread closed its end (it failed): nothing more is read
-        self.ready.set()
-
-
-async def _pipe_to_thread(stream: asyncssh.SSHReader, consume, *args) -> None:
-    """Feed ``stream`` to ``consume(read_fd, *args)`` running in a thread, through a pipe, reading the
-    stream only as fast as the thread takes it: at most about a channel window (2 MiB) and the
-    pipe's buffer are held here, whatever the size.  (asyncssh's own ``redirect_stdout`` to a pipe
-    kept reading ahead: a slow disk made it hold the whole stream.)"""
-    loop = asyncio.get_running_loop()
-    read_fd, write_fd = os.pipe()
-    if hasattr(fcntl, "F_SETPIPE_SZ"):
-        try:
-            fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, 1 << 20)
-        except OSError:
-            pass  # the default 64 KiB works, with more wake-ups
-    consumer = asyncio.ensure_future(asyncio.to_thread(consume, read_fd, *args))
-    pipe = os.fdopen(write_fd, "wb", buffering=0)
-    try:
-        transport, out = await loop.connect_write_pipe(_PipeOut, pipe)
-    except BaseException:
-        pipe.close()
-        raise
-    try:
-        transport.set_write_buffer_limits(high=1 << 20)
-        while not out.lost and (chunk := await stream.read(1 << 20)):
-            transport.write(chunk)
-            await out.ready.wait()
-    finally:
-        transport.close()  # after what is buffered: the thread then reads EOF
-        consumer.add_done_callback(lambda f: f.cancelled() or f.exception())  # read below, or moot
-    await consumer
-
-
-def _extract(read_fd: int, by_name: Dict[str, Path]) -> None:
-    """Read a tar stream from ``read_fd`` and write each regular file of job ``<name>/...`` into that
-    job's local folder as it arrives (never a whole file in memory).  Links, devices and paths
-    leaving the folder are skipped."""
-    with os.fdopen(read_fd, "rb") as stream:
-        with tarfile.open(fileobj=stream, mode="r|", bufsize=1 << 16) as archive:
-            _extract_members(archive, by_name)
-        while stream.read(1 << 16):  # tar's padding after the archive's end: read, so the writer never blocks
-            pass
-
-
-def _extract_members(archive: tarfile.TarFile, by_name: Dict[str, Path]) -> None:
-    """A job's members come one after the other; its ``exit_code`` is written after the rest of its
-    folder, so a local exit code always means a folder that came home whole (cleanup relies on it)."""
-    made: set[Path] = set()
-    last: Optional[tuple[Path, bytes, float]] = None  # the exit code of the job being extracted
-    for member in archive:
-        top, _, rest = member.name.partition("/")
-        if last is not None and last[0].parent != by_name.get(top):
-            _write(*last)
-            last = None
-        parts = rest.split("/")
-        if not rest or top not in by_name or not member.isfile() or ".." in parts or "" in parts:
-            continue
-        target = by_name[top].joinpath(*parts)
-        if rest == PARAMS_FILE and target.exists():
-            continue  # written here at submission
-        if target.parent not in made:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            made.add(target.parent)
-        src = archive.extractfile(member)
-        assert src is not None
-        if rest == EXIT_CODE_FILE and member.size < 4096:
-            last = (target, src.read(), member.mtime)
-            continue
-        with open(target, "wb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
-        os.utime(target, (member.mtime, member.mtime))
-    if last is not None:
-        _write(*last)
-
-
-def _write(target: Path, data: bytes, mtime: float) -> None:
-    target.write_bytes(data)
-    os.utime(target, (mtime, mtime))
+        left = {name: left_note([rel for rel, _ in files], files[0][1]) for name, files in failed.items()}
+        for name, note in left.items():
+            log.warning("%s: job %s: %s", self.conn.source, name, note)
+        return Fetched({name: self._gone(name) for name in missing}, left)

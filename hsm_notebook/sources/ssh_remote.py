@@ -14,10 +14,9 @@ import posixpath
 import shlex
 from pathlib import Path
 
-from .. import metrics as metrics_module
-from ..core.functions import FUNCTION_FILE, VERSION_FILE, version_problem
+from ..core.functions import FUNCTION_FILE, LIB_DIR, VERSION_FILE, job_side_files, version_problem
 from ..core.environment import environment_script, probe_command, probe_problem, probe_version, script_name
-from ..core.errors import ConfigError, SourceError
+from ..core.errors import CommandTimeout, ConfigError, SourceError
 from ..core.job import EXIT_CODE_FILE, JobTemplate
 from .ssh_jobs import RemoteJobManager
 from .sync import sync_project
@@ -25,7 +24,12 @@ from .sync import sync_project
 log = logging.getLogger("hsm_notebook.sources.ssh")
 
 _PYTHON_NAMES = ("python", "python3")
-_REMOTE_INIT = '"""Job-side helpers of hsm_notebook, uploaded by SSHComputeSource."""\n'
+#: SIGKILL the processes $q and all their descendants (found by their parent in /proc, shell builtins only).
+_KILL_TREE = ('a=; while [ -n "$q" ]; do n=; for f in /proc/[0-9]*/stat; do s=; read s < "$f" 2>/dev/null || continue; '
+              'set -- ${s##*) }; for x in $q; do [ "$2" = "$x" ] && { i=${f#/proc/}; n="$n ${i%/stat}"; }; done; done; '
+              'a="$a $q"; q=$n; done; [ -z "$a" ] || kill -KILL $a 2>/dev/null; true')
+#: Seconds the setup check (the interpreter started through the jobs' environment) may take.
+PROBE_TIMEOUT = 120.0
 
 
 class RemoteSideMixin:
@@ -72,7 +76,15 @@ class RemoteSideMixin:
             tmp = shlex.quote(f"{self._env_script}.{os.getpid()}")
             write = f"printf '%s' {shlex.quote(text)} > {tmp} && mv -f {tmp} {shlex.quote(self._env_script)}; "
         probe = probe_command(self._env_script, workdir, sweep_root, program, python, {**template.env, **self.env})
-        out = (await self.conn.run(write + probe, check=False, timeout=120)).stdout
+        trace, pid = posixpath.join(sweep_root, ".hsm-probe-trace"), posixpath.join(sweep_root, ".hsm-probe-pid")
+        # traced by bash (SHELLOPTS from the environment) into a file: a line that hangs can be named;
+        # its pid recorded, so what hangs can be ended (no setsid: that may be a shim on the host)
+        traced = (f"/bin/sh -c 'echo $$ > \"$1\"; exec env SHELLOPTS=xtrace BASH_XTRACEFD=5 /bin/sh -c \"$2\"' "
+                  f"hsm-probe {shlex.quote(pid)} {shlex.quote(probe)} 5>{shlex.quote(trace)} & wait $!")
+        try:
+            out = (await self.conn.run(write + traced, check=False, timeout=PROBE_TIMEOUT)).stdout
+        except CommandTimeout as exc:
+            raise SourceError(await self._hung(exc, trace, pid, python or program), self.name) from None
         problem = probe_problem(out, program=program, python=python, where=self.target.label,
                                 environment=self.environment)
         if problem:
@@ -81,6 +93,28 @@ class RemoteSideMixin:
         problem = version_problem(self.facts["python"], template.python_version, self.target.label)
         if problem:
             raise SourceError(problem, self.name)
+
+    async def _hung(self, exc: CommandTimeout, trace: str, pid: str, program: str) -> str:
+        """The setup probe got no answer in time: end it (its process group) and name the environment
+        line it hung at, read from its trace (bash hosts), in words with the fix."""
+        line = ""
+        try:
+            await self.conn.connect()  # the timeout closed the connection: the shell's state was unknown
+            q = shlex.quote
+            line = (await self.conn.run(
+                f"q=; read q < {q(pid)} 2>/dev/null; {_KILL_TREE}; sed -n 's/^+* _hsm_w=//p' {q(trace)} "
+                f"2>/dev/null | tail -n 1; rm -f {q(trace)} {q(pid)}", check=False, timeout=30)).stdout.strip()
+        except SourceError:
+            pass  # the message below still names the command and the environment
+        if len(line) > 1 and line[0] == line[-1] == "'":
+            line = line[1:-1].replace("'\\''", "'")
+        where = (f"at the environment line {line!r}" if line and line != "start"
+                 else f"in its environment ({self.environment.summary()})" if self.environment else "")
+        return (f"timed out: the setup check (running {program!r} through the jobs' environment on "
+                f"{self.target.label}) got no answer in {exc.timeout:.0f} s; it hung {where}. A line that waits "
+                "for input (a prompt, `read`, a password, a licence question) or for something that never comes "
+                "would hang every job: make it non-interactive or remove it from environment=... "
+                "(pre_script, conda_env, modules)").replace("; it hung .", ".")
 
     async def _watch(self) -> None:
         """One more channel per connection: ``tail -F`` of the events file the job wrappers append
@@ -104,16 +138,8 @@ class RemoteSideMixin:
         """Put ``hsm_notebook.metrics`` (stdlib only) on the remote, so jobs can ``log_metrics``
         without installing anything there; for a function sweep also the runner and cloudpickle
         (pure Python).  Returns the folder to add to PYTHONPATH."""
-        lib = posixpath.join(self.root, "lib")
-        files = {"hsm_notebook/__init__.py": _REMOTE_INIT, "hsm_notebook/metrics.py": Path(metrics_module.__file__).read_text()}
-        if template.python_version:
-            import cloudpickle
-
-            from .. import runner
-
-            files["hsm_notebook/runner.py"] = Path(runner.__file__).read_text()
-            package = Path(cloudpickle.__file__).parent
-            files.update({f"cloudpickle/{f.name}": f.read_text() for f in sorted(package.glob("*.py"))})
+        lib = posixpath.join(self.root, LIB_DIR)
+        files = job_side_files(bool(template.python_version))
         script = " && ".join(f"mkdir -p {shlex.quote(posixpath.dirname(posixpath.join(lib, name)))} && printf '%s' "
                              f"{shlex.quote(text)} > {shlex.quote(posixpath.join(lib, name))}" for name, text in files.items())
         await self.conn.run(script)

@@ -63,10 +63,10 @@ def _rule(pattern: str) -> Optional[tuple[str, bool, bool]]:
     return (body if anchored else re.sub(r"\*+", "*", body)), anchored, dir_only
 
 
-def _regex(pattern: str) -> str:
+def wildcard_regex(pattern: str) -> str:
     """rsync's wildcards as a regex: ``*``/``?`` within a component, ``**`` across, ``[...]``, ``\\``."""
     if pattern.endswith("/***"):  # rsync: the folder and everything in it
-        return _regex(pattern[:-4]) + "(?:/.*)?"
+        return wildcard_regex(pattern[:-4]) + "(?:/.*)?"
     out, i, n = [], 0, len(pattern)
     while i < n:
         c = pattern[i]
@@ -108,7 +108,7 @@ class Patterns:
         self.rules = [r for r in map(_rule, patterns) if r]
         groups: dict[tuple[bool, bool], list[str]] = {}
         for body, anchored, dir_only in self.rules:
-            groups.setdefault((anchored, dir_only), []).append(_regex(body))
+            groups.setdefault((anchored, dir_only), []).append(wildcard_regex(body))
         self._rx = {key: re.compile("|".join(f"(?:{r})" for r in rs)) for key, rs in groups.items()}
 
     def __bool__(self) -> bool:

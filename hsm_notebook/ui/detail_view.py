@@ -161,7 +161,8 @@ def _facts(tid: str, info: dict, history: pd.DataFrame, shown: Optional[int],
     if not shown or shown == latest:
         return [("task", tid), ("state", info["state"]), ("source", info["source"]), ("job id", info["job_id"]),
                 ("attempt", f"{latest} of {latest}" if latest > 1 else latest or None),
-                ("exit code", info["exit_code"]), ("error", info["error"]), ("folder", folder)]
+                ("exit code", info["exit_code"]), ("error", info["error"]), ("folder", folder),
+                *([("metrics.jsonl", info["metrics_note"])] if info.get("metrics_note") else [])]
     mine = history[history["attempt"] == shown]
     last = mine.iloc[-1] if len(mine) else None
     job_ids = mine["job_id"].dropna()

@@ -71,19 +71,45 @@ def table(df: pd.DataFrame, css_class: str, state_column: str | None = "state", 
     head = "".join(f"<th>{esc(c)}</th>" for c in cols)
     body = []
     for row in df.itertuples(index=False):
-        cells = []
         attr = ""
-        for col, value in zip(cols, row):
-            if col == state_column:
-                attr = f" data-state='{esc(value)}'"
-                cells.append(f"<td>{state_badge('' if is_missing(value) else str(value))}</td>")
-            elif col == "error":
-                text = esc(value)
-                cells.append(f"<td class='hsm-err' title='{text}'>{text[:max_cell]}</td>")
-            else:
-                cells.append(f"<td>{esc(_short(value))}</td>")
-        body.append(f"<tr{attr}>{''.join(cells)}</tr>")
+        if state_column in cols:
+            value = row[cols.index(state_column)]
+            attr = f" data-state='{esc(value)}'"
+        cells = "".join(f"<td{_attrs(css, title)}>{inner}</td>" for css, title, inner in
+                        (_cell(c, v, state_column, max_cell) for c, v in zip(cols, row)))
+        body.append(f"<tr{attr}>{cells}</tr>")
     return f"<table class='{css_class}'><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def _cell(col: str, value: Any, state_column: str | None, max_cell: int) -> tuple[str, str | None, str]:
+    """One cell: its CSS class ("" for none), its title (None for none) and its escaped inner HTML."""
+    if col == state_column:
+        return "", None, state_badge("" if is_missing(value) else str(value))
+    if col == "error":
+        text = esc(value)
+        return "hsm-err", text, text[:max_cell]
+    return "", None, esc(_short(value))
+
+
+def _attrs(css: str, title: str | None) -> str:
+    return (f" class='{css}'" if css else "") + (f" title='{title}'" if title is not None else "")
+
+
+def grid_rows(df: pd.DataFrame, state_column: str | None = "state", max_cell: int = 120) -> tuple[str, list[str]]:
+    """``df`` as the cells of a CSS grid: the header row's markup (a blank corner cell for the
+    openers' column, then one cell per column) and each row's markup (one ``div`` per cell,
+    carrying ``data-state`` and ``data-row``).  A row's cells are laid out in the same grid row
+    as whatever precedes them, so the caller puts a row's opener right before its cells."""
+    cols = list(df.columns)
+    head = "<div class='hsm-cell hsm-th hsm-corner'></div>" + "".join(
+        f"<div class='hsm-cell hsm-th'>{esc(c)}</div>" for c in cols)
+    rows = []
+    for i, row in enumerate(df.itertuples(index=False)):
+        state = f" data-state='{esc(row[cols.index(state_column)])}'" if state_column in cols else ""
+        cells = (_cell(c, v, state_column, max_cell) for c, v in zip(cols, row))
+        rows.append("".join(f"<div{_attrs(f'hsm-cell {css}'.strip(), title)} data-row='{i}'{state}>{inner}</div>"
+                            for css, title, inner in cells))
+    return head, rows
 
 
 def _short(value: Any) -> Any:

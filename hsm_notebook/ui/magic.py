@@ -11,11 +11,13 @@ from ..core.config import SweepFile
 from ..core.errors import HsmError
 from ..core.launch import launch_options
 from .panel import SweepPanel
+from .recent import open_sweep
 
 
 def open_panel(arg: str = "") -> Optional[SweepPanel]:
     """``""`` -> an empty panel listing the recent sweeps (each with Open); a sweep directory ->
-    that sweep, resumed (the live one if this kernel already drives it);
+    that sweep (the live one if this kernel already drives it; resumed if it was launched before,
+    else shown with Launch, see :func:`~hsm_notebook.ui.recent.open_sweep`);
     a YAML file -> a panel filled from it (and from its reference project's ``.hsm/config.yaml``:
     command, sources, environment), ready to launch with every setting of the file."""
     words = shlex.split(arg)
@@ -25,7 +27,7 @@ def open_panel(arg: str = "") -> Optional[SweepPanel]:
         return panel
     path = Path(words[0]).expanduser()
     if path.is_dir():
-        return SweepPanel.attach(path)
+        return SweepPanel(open_sweep(path))
     options = launch_options(SweepFile.load(path), need_command=False)
     sources = options.pop("sources")
     panel = SweepPanel(sources=sources, options=options)

@@ -70,6 +70,8 @@ class SweepPanel:
         self.complete_button = self._button("Complete missing", "forward", "", "hsm-complete", self.complete)
 
         self.editor = ParamsEditor(on_change=self._update_buttons)
+        if sweep is None and self.options.get("objective"):
+            self.editor.set_objective(self.options["objective"])  # a sweep file's, shown and editable
         chosen = list(sweep.sources) if sweep else (list(sources) if sources is not None else [LocalComputeSource()])
         self.sources_view = SourcesView(chosen, report=self.show_error)
         self.health_button = self._button("Check health", "heartbeat", "", "hsm-health", self.check_health)
@@ -136,15 +138,17 @@ class SweepPanel:
             if best is not None and len(best):
                 lines.append(f"  best {metric} ({'min' if minimize else 'max'}): {best.iloc[0][metric]:.6g} "
                              f"(task {best.iloc[0]['task_id']})")
+        lines.append(f"  after a kernel restart: %load_ext hsm_notebook, then %hsm {sweep.directory} reopens it "
+                     "(%hsm alone lists recent sweeps)")
         return "\n".join(lines)
 
     def show_recent(self, roots: Optional[Sequence[Any]] = None) -> None:
         """List recent sweeps above the tabs; Open binds this panel to the chosen one (resumed)."""
-        from .recent import RecentSweeps
+        from .recent import RecentSweeps, open_sweep
 
         def open_(folder: Any) -> None:
             def bind() -> None:
-                sweep = Sweep.attach(folder)
+                sweep = open_sweep(folder)  # shown; resumed only if it was launched before
                 self.sources_view.sources = list(sweep.sources)
                 self._bind(sweep)
                 self.recent.close()
@@ -168,8 +172,8 @@ class SweepPanel:
             self.say("Already running: the tasks are on their way (Status shows them).")
             return
         if self.sweep is None:
-            options = {**self.options, "space": self.editor.space(), "command": self._command(),
-                       "sources": self.sources_view.sources}
+            options = {**self.options, "space": self.editor.check(), "command": self._command(),
+                       "sources": self.sources_view.sources, "objective": self.editor.objective()}
             options["workdir"] = self.editor.workdir.value.strip() or options.get("workdir")
             if self.directory is not None:
                 options["directory"] = self.directory
@@ -215,7 +219,7 @@ class SweepPanel:
 
     def _bind(self, sweep: Sweep) -> None:
         self.sweep = sweep
-        self.editor.show_space(sweep._record.get("space", {}), sweep.template.command)
+        self.editor.show_space(sweep._record.get("space", {}), sweep.template.command, sweep.objective)
         self.sources_view.lock()
         about = sweep.metadata.get("description")
         self.header.value = (f"<b>Sweep {html.escape(sweep.id)}</b> · <code>{html.escape(str(sweep.directory))}</code>"
@@ -250,8 +254,7 @@ class SweepPanel:
     def _update_buttons(self) -> None:
         if self.sweep is None:
             try:
-                self.editor.space()
-                self.editor.command_argv()
+                self.editor.check()
                 ok = bool(self.sources_view.sources)
             except HsmError:
                 ok = False

@@ -9,7 +9,18 @@ import ipywidgets as w
 
 from ..core.records import recent_sweeps
 from ..core.state import JobState
+from ..core.sweep import Sweep
 from .html import esc
+
+
+def open_sweep(folder: Any) -> Sweep:
+    """What Open (and ``%hsm <folder>``) does: show the sweep.  One that was launched before is
+    resumed (its running jobs re-adopted, the rest finished); one never launched is not started:
+    that is the Launch button's."""
+    sweep = Sweep.attach(folder, resume=False)
+    if not sweep.running and sweep.launched and not sweep.done:
+        sweep.start()
+    return sweep
 
 
 def _when(stamp: Optional[float]) -> str:

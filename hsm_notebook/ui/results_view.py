@@ -9,6 +9,7 @@ direction; both can be changed here.
 from __future__ import annotations
 
 import contextlib
+import re
 from typing import Any, Callable, Optional
 
 import ipywidgets as w
@@ -17,14 +18,41 @@ import pandas as pd
 from ..core import steps
 from ..core.steps import best_so_far
 from . import svg
-from .html import duration, esc, table
+from .html import duration, esc, grid_rows, table
 
 PAGE_SIZE = 25
-_CSS = ("<style>.hsm-results-table td, .hsm-results-table th {height: 22px; padding: 0 6px; white-space: nowrap}"
-        ".hsm-openers {padding-top: 23px} .hsm-openers button {margin: 0 !important; padding: 0}</style>")
+#: The grid is one CSS grid: a row's opener and its cells are items of the same grid row (each
+#: row's HTML widget is ``display: contents``, so its cells join the grid), so an opener stays
+#: beside its row whatever the rows hold, and the columns line up across rows.
+_CSS = ("<style>"
+        ".hsm-results-table {display: grid; align-items: stretch; font-size: 12px; overflow-x: auto}"
+        ".hsm-results-table > .hsm-grid-row, .hsm-results-table > .hsm-grid-row > .widget-html-content"
+        " {display: contents !important}"
+        ".hsm-results-table .hsm-cell {padding: 1px 8px; border-bottom: 1px solid #ddd; white-space: nowrap;"
+        " line-height: 22px}"
+        ".hsm-results-table .hsm-th {font-weight: 600}"
+        ".hsm-results-table .hsm-err {max-width: 420px; min-width: 160px; overflow: hidden; text-overflow: ellipsis}"
+        ".hsm-results-table > .hsm-opener {margin: 0 !important; padding: 0 !important; min-width: 0 !important;"
+        " width: 28px; height: auto !important; min-height: 0 !important; line-height: 1 !important;"
+        " align-self: stretch; border-bottom: 1px solid #ddd}"
+        "</style>")
 LIVE_CURVES = 8  # running tasks whose curves are drawn
 BEST_CURVES = 3  # and the best finished ones
 FIRST = ["state", "error", "exit_code"]
+#: words in a metric's name that say higher is better (an accuracy), and those that say lower is
+#: (a loss, which wins when both appear: ``acc_loss``); used only when no objective names the metric
+_HIGHER = {"acc", "accuracy", "auc", "auroc", "auprc", "f1", "precision", "recall", "score", "reward", "return",
+           "bleu", "rouge", "iou", "miou", "dice", "r2", "map", "ap", "ndcg", "psnr", "ssim", "top1", "top5",
+           "sharpe", "fitness", "likelihood", "correct", "success", "win"}
+_LOWER = {"loss", "error", "err", "mse", "mae", "rmse", "nll", "perplexity", "ppl", "cost", "regret", "wer", "cer",
+          "time", "latency", "fid", "bpd", "distance"}
+
+
+def assumed_minimize(metric: str) -> bool:
+    """The direction assumed for ``metric`` when no objective names it: higher is better when a
+    word of its name says so (``val_acc``, ``f1``, ``mean_reward``), else lower (a loss)."""
+    words = set(re.findall(r"[a-z]+\d*", re.sub(r"([a-z])([A-Z])", r"\1_\2", metric).lower()))
+    return not (words & _HIGHER) or bool(words & _LOWER)
 
 
 class ResultsView:
@@ -40,9 +68,10 @@ class ResultsView:
         #: one button per column: a click sorts by it, a second click turns the order round
         self.header = w.HBox(layout=w.Layout(flex_flow="row wrap"))
         self.header.add_class("hsm-results-header")
-        #: one button per row of the page, left of the table: a click opens the task's Job detail
-        self.openers = w.VBox()
-        self.openers.add_class("hsm-openers")
+        #: the page's rows: per row an opener (›, a click opens the task's Job detail) and the
+        #: row's cells, side by side in one grid row of ``self.table`` (see ``_CSS``)
+        self.openers: list[w.Button] = []
+        self.rows: list[w.HTML] = []
         self.on_open: Callable[[str], None] = lambda task_id: None
         self._page_ids: list[str] = []
         self._header_columns: list[str] = []
@@ -54,8 +83,11 @@ class ResultsView:
         self.curves.add_class("hsm-curves")
         self.best_line.add_class("hsm-best-so-far")
         self.note = w.HTML()
-        self.table = w.HTML()
-        self.table.add_class("hsm-results")
+        self.head = w.HTML()
+        self.head.add_class("hsm-grid-row")
+        self.table = w.GridBox([self.head], layout=w.Layout(grid_template_columns="28px"))
+        for css in ("hsm-results", "hsm-results-table", "hsm-openers"):
+            self.table.add_class(css)
         self.page = 0
         self.sweep: Any = None
         self._grid: Optional[pd.DataFrame] = None  # every task + final metrics, read when a task changed
@@ -80,7 +112,7 @@ class ResultsView:
             w.HBox([self.metric, self.direction]), self.note, self.curves, self.best_line,
             w.HBox([self.param]), self.scatter, self.parallel,
             w.HBox([self.sort, self.descending, self.show_fixed]), self.header,
-            w.HBox([self.openers, self.table]), w.HBox([self.prev, self.page_label, self.next]), w.HTML(_CSS),
+            self.table, w.HBox([self.prev, self.page_label, self.next]), w.HTML(_CSS),
         ])
 
     # -- inputs -------------------------------------------------------------------------------
@@ -103,9 +135,24 @@ class ResultsView:
         self.redraw()
 
     def _follow_objective(self) -> None:
+        """Until the user flips it, the direction is the objective's for its metric, else the one
+        ``assumed_minimize`` reads from the metric's name (and the note says it was assumed)."""
+        metric = self.metric.value
+        if self._user_direction or not metric:
+            return
         declared = self.sweep.objective if self.sweep is not None else None
-        if declared and declared[0] == self.metric.value and not self._user_direction:
-            self._set_direction(declared[1])
+        self._set_direction(declared[1] if declared and declared[0] == metric else assumed_minimize(metric))
+
+    def direction_source(self) -> str:
+        """Why the shown metric is ranked the way it is: the user's choice, the objective, or an
+        assumption (said in words wherever the view calls a task best)."""
+        declared = self.sweep.objective if self.sweep is not None else None
+        if self._user_direction:
+            return "your choice"
+        if declared and declared[0] == self.metric.value:
+            return "the sweep's objective"
+        return (f"assumed, as no objective names {self.metric.value}"
+                + (f" (the objective is {declared[0]})" if declared else "") + "; flip it above if wrong")
 
     def _set_direction(self, minimize: bool) -> None:
         self._adjusting = True
@@ -126,6 +173,33 @@ class ResultsView:
         """Open the Job detail of the page's ``row``-th task."""
         self.on_open(self._page_ids[row])
 
+    def _show_rows(self, head: str, rows: list[str], task_ids: list[str], columns: int) -> None:
+        """Put the page in the grid: the header, then per row its opener and its cells, made in
+        one step from one list so the i-th opener opens the task whose cells follow it."""
+        while len(self.rows) < len(rows):
+            i = len(self.rows)
+            button = w.Button(description="›", layout=w.Layout(width="28px"))
+            button.add_class("hsm-opener")
+            button.on_click(lambda _, i=i: self.open_row(i))
+            row = w.HTML()
+            row.add_class("hsm-grid-row")
+            self.openers.append(button)
+            self.rows.append(row)
+        del self.openers[len(rows):], self.rows[len(rows):]
+        self._page_ids = task_ids
+        if self.head.value != head:
+            self.head.value = head
+        for button, row, markup, tid in zip(self.openers, self.rows, rows, task_ids):
+            if row.value != markup:
+                row.value = markup
+            button.tooltip = f"open {tid} in Job detail"
+        template = f"28px repeat({columns}, auto)"
+        if self.table.layout.grid_template_columns != template:
+            self.table.layout.grid_template_columns = template
+        children = (self.head, *(x for pair in zip(self.openers, self.rows) for x in pair))
+        if self.table.children != children:
+            self.table.children = children
+
     def _headers(self, columns: list[str]) -> None:
         arrow = " ▼" if self.descending.value else " ▲"
         labels = [c + (arrow if c == self.sort.value else "") for c in columns]
@@ -137,17 +211,6 @@ class ResultsView:
                 button.on_click(lambda _, c=column: self.click_header(c))
                 buttons.append(button)
             self.header.children = buttons
-
-    def _openers(self, task_ids: list[str]) -> None:
-        if self._page_ids != task_ids:
-            self._page_ids = task_ids
-            buttons = []
-            for i, tid in enumerate(task_ids):
-                button = w.Button(description="›", tooltip=f"open {tid} in Job detail",
-                                  layout=w.Layout(width="28px", height="24px"))
-                button.on_click(lambda _, i=i: self.open_row(i))
-                buttons.append(button)
-            self.openers.children = buttons
 
     def _turn(self, step: int) -> None:
         self.page = max(0, self.page + step)
@@ -182,11 +245,11 @@ class ResultsView:
         metric, minimize = self.metric.value, bool(self.direction.value)
         self._draw_curves(sweep, grid, metric, minimize)
         drawn = (self._grid_version, metric, minimize, self.param.value, self.show_fixed.value, self.sort.value,
-                 self.descending.value, self.page, self._user_sort)
+                 self.descending.value, self.page, self._user_sort, self._user_direction)
         if drawn == self._drawn:
             return  # only the live curves changed: the finished tasks' charts and table stand
         self._drawn = drawn
-        self.best_line.value = self._best_so_far(grid, metric, minimize) if metric else ""
+        self.best_line.value = self._best_so_far(grid, metric, minimize, self.direction_source()) if metric else ""
         self._draw_scatter(grid, metric)
         self._draw_parallel(grid, varying, metric, minimize)
         shown = FIRST + [p for p in params if self.show_fixed.value or p in varying] + metrics + \
@@ -236,7 +299,8 @@ class ResultsView:
         series = [(f"{tid} ({'running' if tid in running else 'best'})", points)
                   for tid, points in self._grow_curves(sweep, metric, chosen).items() if points]
         arrow = "lower is better" if minimize else "higher is better"
-        self.note.value = (f"<b>{esc(metric)}</b> ({arrow}): {len(running)} running, {len(best)} best shown"
+        self.note.value = (f"<b>{esc(metric)}</b> ({arrow}, <span class='hsm-direction-source'>"
+                           f"{esc(self.direction_source())}</span>): {len(running)} running, {len(best)} best shown"
                            + (f" · {svg.legend([n for n, _ in series])}" if series else ""))
         self.curves.value = svg.chart(series, x_label="step", y_label=metric, log_x=False) if series else ""
 
@@ -255,7 +319,7 @@ class ResultsView:
         return self._curves
 
     @staticmethod
-    def _best_so_far(grid: pd.DataFrame, metric: str, minimize: bool) -> str:
+    def _best_so_far(grid: pd.DataFrame, metric: str, minimize: bool, why: str) -> str:
         if metric not in grid.columns:
             return ""
         done = grid.dropna(subset=[metric, "end_time"])
@@ -265,8 +329,10 @@ class ResultsView:
         minutes = (done["end_time"] - start).dt.total_seconds() / 60
         line = best_so_far(zip(minutes, done[metric]), minimize)
         line.append((float(minutes.max()), line[-1][1]))  # flat to the latest result
-        return svg.chart([(f"best {metric} so far", line)], x_label="minutes since the first submission",
-                         y_label=f"best {metric}", log_x=False)
+        better = "lower" if minimize else "higher"
+        why = "assumed" if why.startswith("assumed") else why
+        return svg.chart([(f"best {metric} so far ({better} is better: {why})", line)],
+                         x_label="minutes since the first submission", y_label=f"best {metric}", log_x=False)
 
     def _draw_scatter(self, grid: pd.DataFrame, metric: Optional[str]) -> None:
         param = self.param.value
@@ -303,12 +369,13 @@ class ResultsView:
         page = grid.iloc[self.page * PAGE_SIZE:(self.page + 1) * PAGE_SIZE]
         if "duration" in page.columns:
             page = page.assign(duration=[duration(d.total_seconds()) if pd.notna(d) else None for d in page["duration"]])
-        self.table.value = table(page, "hsm-results-table")
         self.note_table = (f"<b>{len(grid):,}</b> tasks, <b>{int((grid['state'] == 'COMPLETED').sum()):,}</b> "
                            "completed")
         self.page_label.value = f"{self.note_table} · page {self.page + 1} of {pages}"
         self._headers(list(grid.columns))
-        self._openers(list(page["task_id"]) if "task_id" in page.columns else [])
+        head, rows = grid_rows(page)
+        self._show_rows(head, rows, list(page["task_id"]) if "task_id" in page.columns else [""] * len(rows),
+                        len(page.columns))
 
 
 def _plain(value: Any) -> Any:

@@ -6,7 +6,6 @@ row it belongs to.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
@@ -15,11 +14,9 @@ import yaml
 from ..core.config import load_yaml
 from ..core.errors import ConfigError
 from ..core.space import ParameterSpace
+from .ranges import CALL, call_problem, parse_call
 
 KINDS = ("grid", "paired A", "paired B", "paired C", "fixed")
-_RANGE_START = re.compile(r"^range\s*\(")
-_RANGE = re.compile(r"^range\(\s*(-?\d+)\s*(?:,\s*(-?\d+)\s*)?(?:,\s*(-?\d+)\s*)?\)$")
-_RANGE_FORMS = "range(stop), range(start, stop) or range(start, stop, step) with whole numbers"
 #: More values than this in one field is a typo (``range(10**9)`` would fill the kernel's memory).
 MAX_VALUES = 100_000
 _PAIRS = {"(": ")", "[": "]", "{": "}"}
@@ -107,40 +104,24 @@ def _split_items(text: str) -> list[str]:
     return [item.strip() for item in items]
 
 
-def _parse_range(text: str, field: str) -> list[int]:
-    """``range(...)`` as Python reads it; anything less than one whole valid call is refused."""
-    m = _RANGE.match(text)
-    if not m:
-        problem = bracket_problem(text)
-        if problem:
-            raise ConfigError(f"{text} is not a complete range: {problem}; e.g. range(1, 4)", field)
-        raise ConfigError(f"{text} is not a valid range: write {_RANGE_FORMS}, alone in the field, "
-                          "e.g. range(1, 4)", field)
-    a, b, step = (int(g) if g is not None else None for g in m.groups())
-    if step == 0:
-        raise ConfigError(f"{text}: the step cannot be 0; e.g. range(0, 10, 2)", field)
-    numbers = range(a) if b is None else range(a, b, step or 1)
-    if not numbers:
-        raise ConfigError(f"{text} is empty: the stop must lie past the start in the step's direction, "
-                          "e.g. range(1, 4) or range(4, 1, -1)", field)
-    if len(numbers) > MAX_VALUES:
-        raise ConfigError(f"{text} gives {len(numbers):,} values; the form takes at most {MAX_VALUES:,} "
-                          "per parameter: use a smaller range or a step", field)
-    return list(numbers)
-
-
 def parse_values(text: str, field: str = "values") -> list[Any]:
     """What a person types for a parameter's values, as a list.
 
-    ``0.1, 0.01`` | ``range(1, 4)`` | ``[a, b]`` (YAML) | ``64`` (one value).  Refused, with
-    the problem and the fix in words: an empty field or an empty item (``1,,2``), a
-    ``range(`` that is not one whole valid call, brackets or quotes that do not pair up.
+    ``0.1, 0.01`` | ``range(1, 4)`` | ``linspace(0, 1, 5)`` | ``logspace(-5, -1, 5)`` |
+    ``arange(0, 1, 0.25)`` (also as ``np.``/``numpy.``; numpy's meaning, Python numbers) |
+    ``[a, b]`` (YAML) | ``64`` (one value).  Refused, with the problem and the fix in words: an
+    empty field or an empty item (``1,,2``), a range call that is not one whole valid call alone
+    in the field, an unquoted call of any other name (quote it to pass the text), brackets or
+    quotes that do not pair up.
     """
     text = (text or "").strip()
     if not text:
         raise ConfigError("no values; type them separated by commas, e.g. 0.1, 0.01", field)
-    if _RANGE_START.match(text):
-        return _parse_range(text, field)
+    if CALL.match(text):
+        problem = call_problem(text, alone=True)
+        if problem:
+            raise ConfigError(problem, field)
+        return parse_call(text, field, bracket_problem(text), MAX_VALUES)
     problem = bracket_problem(text)
     if problem:
         lead = "is not a valid YAML list: " if text.startswith("[") else "brackets or quotes do not pair up: "
@@ -160,6 +141,9 @@ def parse_values(text: str, field: str = "values") -> list[Any]:
         if not item:
             raise ConfigError(f"value {k} of {len(items)} is empty (two commas in a row, or a comma at an end); "
                               "remove the extra comma", field)
+        problem = call_problem(item, alone=False)
+        if problem:
+            raise ConfigError(problem, field)
     return [_scalar(item) for item in items]
 
 
@@ -282,5 +266,3 @@ def rows_to_space(rows: Sequence[tuple[str, str, str]]) -> ParameterSpace:
         raise ConfigError("add at least one parameter (a name and its values)", "parameters")
     return ParameterSpace(grid=grid, paired=list(groups.values()), fixed=fixed)
 
-
-# -- the widget ---------------------------------------------------------------------------------

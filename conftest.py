@@ -1,0 +1,51 @@
+"""Markers for every collected test, so ``pytest -m unit`` runs without any server.
+
+A test is ``ssh`` / ``slurm`` / ``browser`` when it needs that server: by a marker of its own,
+by the server fixtures it asks for, by the source kind it is parametrised with (the contract
+suite's ``make_source[ssh]``), or by the folder or module that starts the server itself.
+Everything else is ``unit``.  Notebooks are ``notebook``; the one that uses the remote test
+servers is ``ssh`` and ``slurm`` too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SERVER_MARKS = ("ssh", "slurm", "browser")
+_FIXTURE_PREFIXES = {"ssh": ("ssh_host", "ssh_server"), "slurm": ("slurm",)}
+#: modules that start a server themselves rather than through a fixture
+_MODULE_MARKS = {
+    "test_sshd_fixture.py": ("ssh",),
+    "test_slurm_fixture.py": ("slurm",),
+    "test_slurm_faults.py": ("slurm",),
+    "02_remote_machines.ipynb": ("ssh", "slurm"),
+}
+
+
+def _server_marks(item: pytest.Item) -> set[str]:
+    marks = {m.name for m in item.iter_markers() if m.name in SERVER_MARKS}
+    path = Path(str(item.fspath))
+    marks.update(_MODULE_MARKS.get(path.name, ()))
+    if "browser" in path.parts:
+        marks.add("browser")
+    names = set(getattr(item, "fixturenames", ()))
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None:
+        names.update(str(v) for v in callspec.params.values() if isinstance(v, str))
+    for mark, prefixes in _FIXTURE_PREFIXES.items():
+        if any(n == mark or n.startswith(prefixes) for n in names):
+            marks.add(mark)
+    return marks
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        marks = _server_marks(item)
+        if str(item.fspath).endswith(".ipynb"):
+            item.add_marker("notebook")
+        for mark in marks:
+            item.add_marker(mark)
+        if not marks and not str(item.fspath).endswith(".ipynb"):
+            item.add_marker("unit")
