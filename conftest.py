@@ -3,8 +3,10 @@
 A test is ``ssh`` / ``slurm`` / ``browser`` when it needs that server: by a marker of its own,
 by the server fixtures it asks for, by the source kind it is parametrised with (the contract
 suite's ``make_source[ssh]``), or by the folder or module that starts the server itself.
-Everything else is ``unit``.  Notebooks are ``notebook``; the one that uses the remote test
-servers is ``ssh`` and ``slurm`` too.
+A test that needs no server but runs real jobs on this machine (it asks for the ``workdir``
+project or the ``sweeps`` fixture, or its module makes environments) is ``local``; everything else
+is ``unit``, quick and free of processes, so ``pytest -m unit`` is the fast check.  Notebooks are
+``notebook``; the one that uses the remote test servers is ``ssh`` and ``slurm`` too.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ _MODULE_MARKS = {
     "test_slurm_faults.py": ("slurm",),
     "02_remote_machines.ipynb": ("ssh", "slurm"),
 }
+#: no server, but real jobs or environments on this machine
+_LOCAL_FIXTURES = {"workdir", "sweeps"}
+_LOCAL_MODULES = {"test_binder.py"}
 
 
 def _server_marks(item: pytest.Item) -> set[str]:
@@ -47,5 +52,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker("notebook")
         for mark in marks:
             item.add_marker(mark)
-        if not marks and not str(item.fspath).endswith(".ipynb"):
+        if marks or str(item.fspath).endswith(".ipynb"):
+            continue
+        if (_LOCAL_FIXTURES & set(getattr(item, "fixturenames", ())) or Path(str(item.fspath)).name in _LOCAL_MODULES
+                or item.get_closest_marker("local")):
+            item.add_marker("local")
+        else:
             item.add_marker("unit")

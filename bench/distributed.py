@@ -24,12 +24,20 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from _jobs import JOB  # noqa: E402
+
 from hsm_notebook import LocalComputeSource, ParameterSpace, SSHComputeSource, Sweep  # noqa: E402
 from hsm_notebook.core import _loop  # noqa: E402
 from tests.servers.sshd import SSHServer  # noqa: E402
 
-MANAGER_LAYER = ("core/manager.py", "core/dispatch.py", "core/monitor.py", "core/store.py", "core/events.py",
-                 "core/retry.py", "core/source.py")
+#: The manager layer, as paths under hsm_notebook/: every engine module (manager, run state,
+#: submission, polling, supervisor, control, retry, dispatch, gate, monitor), the ledger and its
+#: events, the retry policy and the source ABC's shared machinery.
+MANAGER_LAYER = (*sorted(f"core/engine/{p.name}" for p in (ROOT / "hsm_notebook/core/engine").glob("*.py")),
+                 "core/ledger/store.py", "core/ledger/events.py", "core/spec/policy.py", "core/base/source.py")
+_missing = [m for m in MANAGER_LAYER if not (ROOT / "hsm_notebook" / m).is_file()]
+if _missing:
+    raise SystemExit(f"bench/distributed.py: MANAGER_LAYER names modules that do not exist: {_missing}; "
+                     "update it to the package's current layout")
 
 
 def ssh(h, name, slots):
@@ -89,13 +97,15 @@ def main() -> None:
                               "ON e.task_id = a.task_id AND e.attempt = a.attempt AND e.state = 'COMPLETED' "
                               "GROUP BY a.source").fetchall()
         turnaround = dict(rows)
-        cap = {name: stats.loc[name, "slots"] / turnaround[name] if turnaround.get(name) else 0.0 for name in stats.index}
+        cap = {name: stats.loc[name, "slots"] / turnaround[name] if turnaround.get(name) else 0.0
+               for name in stats.index}
         total_cap = sum(cap.values())
         print(f"{'source':>8} {'tasks':>6} {'share':>6} {'capacity share':>15} {'diff':>6}")
         for name in stats.index:
             share = (status["source"] == name).mean()
             want = cap[name] / total_cap if total_cap else 0
-            print(f"{name:>8} {int((status['source'] == name).sum()):>6} {share:6.1%} {want:15.1%} {share - want:+6.1%}")
+            count = int((status["source"] == name).sum())
+            print(f"{name:>8} {count:>6} {share:6.1%} {want:15.1%} {share - want:+6.1%}")
         print(f"loop-thread CPU (manager + sources): {box['cpu'] / args.tasks * 1e3:.2f} ms per task")
         sweep2, elapsed2, box2 = run(min(args.tasks, 500), args.strategy, hosts, workdir, profile=True)
         st = pstats.Stats(box2["prof"])

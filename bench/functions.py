@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 import cloudpickle  # noqa: E402
 
 from hsm_notebook import LocalComputeSource, ParameterSpace, SSHComputeSource, Sweep  # noqa: E402
-from hsm_notebook.core import functions  # noqa: E402
+from hsm_notebook.core.spec import functions  # noqa: E402
 
 PY = "/usr/bin/python3"  # the interpreter on the loopback "remote" (the sshd user cannot read /root/.pyenv)
 SSH_HOST = "127.0.0.9"  # clear of the tests' 127.0.0.2-5 and bench/ssh_dispatch.py's .6/.7
@@ -168,7 +168,8 @@ def local_part(args, tmp: Path, workdir: Path) -> None:
           f"   (rounds: {', '.join(f'{t:.2f}' for t in t_raw)} s)")
     print(f"hsm_notebook function sweep                  : {ours:6.2f} s, {n / ours:6.1f} tasks/s"
           f"   (rounds: {', '.join(f'{t:.2f}' for t in t_ours)} s)")
-    print(f"   + Sweep() construction (pickle + ledger of {n} tasks): {statistics.median(t_build) * 1e3:.0f} ms, not timed above")
+    print(f"   + Sweep() construction (pickle + ledger of {n} tasks): {statistics.median(t_build) * 1e3:.0f} ms, "
+          "not timed above")
     print(f"ratio (sweep / raw): {ratio:.2f}   target >= 0.80: {'MET' if ratio >= 0.8 else 'NOT MET'}")
 
 
@@ -226,7 +227,8 @@ def ssh_part(args, tmp: Path, workdir: Path) -> None:
         return
     remote = subprocess.run([PY, "-c", functions.VERSION_CODE], capture_output=True, text=True).stdout.strip()
     if ".".join(remote.split(".")[:2]) != functions.python_version():
-        print(f"\n== SSH: skipped ({PY} is {remote}, this kernel {functions.python_version()}: the pickle would be refused)")
+        print(f"\n== SSH: skipped ({PY} is {remote}, this kernel {functions.python_version()}: "
+              "the pickle would be refused)")
         return
     n, slots = args.ssh_tasks, args.ssh_slots
     win = {"command": [], "function": []}

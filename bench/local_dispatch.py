@@ -23,8 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _jobs import JOB  # noqa: E402
-from hsm_notebook import LocalComputeSource, ParameterSpace, Sweep  # noqa: E402
 
+from hsm_notebook import LocalComputeSource, ParameterSpace, Sweep  # noqa: E402
 
 
 async def raw_loop(job: Path, root: Path, n: int, slots: int) -> float:

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ipywidgets  # noqa: E402
 
 from hsm_notebook import JobOutcome, JobState, ParameterSpace, Sweep  # noqa: E402
-from hsm_notebook.core import steps  # noqa: E402
+from hsm_notebook.core.ledger import steps  # noqa: E402
 from hsm_notebook.ui import SweepPanel  # noqa: E402
 
 SENT = {"bytes": 0, "messages": 0}
@@ -153,7 +153,7 @@ def make_live_sweep(finished: int, root: Path) -> tuple[Sweep, list[tuple[str, i
                 final = _loss(k, LIVE_STEPS)
                 store.finish(tid, attempt, JobOutcome(JobState.COMPLETED, 0, None, {"loss": final, "acc": 1 - final}))
             else:
-                steps.insert(conn, tid, attempt, [(s, "loss", _loss(k, s), t0 + s) for s in range(LIVE_STEPS)])
+                steps.insert(conn, tid, attempt, [(1, s, "loss", _loss(k, s), t0 + s) for s in range(LIVE_STEPS)])
                 running.append((tid, attempt, k))
     store.close()
     return sweep, running
@@ -163,7 +163,7 @@ def _poll(sweep: Sweep, running: list[tuple[str, int, int]], step: int) -> None:
     """What one poll brings while the sweep runs: one new step of every running task."""
     with sweep.store.transaction() as conn:
         for tid, attempt, k in running:
-            steps.insert(conn, tid, attempt, [(step, "loss", _loss(k, step), time.time())])
+            steps.insert(conn, tid, attempt, [(1, step, "loss", _loss(k, step), time.time())])
     sweep.store.close()
 
 
@@ -236,7 +236,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         rows = [measure(n, Path(tmp)) for n in (100, 1000, 10000)]
         live = measure_live((1000, 10000), Path(tmp))
-    print(f"{'tasks':>7} {'refresh ms':>11} {'bytes/refresh':>14} {'naive ms':>9} {'naive bytes':>12} {'naive/ours':>11}")
+    print(f"{'tasks':>7} {'refresh ms':>11} {'bytes/refresh':>14} {'naive ms':>9} {'naive bytes':>12} "
+          f"{'naive/ours':>11}")
     for r in rows:
         print(f"{r['n']:>7} {r['refresh_ms']:>11.2f} {r['bytes']:>14,.0f} {r['naive_ms']:>9.1f} "
               f"{r['naive_bytes']:>12,} {r['naive_ms'] / r['refresh_ms']:>10.1f}x")

@@ -35,8 +35,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from _jobs import JOB, SLEEP_JOB  # noqa: E402
+
 from hsm_notebook import ParameterSpace, SlurmComputeSource, Sweep  # noqa: E402
-from hsm_notebook.core.state import JobState  # noqa: E402
+from hsm_notebook.core.model.state import JobState  # noqa: E402
+from hsm_notebook.core.spec.jobpaths import NEVER, JobPaths  # noqa: E402
 from tests.servers.slurm import start_cluster  # noqa: E402
 
 SWEEP_TIMEOUT = 180.0  # every wait below is bounded by this
@@ -107,9 +109,9 @@ class Bench:
 def started(sweep: Sweep) -> set[str]:
     """Task folders whose wrapper has started (a pid file not claimed as ``never``)."""
     names = set()
-    for folder in (sweep.directory / "tasks").iterdir():
+    for folder in JobPaths.tasks_dir(sweep.directory).iterdir():
         try:
-            if (folder / "pid").read_text().strip() != "never":
+            if JobPaths(folder).pid.read_text().strip() != NEVER:
                 names.add(folder.name)
         except OSError:
             continue
@@ -197,7 +199,8 @@ def submission(bench: Bench, n: int) -> None:
           f"(1 is the --test-only check), squeue {c['squeue']}, scancel {c['scancel']}, other {c['other']}")
     theirs, n_sbatch, polls = individual(cluster, n, root)
     print(f"individual sbatch: {n} tasks in {theirs:.1f} s; scheduler calls: sbatch {n_sbatch}, squeue {polls}")
-    print(f"end to end: hsm_notebook {theirs / ours:.2f}x faster; sbatch calls {n_sbatch / max(1, c['sbatch'] - 1):.0f}x fewer")
+    print(f"end to end: hsm_notebook {theirs / ours:.2f}x faster; "
+          f"sbatch calls {n_sbatch / max(1, c['sbatch'] - 1):.0f}x fewer")
 
 
 def _ratio(old: float, new: float) -> str:
@@ -226,7 +229,8 @@ def run(bench: Bench, args: argparse.Namespace) -> None:
         print(f"{label:38}{fmt.format(o):>24}{fmt.format(w):>16}{_ratio(o, w):>8}")
     print("  rounds (old | new): " + "; ".join(
         f"{o['scancel']:.0f} scancel {o['seconds']:.2f} s {o['started_after']} started | "
-        f"{w['scancel']:.0f} scancel {w['seconds']:.2f} s {w['started_after']} started" for o, w in zip(old, new)))
+        f"{w['scancel']:.0f} scancel {w['seconds']:.2f} s {w['started_after']} started"
+        for o, w in zip(old, new, strict=True)))
     print(f"  running when the cancel was asked (median): old {med['running_at_cancel'][0]:.0f}, "
           f"new {med['running_at_cancel'][1]:.0f}")
 

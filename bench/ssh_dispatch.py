@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import asyncssh  # noqa: E402
-
 from _jobs import JOB  # noqa: E402
+
 from hsm_notebook import ParameterSpace, SSHComputeSource, Sweep  # noqa: E402
 from tests.servers.sshd import HEAVY_BASHRC, SSHServer  # noqa: E402
 
@@ -58,8 +58,8 @@ def _job_command(i: int, base: str) -> str:
 async def plain(h, n: int) -> float:
     async with asyncssh.connect(**h.connect_kwargs()) as conn:
         base = f"/home/{h.user}/plain-bench"
-        await conn.run(f"rm -rf {base}; mkdir -p {base}/project && printf '%s' {shlex.quote(JOB)} > {base}/project/job.py",
-                       check=True)
+        await conn.run(f"rm -rf {base}; mkdir -p {base}/project && "
+                       f"printf '%s' {shlex.quote(JOB)} > {base}/project/job.py", check=True)
         sem = asyncio.Semaphore(SLOTS)
 
         async def one(i: int) -> None:
@@ -122,7 +122,8 @@ def main() -> None:
                       f"1 remote command each; remote commands in all {per_round} ({per_round / n:.2f} per job)")
             t_fresh = asyncio.run(fresh(h, args.fresh_jobs))
             print(f"fresh `ssh` per job ({args.fresh_jobs} jobs): {args.fresh_jobs / t_fresh:6.1f} jobs/s; "
-                  f"hsm_notebook at {args.sizes[-1]} jobs is {(args.sizes[-1] / o) / (args.fresh_jobs / t_fresh):.1f}x that")
+                  f"hsm_notebook at {args.sizes[-1]} jobs is "
+                  f"{(args.sizes[-1] / o) / (args.fresh_jobs / t_fresh):.1f}x that")
 
 
 if __name__ == "__main__":

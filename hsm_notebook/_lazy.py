@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 
 def lazy(package: str, exports: Mapping[str, str], namespace: dict) -> tuple[Callable[[str], Any], Callable[[], list]]:
@@ -21,3 +22,12 @@ def lazy(package: str, exports: Mapping[str, str], namespace: dict) -> tuple[Cal
         return sorted([*namespace, *exports])
 
     return __getattr__, __dir__
+
+
+def load(path: str) -> Any:
+    """The object named ``"module:qualname"``, importing the module if needed."""
+    module, _, qualname = path.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj

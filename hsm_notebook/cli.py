@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-from .core.errors import HsmError
-from .core.state import JobState
+from .core.model.errors import HsmError
+from .core.model.state import JobState
 from .core.sweep import Sweep
 from .examples import SWEEP_YAML
 
@@ -18,7 +18,7 @@ def _follow(sweep: Sweep, out=sys.stdout) -> None:
     """Print a progress line whenever the counts change, until the sweep ends."""
     last = None
     while True:
-        finished = sweep._future is None or sweep._future.done()
+        finished = not sweep.running
         counts = sweep.counts()
         total = sum(counts.values())
         done = sum(n for s, n in counts.items() if JobState(s).is_terminal)
@@ -71,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     project=False if getattr(args, "no_project", False) else None,
                                     **({"command": args.command} if getattr(args, "command", None) else {}))
             print(f"Sweep {sweep.id}: {sweep.counts().get('PENDING', 0)} tasks from {sweep_file}")
-            project = (sweep._record.get("origin") or {}).get("project")
+            project = (sweep.record.get("origin") or {}).get("project")
             if project:
                 print(f"Project config {project['path']}: runs `{' '.join(sweep.template.command)}` in "
                       f"{project['root']} on {', '.join(s.name for s in sweep.sources)}")

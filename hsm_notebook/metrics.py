@@ -16,20 +16,21 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any
 
 METRICS_FILE = "metrics.json"
 STEPS_FILE = "metrics.jsonl"
 
 
-def task_dir() -> Optional[Path]:
+def task_dir() -> Path | None:
     """The job's own directory when run by hsm_notebook (``HSM_TASK_DIR``), else None."""
     value = os.environ.get("HSM_TASK_DIR")
     return Path(value) if value else None
 
 
-def log_metrics(metrics: Optional[Mapping[str, Any]] = None, *, step: Optional[float] = None,
+def log_metrics(metrics: Mapping[str, Any] | None = None, *, step: float | None = None,
                 **values: Any) -> dict[str, Any]:
     """Report metrics.
 

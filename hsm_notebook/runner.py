@@ -52,7 +52,7 @@ def main(argv: list[str]) -> int:
     task_dir = Path(os.environ.get("HSM_TASK_DIR", "."))
     sweep_dir = task_dir.parent.parent
     wanted = (sweep_dir / VERSION_FILE).read_text().strip() if (sweep_dir / VERSION_FILE).exists() else None
-    here = "%d.%d" % sys.version_info[:2]
+    here = "{}.{}".format(*sys.version_info[:2])
     if wanted and wanted != here:
         print(f"RuntimeError: this job's Python is {here} but the function was pickled by Python {wanted}; "
               "pickles do not cross Python versions: run the jobs with the notebook's Python version",
@@ -74,7 +74,7 @@ def main(argv: list[str]) -> int:
 
 
 def _unpack(loaded: Any) -> tuple[Any, dict, str]:
-    """As ``hsm_notebook.core.functions.unpack`` (not imported: core is not sent to remote jobs)."""
+    """As ``hsm_notebook.core.spec.functions.unpack`` (not imported: core is not sent to remote jobs)."""
     if isinstance(loaded, dict) and loaded.get("hsm_function") == 1:
         return loaded["fn"], dict(loaded.get("modules") or {}), str(loaded.get("number") or "value")
     return loaded, {}, "value"

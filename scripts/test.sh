@@ -19,6 +19,13 @@ fi
 # an import-hook finder (measured: ~14 ms less per Python process).
 python3 -m pip install -q --disable-pip-version-check -e '.[test]' --config-settings editable_mode=compat
 
+# Checks before tests: lint (pyflakes, pycodestyle, bugbear, imports, pyupgrade) and types, as
+# configured in pyproject.toml; either failing fails the script before any test runs.
+echo "ruff check"
+python3 -m ruff check hsm_notebook tests bench conftest.py
+echo "mypy"
+python3 -m mypy
+
 set +e
 python3 -m pytest "$@"
 rc=$?

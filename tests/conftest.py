@@ -23,7 +23,8 @@ JOB = textwrap.dedent(
     time.sleep(float(args.get("sleep", 0)))
     if args.get("argv_out"):
         with open(os.path.join(os.environ["HSM_TASK_DIR"], "argv.json"), "w") as f:
-            json.dump({"argv": sys.argv[1:], "env": {k: v for k, v in os.environ.items() if k.startswith(("HSM_", "WANDB_"))}}, f)
+            env = {k: v for k, v in os.environ.items() if k.startswith(("HSM_", "WANDB_"))}
+            json.dump({"argv": sys.argv[1:], "env": env}, f)
     code = int(args.get("exit", 0))
     if os.path.exists(args.get("fail_flag", "/nonexistent/flag")):
         code = 4

@@ -36,4 +36,5 @@ def test_bad_file_is_one_clear_line(tmp_path):
     out = subprocess.run([sys.executable, "-m", "hsm_notebook", "run", "bad.yaml"], cwd=tmp_path,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
-    assert out.stderr.strip() == "error: grid.a: must be a list of values such as [0.1, 0.01], got 3 (for a single value use fixed:)"
+    assert out.stderr.strip() == ("error: grid.a: must be a list of values such as [0.1, 0.01], got 3 "
+                                  "(for a single value use fixed:)")

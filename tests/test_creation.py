@@ -16,13 +16,11 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
 from hsm_notebook import ConfigError, LocalComputeSource, ParameterSpace, Sweep, SweepLockedError
-
 from tests.helpers import until
 
 UNFINISHED = "unfinished sweep folder left by an interrupted Sweep(...)"
@@ -82,8 +80,10 @@ def test_sigkill_while_creating_leaves_no_half_made_folder(workdir):
                             stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "creating"
-        until(lambda: sweeps.is_dir() and any(sweeps.iterdir()), 60, "the sweep folder to appear", every=0.01)
-        time.sleep(0.3)
+        # killed while the ledger is being filled: the hidden build folder holds it, the folder is not
+        # in place yet (the fill of 200,000 rows outlasts this check by far)
+        until(lambda: sweeps.is_dir() and any((p / "ledger.sqlite").exists() for p in sweeps.iterdir()), 60,
+              "the ledger being built", every=0.01)
         assert proc.poll() is None, "Sweep(...) returned before the kill: nothing was tested"
     finally:
         os.kill(proc.pid, signal.SIGKILL)
@@ -93,7 +93,7 @@ def test_sigkill_while_creating_leaves_no_half_made_folder(workdir):
     leftovers = sorted(sweeps.iterdir())
     assert leftovers
     for folder in leftovers:  # every folder left is named for what it is, by attach and by create
-        for call in (lambda: Sweep.attach(folder, resume=False), lambda: _small(workdir, directory=folder)):
+        for call in (lambda f=folder: Sweep.attach(f, resume=False), lambda f=folder: _small(workdir, directory=f)):
             try:
                 call()
             except ConfigError as exc:
@@ -127,7 +127,8 @@ def test_folders_left_by_older_crashes_are_named(workdir):
     crashed.mkdir()
     sqlite3.connect(crashed / "ledger.sqlite").close()
     (crashed / "sweep.yaml").write_text("sweep_id: gone\n")
-    for call in (lambda: Sweep.attach(crashed), lambda: _small(workdir, directory=crashed), lambda: Sweep.attach(sweeps / "gone")):
+    for call in (lambda: Sweep.attach(crashed), lambda: _small(workdir, directory=crashed),
+                 lambda: Sweep.attach(sweeps / "gone")):
         with pytest.raises(ConfigError) as err:
             call()
         assert UNFINISHED in str(err.value) and f"it was being built for {sweeps / 'gone'}" in str(err.value)

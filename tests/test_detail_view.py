@@ -6,7 +6,6 @@ from __future__ import annotations
 import html
 import re
 
-
 from hsm_notebook import ParameterSpace, Sweep
 from hsm_notebook.ui.detail_view import DetailView
 from tests.helpers import until

@@ -11,13 +11,14 @@ import pytest
 from hsm_notebook import ConfigError, LocalComputeSource, ParameterSpace, RetryPolicy, Sweep
 from hsm_notebook.core._loop import run_sync
 from tests.contract.conftest import ssh_source
-from tests.test_ssh import _remote
 from tests.helpers import until as _until
+from tests.test_ssh import _remote
 
 
 def _attempts(sweep):
     with sqlite3.connect(sweep.directory / "ledger.sqlite") as db:
-        return db.execute("SELECT task_id, attempt, source, state, error FROM attempts ORDER BY task_id, attempt").fetchall()
+        return db.execute("SELECT task_id, attempt, source, state, error FROM attempts "
+                          "ORDER BY task_id, attempt").fetchall()
 
 
 def test_sixty_tasks_on_this_machine_and_two_ssh_hosts_complete_exactly_once(workdir, ssh_host, ssh_host2):
@@ -62,7 +63,7 @@ def test_a_dead_host_and_a_hung_host_fail_over_to_the_others(workdir, ssh_server
         assert len(results) == 40 and results["task_id"].is_unique
         moved = [a for a in _attempts(sweep) if a[2] in ("dead", "hung") and a[3] == "LOST"]
         assert moved, "no attempt was failed over"
-        for task_id, attempt, source, state, error in moved:
+        for task_id, _attempt, _source, _state, error in moved:
             assert "disabled" in error
             final = status.set_index("task_id").loc[task_id]
             assert final["state"] == "COMPLETED"

@@ -50,7 +50,8 @@ FAKE_CONDA = textwrap.dedent('''\
       printf "export CONDA_EXE='%s/bin/conda'\\n" "$root"
       cat <<'HOOK'
     conda() {
-      if [ "$1" = activate ]; then shift; __conda_s=$("$CONDA_EXE" shell.posix activate "$@") || return; eval "$__conda_s"
+      if [ "$1" = activate ]; then shift; __conda_s=$("$CONDA_EXE" shell.posix activate "$@") || return
+        eval "$__conda_s"
       else "$CONDA_EXE" "$@"; fi
     }
     HOOK
@@ -127,7 +128,7 @@ def _infos(sweep):
 
 # -- rendering (pure) -------------------------------------------------------------------------
 def test_the_environment_script_is_the_recorded_text():
-    from hsm_notebook.core.environment import Environment, environment_script
+    from hsm_notebook.core.spec.environment import Environment, environment_script
 
     env = Environment(conda_env="myenv", venv="~/venvs/x", modules=("cuda/12.1", "gcc"),
                       pre_script=("export A=1", "if true; then\n  source ~/.profile_extra\nfi"),
@@ -142,7 +143,7 @@ def test_the_environment_script_is_the_recorded_text():
 
 
 def test_environment_fields_are_checked_and_named():
-    from hsm_notebook.core.environment import Environment
+    from hsm_notebook.core.spec.environment import Environment
 
     for bad, field in [({"modules": ["cuda 12; rm -rf"]}, "environment.modules"),
                        ({"env": {"1X": "a"}}, "environment.env"), ({"venv": "a\nb"}, "environment.venv"),
@@ -168,7 +169,7 @@ def test_a_self_referencing_env_value_is_refused_with_where_it_belongs(workdir):
 @pytest.mark.parametrize("shell", ["bash", "dash"])
 def test_a_failing_line_stops_the_script_and_names_itself(tmp_path, shell):
     """Every kind of line, failing, under bash and under plain dash (the re-exec line removed)."""
-    from hsm_notebook.core.environment import Environment, environment_script
+    from hsm_notebook.core.spec.environment import Environment, environment_script
 
     _require_modules()
     cases = {
@@ -200,7 +201,7 @@ def test_python_with_a_tilde_runs_a_remote_only_venv(workdir, remote_tools):
 
 
 def test_ssh_environment_venv_conda_modules_and_expanded_env(workdir, remote_tools):
-    from hsm_notebook.core.environment import Environment
+    from hsm_notebook.core.spec.environment import Environment
 
     h = remote_tools
     home = f"/home/{h.user}"
@@ -220,7 +221,7 @@ def test_ssh_environment_venv_conda_modules_and_expanded_env(workdir, remote_too
 
 
 def test_a_broken_environment_is_refused_at_setup_naming_the_line(workdir, remote_tools):
-    from hsm_notebook.core.environment import Environment
+    from hsm_notebook.core.spec.environment import Environment
 
     h = remote_tools
     (workdir / "env_job.py").write_text(ENV_JOB)
@@ -307,7 +308,7 @@ def test_local_activation_failing_at_run_time_fails_the_job_with_its_words(workd
 # -- the same Environment on this machine and on Slurm ----------------------------------------------
 @pytest.mark.parametrize("kind", ["local", "slurm"])
 def test_the_same_environment_on_local_and_slurm(workdir, local_tools, kind, request):
-    from hsm_notebook.core.environment import Environment
+    from hsm_notebook.core.spec.environment import Environment
 
     prefix = str(local_tools / "conda" / "envs" / "myenv")
     env = Environment(conda_env=prefix, conda_exe=str(local_tools / "conda" / "bin" / "conda"),
@@ -343,8 +344,8 @@ def test_slurm_resource_modules_and_pre_script_run_in_each_job(workdir, local_to
 # -- records: describe(), sweep files, the panel ----------------------------------------------
 def test_environment_round_trips_through_every_source_record(tmp_path):
     from hsm_notebook import SlurmComputeSource, SSHComputeSource
-    from hsm_notebook.core import registry
-    from hsm_notebook.core.environment import Environment
+    from hsm_notebook.core.base import registry
+    from hsm_notebook.core.spec.environment import Environment
 
     env = Environment(conda_env="e", venv="~/v", modules=("m/1",), pre_script=("export A=1",), env={"P": "$HOME/x"})
     for source in (LocalComputeSource("l", 1, environment=env), SSHComputeSource("h", "s", environment=env),
@@ -395,7 +396,8 @@ def test_the_panel_forms_set_the_environment_and_name_bad_fields():
         view.add_button.click()
         assert not errors, errors
         source = view.sources[-1]
-        assert source.environment.to_dict() == {"conda_env": "myenv", "venv": "~/venvs/x", "modules": ["cuda/12.1", "gcc"],
+        assert source.environment.to_dict() == {"conda_env": "myenv", "venv": "~/venvs/x",
+                                                "modules": ["cuda/12.1", "gcc"],
                                                 "pre_script": ["export A=1\nexport B=2"]}
         env.modules.value = "cuda 12; rm"
         form.name.value = "another"

@@ -24,7 +24,7 @@ import pytest
 
 from hsm_notebook import ParameterSpace, Sweep
 from hsm_notebook.core._loop import run_sync
-from hsm_notebook.core.job import WRAPPER
+from hsm_notebook.core.spec.job import WRAPPER
 from tests.helpers import until as _until
 
 #: A ``/bin/sh`` that takes 3 s to start: the launcher of a job, still starting.
@@ -236,8 +236,10 @@ def test_ssh_a_launcher_that_dies_before_its_job_starts_is_lost_at_once_and_runs
 
 # -------------------------------------------------------------------------------- GPUs
 
-#: Records its GPU and run time; of the first two jobs, the one on GPU 0 runs long, so that the
-#: other one's GPU (1) frees first: a controller that forgot the pins hands out GPU 0 again.
+#: Records its GPU and run time.  The first controller's two jobs wait for its crash (the test
+#: writes ``<log>.crashed``); then the one on GPU 1 ends and the one on GPU 0 runs on until a third
+#: job has started: the attached controller starts that one while GPU 0 is still held, so a
+#: controller that forgot the pins hands out GPU 0 again.  Waits are on those facts, bounded.
 GPU_JOB = textwrap.dedent(
     """
     import json, os, sys, time
@@ -247,7 +249,16 @@ GPU_JOB = textwrap.dedent(
         f.seek(0)
         first = len(f.read().split()) < 2  # one of the first controller's two jobs
         f.write(gpu + "\\n")
-    time.sleep(4.0 if first and gpu == "0" else 1.5)
+
+    def wait_for(cond):
+        deadline = time.time() + 90
+        while not cond() and time.time() < deadline:
+            time.sleep(0.05)
+
+    if first:
+        wait_for(lambda: os.path.exists(args["log"] + ".crashed"))
+    if first and gpu == "0":
+        wait_for(lambda: len(open(args["log"] + ".started").read().split()) >= 3)
     with open(args["log"], "a") as f:
         f.write(json.dumps({"x": int(args["x"]), "gpu": gpu, "start": start, "end": time.time()}) + "\\n")
     """
@@ -280,10 +291,12 @@ def test_gpu_pins_survive_attach_no_two_running_jobs_share_a_gpu(workdir, kind, 
     if kind == "local":
         log, extra = str(workdir / "gpus.log"), []
         read = lambda name: Path(name).read_text() if Path(name).exists() else ""  # noqa: E731
+        touch = lambda name: Path(name).touch()  # noqa: E731
     else:
         h = request.getfixturevalue("ssh_host_fresh")
         log, extra = f"/home/{h.user}/gpus.log", [h.host, str(h.port), h.user, str(h.client_key), str(h.known_hosts)]
         read = lambda name: _remote(h, f"cat {name} 2>/dev/null")  # noqa: E731
+        touch = lambda name: _remote(h, f"touch {name}")  # noqa: E731
     t0 = time.monotonic()
     proc = subprocess.Popen([sys.executable, "controller.py", kind, str(workdir), str(directory), log, *extra],
                             cwd=workdir, stdout=subprocess.PIPE, text=True)
@@ -293,6 +306,7 @@ def test_gpu_pins_survive_attach_no_two_running_jobs_share_a_gpu(workdir, kind, 
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
+        touch(log + ".crashed")  # the first two jobs go on now (the one on GPU 1 ends)
     sweep = Sweep.attach(directory)
     sweep.wait(timeout=120)
     assert sweep.counts() == {"COMPLETED": 5}
@@ -300,6 +314,6 @@ def test_gpu_pins_survive_attach_no_two_running_jobs_share_a_gpu(workdir, kind, 
     assert sorted(r["x"] for r in runs) == list(range(5))
     for gpu in ("0", "1"):
         spans = sorted((r["start"], r["end"]) for r in runs if r["gpu"] == gpu)
-        for (_, end), (start, _) in zip(spans, spans[1:]):
+        for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
             assert start >= end, f"two running jobs shared GPU {gpu}: {runs}"
     print(f"gpu pins {kind}: {time.monotonic() - t0:.1f} s")

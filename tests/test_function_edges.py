@@ -17,8 +17,6 @@ import pytest
 
 from hsm_notebook import ConfigError, LocalComputeSource, ParameterSpace, Sweep
 
-pytestmark = pytest.mark.unit
-
 
 def _run(fn: Any, workdir: Path, grid: dict[str, list[Any]] | None = None, source: Any = None,
          **kwargs: Any) -> Sweep:
@@ -172,7 +170,8 @@ def bare_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A plain venv (no pip, no hsm_notebook, no cloudpickle) of this Python."""
     path = tmp_path_factory.mktemp("venv") / "bare"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True)
-    probe = subprocess.run([str(path / "bin" / "python"), "-c", "import hsm_notebook"], check=False, capture_output=True, cwd=path)
+    probe = subprocess.run([str(path / "bin" / "python"), "-c", "import hsm_notebook"], check=False,
+                           capture_output=True, cwd=path)
     assert probe.returncode != 0, "the bare venv must not see hsm_notebook"
     return path
 
@@ -202,7 +201,8 @@ def test_a_venv_whose_python_cannot_run_the_runner_is_refused_at_setup(workdir, 
                     raise ImportError("cloudpickle hidden by this test")
         sys.meta_path.insert(0, _Hide())
     """))
-    source = LocalComputeSource("hidden", 1, environment={"venv": str(bare_venv), "env": {"PYTHONPATH": f"{site}:$PYTHONPATH"}})
+    source = LocalComputeSource("hidden", 1, environment={"venv": str(bare_venv),
+                                                          "env": {"PYTHONPATH": f"{site}:$PYTHONPATH"}})
     sweep = Sweep(ParameterSpace(grid={"x": [1]}), lambda x: x, [source], workdir=workdir, poll_interval=0.2,
                   stall_timeout=1)
     with pytest.raises(Exception) as err:

@@ -74,7 +74,8 @@ def test_on_slurm_the_kernels_module_runs_not_the_workdirs(notebook_module, slur
 def test_on_slurm_a_function_runs_in_a_venv_without_hsm_notebook(slurm, workdir, tmp_path):
     venv = tmp_path / "bare"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    probe = subprocess.run([str(venv / "bin" / "python"), "-c", "import hsm_notebook"], check=False, capture_output=True, cwd=venv)
+    probe = subprocess.run([str(venv / "bin" / "python"), "-c", "import hsm_notebook"], check=False,
+                           capture_output=True, cwd=venv)
     assert probe.returncode != 0, "the bare venv must not see hsm_notebook"
 
     def train(x):

@@ -20,7 +20,7 @@ import pytest
 
 from hsm_notebook import ConfigError, HsmError, ParameterSpace, Sweep
 from hsm_notebook.core._loop import run_sync
-from hsm_notebook.core.environment import _MARK
+from hsm_notebook.core.spec.environment import _MARK
 from tests.contract.conftest import ssh_source
 from tests.helpers import until
 
@@ -71,7 +71,7 @@ def test_a_remote_python_of_another_version_is_refused_at_setup(workdir, ssh_hos
                   stall_timeout=1)
     with pytest.raises(HsmError) as err:
         sweep.run()
-    here = "%d.%d" % sys.version_info[:2]
+    here = "{}.{}".format(*sys.version_info[:2])
     assert "3.9.18" in str(err.value) and f"Python {here}" in str(err.value), str(err.value)
     assert sweep.counts() == {"PENDING": 1}  # nothing ran
 

@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
 from hsm_notebook import ConfigError, LocalComputeSource, ParameterSpace, Sweep
-from hsm_notebook.core.job import JobTemplate
-from hsm_notebook.core.overrides import hydra_value
+from hsm_notebook.core.spec.job import JobTemplate
+from hsm_notebook.core.spec.overrides import hydra_value
 
 PARSER = OverridesParser.create()
 
@@ -127,12 +127,12 @@ def test_a_real_hydra_app_receives_every_hostile_value_exactly(workdir):
     config["x"] = "interpolated"
     config["hydra"] = {"run": {"dir": "${oc.env:HSM_TASK_DIR}/hydra"}, "output_subdir": None}
     (workdir / "conf" / "config.yaml").write_text(json.dumps(config))
-    space = ParameterSpace(grid={name: [value] for name, value in zip(names, HOSTILE)})
+    space = ParameterSpace(grid={name: [value] for name, value in zip(names, HOSTILE, strict=True)})
     sweep = Sweep(space, [sys.executable, "app.py"], [LocalComputeSource(max_parallel_jobs=2)], workdir=workdir,
                   poll_interval=0.2).start()
     sweep.wait(timeout=120)
     status = sweep.status()
     assert (status["state"] == "COMPLETED").all(), status[["state", "error"]].to_string()
     seen = json.loads((sweep.store.directory / "tasks" / status["job_name"].iloc[0] / "seen.json").read_text())
-    wrong = {repr(v): seen[n] for n, v in zip(names, HOSTILE) if exact(seen[n]) != exact(v)}
+    wrong = {repr(v): seen[n] for n, v in zip(names, HOSTILE, strict=True) if exact(seen[n]) != exact(v)}
     assert not wrong, f"{len(wrong)} of {len(HOSTILE)} values changed on the way: {wrong}"

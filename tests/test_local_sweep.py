@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import os
-import time
 
 import pandas as pd
 import pytest
 
 from hsm_notebook import ConfigError, LocalComputeSource, ParameterSpace, Sweep
-
-
-def _sweep(workdir, space, slots=4, **kwargs):
-    return Sweep(space, ["python", "job.py"], [LocalComputeSource(max_parallel_jobs=slots)],
-                 workdir=workdir, poll_interval=0.2, **kwargs)
+from tests.helpers import job_sweep, until
 
 
 def test_fifty_tasks_with_some_failing(workdir):
     rows = [{"x": i, "exit": 3 if i % 7 == 0 else 0} for i in range(50)]
-    sweep = _sweep(workdir, ParameterSpace(combinations=rows))
+    sweep = job_sweep(workdir, 4, ParameterSpace(combinations=rows))
     assert sweep.start() is sweep  # returns at once
     sweep.wait(timeout=120)
     status = sweep.status()
@@ -39,7 +34,7 @@ def test_fifty_tasks_with_some_failing(workdir):
 
 
 def test_invalid_metrics_json_completes_with_the_problem_recorded(workdir):
-    sweep = _sweep(workdir, ParameterSpace(grid={"x": [1, 2]}, paired=[{"bad_metrics": [True]}])).run()
+    sweep = job_sweep(workdir, 4, ParameterSpace(grid={"x": [1, 2]}, paired=[{"bad_metrics": [True]}])).run()
     status = sweep.status()
     assert (status["state"] == "COMPLETED").all()
     assert status["error"].str.contains("metrics.json is not valid JSON").all()
@@ -48,17 +43,12 @@ def test_invalid_metrics_json_completes_with_the_problem_recorded(workdir):
 
 
 def test_cancel_one_running_task_then_the_whole_sweep(workdir):
-    sweep = _sweep(workdir, ParameterSpace(grid={"x": list(range(8)), "sleep": [30]}), slots=2).start()
-    deadline = time.monotonic() + 30
-    while (sweep.status()["state"] == "RUNNING").sum() < 2:
-        assert time.monotonic() < deadline, sweep.status()
-        time.sleep(0.1)
+    sweep = job_sweep(workdir, 2, ParameterSpace(grid={"x": list(range(8)), "sleep": [30]})).start()
+    until(lambda: (sweep.status()["state"] == "RUNNING").sum() >= 2, 30, "two tasks running")
     first = sweep.status().query("state == 'RUNNING'")["task_id"].iloc[0]
     assert sweep.cancel(first) == 1
-    deadline = time.monotonic() + 20
-    while sweep.status().set_index("task_id").loc[first, "state"] != "CANCELLED":
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    until(lambda: sweep.status().set_index("task_id").loc[first, "state"] == "CANCELLED", 20,
+          "the first task cancelled")
     sweep.cancel()
     sweep.wait(timeout=60)
     assert set(sweep.status()["state"]) == {"CANCELLED"}
@@ -75,7 +65,7 @@ def test_complete_reruns_only_missing_and_failed(workdir):
     flag = workdir / "broken"
     flag.write_text("")
     rows = [{"x": i, "fail_flag": str(flag) if i % 2 else "/nonexistent"} for i in range(6)]
-    sweep = _sweep(workdir, ParameterSpace(combinations=rows)).run()
+    sweep = job_sweep(workdir, 4, ParameterSpace(combinations=rows)).run()
     assert sweep.counts() == {"COMPLETED": 3, "FAILED": 3}
     flag.unlink()
     sweep.complete().wait(timeout=60)
@@ -86,7 +76,7 @@ def test_complete_reruns_only_missing_and_failed(workdir):
 
 
 def test_attach_resume_false_reads_a_finished_sweep(workdir):
-    sweep = _sweep(workdir, ParameterSpace(grid={"x": [1, 2]})).run()
+    sweep = job_sweep(workdir, 4, ParameterSpace(grid={"x": [1, 2]})).run()
     again = Sweep.attach(sweep.directory, resume=False)
     assert not again.running and again.counts() == {"COMPLETED": 2}
     pd.testing.assert_frame_equal(again.results(), sweep.results())
@@ -108,7 +98,8 @@ def test_gpu_pinning_sets_cuda_visible_devices(workdir):
     "make, words",
     [
         (lambda w: Sweep(ParameterSpace(grid={"x": [1]}), ["no-such-program-xyz"], workdir=w), "not found on PATH"),
-        (lambda w: Sweep(ParameterSpace(grid={"x": [1]}), ["python", "missing.py"], workdir=w), "script 'missing.py' not found"),
+        (lambda w: Sweep(ParameterSpace(grid={"x": [1]}), ["python", "missing.py"], workdir=w),
+         "script 'missing.py' not found"),
         (lambda w: Sweep(ParameterSpace(grid={"x": [1]}), [], workdir=w), "non-empty list"),
         (lambda w: LocalComputeSource(max_parallel_jobs=0), "max_parallel_jobs: must be a whole number >= 1"),
         (lambda w: Sweep(ParameterSpace(grid={"x": [1]}), ["python", "job.py"], workdir=w,
@@ -116,9 +107,12 @@ def test_gpu_pinning_sets_cuda_visible_devices(workdir):
         (lambda w: Sweep(ParameterSpace(grid={"x": [1]}), ["python", "job.py"], workdir=w,
                          sources=[LocalComputeSource("a"), LocalComputeSource("a")]), "its own name"),
         (lambda w: Sweep.attach(w), "is not a sweep directory"),
-        (lambda w: Sweep(ParameterSpace(grid={"x": [1]}), ["python", "job.py"], workdir=w, arg_style="weird"), "arg_style"),
-        (lambda w: Sweep(ParameterSpace(combinations=[{"x": 1}, {"x": 1}]), ["python", "job.py"], workdir=w), "appears twice"),
-        (lambda w: Sweep(ParameterSpace(grid={"x": [1]}, filter=lambda p: False), ["python", "job.py"], workdir=w), "empty"),
+        (lambda w: Sweep(ParameterSpace(grid={"x": [1]}), ["python", "job.py"], workdir=w, arg_style="weird"),
+         "arg_style"),
+        (lambda w: Sweep(ParameterSpace(combinations=[{"x": 1}, {"x": 1}]), ["python", "job.py"], workdir=w),
+         "appears twice"),
+        (lambda w: Sweep(ParameterSpace(grid={"x": [1]}, filter=lambda p: False), ["python", "job.py"], workdir=w),
+         "empty"),
     ],
 )
 def test_bad_input_is_a_config_error_before_any_job(workdir, make, words):
@@ -129,26 +123,26 @@ def test_bad_input_is_a_config_error_before_any_job(workdir, make, words):
 
 
 def test_a_sweep_directory_is_never_reused(workdir):
-    sweep = _sweep(workdir, ParameterSpace(grid={"x": [1]}))
+    sweep = job_sweep(workdir, 4, ParameterSpace(grid={"x": [1]}))
     with pytest.raises(ConfigError, match="already holds a sweep"):
-        _sweep(workdir, ParameterSpace(grid={"x": [2]}), directory=sweep.directory)
+        job_sweep(workdir, 4, ParameterSpace(grid={"x": [2]}), directory=sweep.directory)
     assert sweep.counts() == {"PENDING": 1}
 
 
 def test_the_objective_decides_what_best_means(workdir):
     """With accuracy-like metrics, "best" is the highest: the declared objective says so."""
     space = ParameterSpace(grid={"x": [1, 5, 3, 2]})
-    sweep = _sweep(workdir, space, objective={"score": "max"}).run()
+    sweep = job_sweep(workdir, 4, space, objective={"score": "max"}).run()
     assert sweep.objective == ("score", False)
     assert list(sweep.best(2)["x"]) == [5, 3]
     assert list(sweep.best(2, minimize=True)["x"]) == [1, 2]
     assert Sweep.attach(sweep.directory, resume=False).objective == ("score", False)  # recorded
-    plain = _sweep(workdir, space).run()
+    plain = job_sweep(workdir, 4, space).run()
     with pytest.raises(ConfigError, match="no objective"):
         plain.best()
     assert list(plain.best(1, metric="score")["x"]) == [1]
     with pytest.raises(ConfigError) as err:
-        _sweep(workdir, space, objective={"score": "up"})
+        job_sweep(workdir, 4, space, objective={"score": "up"})
     assert err.value.field == "objective"
 
 

@@ -12,14 +12,10 @@ import sqlite3
 import warnings
 from pathlib import Path
 
-import pytest
-
 from hsm_notebook import ParameterSpace, Sweep
-from hsm_notebook.core import steps
-from hsm_notebook.core.errors import HsmWarning
+from hsm_notebook.core.ledger import steps
+from hsm_notebook.core.model.errors import HsmWarning
 from tests.helpers import until
-
-pytestmark = pytest.mark.unit
 
 #: A job writing the lines of LINES.json (in its working folder) to its metrics.jsonl as they are.
 RAW = ("import json, os, pathlib\n"

@@ -39,7 +39,10 @@ def test_a_task_requeued_while_running_keeps_each_runs_steps_apart(workdir: Path
         sweep = Sweep(ParameterSpace(grid={"x": [1]}), ["python", "two_runs.py"], [source], workdir=workdir,
                       poll_interval=0.3, arg_style="none").start()
         [tid] = list(sweep.status()["task_id"])
-        folder = lambda: sweep.directory / "tasks" / (sweep.task(tid)["job_name"] or "none")
+
+        def folder() -> Path:
+            return sweep.directory / "tasks" / (sweep.task(tid)["job_name"] or "none")
+
         until(lambda: (folder() / "ready").exists(), timeout=60, what="the first run has logged its steps")
         until(lambda: len(sweep.metrics(tid, "loss")) == 3, timeout=30, what="the first run's steps in the ledger")
         job_id = sweep.task(tid)["job_id"]
@@ -54,7 +57,7 @@ def test_a_task_requeued_while_running_keeps_each_runs_steps_apart(workdir: Path
         assert set(shown["run"]) == {2}  # the run that counts
 
         every = sweep.metrics(tid, "loss", runs=True)
-        assert sorted(zip(every["run"], every["step"], every["value"])) == [
+        assert sorted(zip(every["run"], every["step"], every["value"], strict=True)) == [
             (1, 0.0, 10.0), (1, 1.0, 11.0), (1, 2.0, 12.0), (2, 0.0, 20.0), (2, 1.0, 21.0), (2, 2.0, 22.0)]
         assert info["metrics_note"] is None  # the marker line is not a user's unreadable line
         assert (folder() / "run1" / "stdout.log").exists()

@@ -8,10 +8,10 @@ import json
 import pytest
 
 from hsm_notebook import LocalComputeSource, ParameterSpace, Sweep
+from hsm_notebook.core.model.errors import ConfigError
 from hsm_notebook.ui import SweepPanel
 from hsm_notebook.ui.magic import open_panel
 from hsm_notebook.ui.values import parse_values, rows_to_space
-from hsm_notebook.core.errors import ConfigError
 from tests.helpers import until as _until
 
 
@@ -20,7 +20,7 @@ def _msg(panel):
 
 
 def _fill(panel, rows):
-    for (name, values, kind), (n, v, k) in zip(rows, panel.editor.rows):
+    for (name, values, kind), (n, v, k) in zip(rows, panel.editor.rows, strict=False):  # rows may be fewer
         n.value, v.value, k.value = name, values, kind
 
 
@@ -189,7 +189,8 @@ def test_the_magic_on_a_reference_project_launches_with_the_file_and_project_set
     (root / "sweeps").mkdir()
     (root / "job.py").write_text("import json, os, sys\n"
                                  "open(os.path.join(os.environ['HSM_TASK_DIR'], 'argv.json'), 'w').write("
-                                 "json.dumps([sys.argv[1:], os.environ.get('WANDB_PROJECT'), os.environ.get('MODE')]))\n")
+                                 "json.dumps([sys.argv[1:], os.environ.get('WANDB_PROJECT'), "
+                                 "os.environ.get('MODE')]))\n")
     (root / ".hsm" / "config.yaml").write_text("paths: {train_script: job.py}\nwandb: {project: wp}\n"
                                                "distributed: {enabled: true, local_max_jobs: 3}\n")
     (root / "sweeps" / "sweep.yaml").write_text(

@@ -13,13 +13,11 @@ import numpy as np
 import pytest
 
 from hsm_notebook import LocalComputeSource
-from hsm_notebook.core.errors import ConfigError
+from hsm_notebook.core.model.errors import ConfigError
 from hsm_notebook.ui.panel import SweepPanel
 from hsm_notebook.ui.params_editor import ParamsEditor
 from hsm_notebook.ui.values import parse_values
 from tests.helpers import until
-
-pytestmark = pytest.mark.unit
 
 
 def _text(markup: str) -> str:
@@ -169,7 +167,8 @@ def test_without_an_objective_results_say_which_direction_they_assumed_and_let_i
     # never "the three worst are the best" without a word: the direction is named as assumed
     assert "assumed" in note and "no objective" in note, note
     assert view.direction.value is False and "higher is better" in note  # an accuracy: higher is better
-    until(lambda: "higher is better: assumed" in html.unescape(view.best_line.value), 30, "the best-so-far line says it")
+    until(lambda: "higher is better: assumed" in html.unescape(view.best_line.value), 30,
+          "the best-so-far line says it")
     until(lambda: _first_row_acc(panel) == "0.5", 30, "the highest first")
     view.direction.value = True  # the user flips it
     until(lambda: _first_row_acc(panel) == "0.1", 30, "the lowest first once flipped")
@@ -184,7 +183,7 @@ def test_each_opener_sits_in_its_rows_grid_row_and_opens_that_rows_task(tmp_path
     until(lambda: len(view.rows) == 5, 30, "five rows")
     children = view.table.children
     assert children[0] is view.head and len(children) == 1 + 2 * len(view.rows)
-    for i, (opener, row) in enumerate(zip(view.openers, view.rows)):
+    for i, (opener, row) in enumerate(zip(view.openers, view.rows, strict=True)):
         assert children[1 + 2 * i] is opener and children[2 + 2 * i] is row  # the row's cells follow its opener
         task = view._page_ids[i]
         assert f">{task}<" in row.value and task in opener.tooltip

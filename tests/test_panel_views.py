@@ -5,6 +5,7 @@ input beside the field.  Sweeps are real (jobs on this machine) wherever one is 
 from __future__ import annotations
 
 import html
+import itertools
 import os
 import random
 import re
@@ -119,10 +120,10 @@ def test_the_time_left_counts_down_steadily_instead_of_jumping():
     assert len(shown) > 150
     # Between two refreshes a second apart, the shown time left moves by the second that
     # passed plus at most 5 % (the old estimate jumped by 20-30 % on every refresh).
-    for (t0, eta0, _), (t1, eta1, _) in zip(shown, shown[1:]):
+    for (t0, eta0, _), (t1, eta1, _) in itertools.pairwise(shown):
         expected = max(0.0, eta0 - (t1 - t0))
         assert abs(eta1 - expected) <= 0.05 * eta0 + 0.5, (t1, eta0, eta1)
-    jumps = [abs(b - a) / a for a, b in zip(naive, naive[1:]) if a > 20]
+    jumps = [abs(b - a) / a for a, b in itertools.pairwise(naive) if a > 20]
     assert max(jumps) > 0.05  # the bound above is one the old estimate breaks
     # ... and it is about right: within 25 % of the true time left from a quarter of the way in
     for t1, eta1, truth in shown:
@@ -218,7 +219,7 @@ def test_a_malformed_row_is_refused_beside_its_field(name, text, words):
 def test_paired_rows_of_unequal_length_and_a_fixed_list_are_marked_on_their_rows():
     editor = ParamsEditor()
     rows = [("seed", "1, 2, 3", "paired A"), ("split", "a, b", "paired A"), ("epochs", "5, 10", "fixed")]
-    for (name, text, kind), (n, v, k) in zip(rows, editor.rows):
+    for (name, text, kind), (n, v, k) in zip(rows, editor.rows, strict=False):  # the editor has a spare row
         n.value, v.value, k.value = name, text, kind
     for i in (0, 1):
         assert "same length" in editor.notes[i].value and "hsm-bad" in editor.rows[i][1]._dom_classes

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from hsm_notebook import ConfigError, Sweep
-from hsm_notebook.core.config import SweepFile
 from hsm_notebook.core.launch import launch_options
-from hsm_notebook.core.project import ProjectConfig
+from hsm_notebook.core.spec.config import SweepFile
+from hsm_notebook.core.spec.project import ProjectConfig
 
 FORMATS = {
     # v1 `hsm init` and its tests: a Hydra defaults list, sweep.grid, metadata

@@ -5,18 +5,15 @@ from __future__ import annotations
 import pytest
 
 from hsm_notebook import ParameterSpace, SlurmComputeSource, SourceError, Sweep
-from hsm_notebook.core.state import JobState
+from hsm_notebook.core.model.state import JobState
 from hsm_notebook.sources.slurm import SLURM_STATES
+from tests.helpers import job_sweep
 from tests.helpers import until as _until
 
 
 def slurm_source(cluster, name="slurm", slots=500, **kwargs) -> SlurmComputeSource:
     return SlurmComputeSource(name, slots, partition=cluster.partition, slurm_env=dict(cluster.env),
                               poll_interval=0.3, **kwargs)
-
-
-def _sweep(workdir, sources, space, **kw):
-    return Sweep(space, ["python", "job.py"], sources, workdir=workdir, poll_interval=0.3, **kw)
 
 
 def test_squeue_records_for_several_array_tasks_stand_for_each():
@@ -36,7 +33,7 @@ def test_every_slurm_state_maps_to_a_job_state():
 
 def test_fifty_task_array_sweep_lands_in_results(workdir, slurm_cluster):
     source = slurm_source(slurm_cluster)
-    sweep = _sweep(workdir, [source], ParameterSpace(grid={"x": list(range(50))}))
+    sweep = job_sweep(workdir, [source], ParameterSpace(grid={"x": list(range(50))}), poll_interval=0.3)
     sweep.run()
     results = sweep.results()
     assert len(results) == 50 and sorted(results["score"]) == [2.0 * x for x in range(50)]
@@ -49,7 +46,7 @@ def test_arrays_are_chunked_by_max_array_size(workdir, slurm_cluster):
     slurm_cluster.set_max_array_size(5)
     try:
         source = slurm_source(slurm_cluster)
-        sweep = _sweep(workdir, [source], ParameterSpace(grid={"x": list(range(12))})).run()
+        sweep = job_sweep(workdir, [source], ParameterSpace(grid={"x": list(range(12))}), poll_interval=0.3).run()
         assert sweep.counts() == {"COMPLETED": 12}
         assert source.max_array_size == 5 and source.commands["sbatch"] == 3  # 12 tasks in arrays of 5, 5, 2
     finally:
@@ -60,7 +57,7 @@ def test_exit_codes_cancel_and_pending_reasons(workdir, slurm_cluster):
     source = slurm_source(slurm_cluster, array_throttle=1)
     space = ParameterSpace(combinations=[{"x": 1, "exit": 3, "sleep": 0}, {"x": 2, "exit": 0, "sleep": 60},
                                          {"x": 3, "exit": 0, "sleep": 60}])
-    sweep = _sweep(workdir, [source], space).start()
+    sweep = job_sweep(workdir, [source], space, poll_interval=0.3).start()
     _until(lambda: sweep.status().set_index("x").loc[1, "state"] == "FAILED", what="x=1 failed")
     row = sweep.status().set_index("x").loc[1]
     assert row["exit_code"] == 3 and "something went wrong in task 1" in row["error"]
@@ -75,14 +72,15 @@ def test_exit_codes_cancel_and_pending_reasons(workdir, slurm_cluster):
 def test_slurm_refuses_an_unknown_partition_with_its_own_words(workdir, slurm_cluster):
     source = SlurmComputeSource("s", 10, partition="no-such-partition", slurm_env=dict(slurm_cluster.env))
     with pytest.raises(SourceError, match=r"Slurm refuses these resources: .*(invalid partition|Invalid partition)"):
-        _sweep(workdir, [source], ParameterSpace(grid={"x": [1]})).run()
+        job_sweep(workdir, [source], ParameterSpace(grid={"x": [1]}), poll_interval=0.3).run()
 
 
 def test_a_slurm_source_mixes_with_the_local_one_and_reattaches(workdir, slurm_cluster):
     from hsm_notebook import LocalComputeSource
 
-    sweep = _sweep(workdir, [LocalComputeSource(max_parallel_jobs=2), slurm_source(slurm_cluster)],
-                   ParameterSpace(grid={"x": list(range(20))}, fixed={"sleep": 0.2}), strategy="round_robin").run()
+    sweep = job_sweep(workdir, [LocalComputeSource(max_parallel_jobs=2), slurm_source(slurm_cluster)],
+                      ParameterSpace(grid={"x": list(range(20))}, fixed={"sleep": 0.2}), strategy="round_robin",
+                      poll_interval=0.3).run()
     status = sweep.status()
     assert (status["state"] == "COMPLETED").all() and set(status["source"]) == {"local", "slurm"}
     again = Sweep.attach(sweep.directory, resume=False)  # rebuilt from the record, resources and all
@@ -127,7 +125,7 @@ def test_slurm_through_an_ssh_login_node(workdir, slurm_cluster, ssh_host):
     (workdir / "job.py").write_text(
         "import getpass, os, sys\nfrom hsm_notebook.metrics import log_metrics\n"
         "log_metrics(x=int(sys.argv[1].split('=')[1]), user=getpass.getuser(), dir=os.environ['HSM_TASK_DIR'])\n")
-    sweep = _sweep(workdir, [source], ParameterSpace(grid={"x": list(range(6))})).run()
+    sweep = job_sweep(workdir, [source], ParameterSpace(grid={"x": list(range(6))}), poll_interval=0.3).run()
     results = sweep.results()
     assert sorted(results["x"]) == list(range(6)) and set(results["user"]) == {ssh_host.user}
     assert results["dir"].str.startswith(f"/home/{ssh_host.user}/.hsm_notebook/sweeps/").all()
@@ -142,14 +140,18 @@ import os, sys, time
 from hsm_notebook import ParameterSpace, SlurmComputeSource, Sweep
 from hsm_notebook.sources import slurm
 workdir, directory, partition, ran = sys.argv[1:5]
-real = slurm.SlurmComputeSource._sbatch
+real = slurm.SlurmComputeSource._submit_array
 
 async def sbatch_then_crash(self, jobs):
     ids = await real(self, jobs)
-    time.sleep(3)        # some array tasks start (a few may end), others still wait
+    deadline = time.monotonic() + 60  # until an array task has started (throttled: the others still wait)
+    while not (os.path.exists(ran) and open(ran).read().split()):
+        if time.monotonic() > deadline:
+            sys.exit("no array task started within 60 s: the crash point cannot be reached")
+        time.sleep(0.05)
     os._exit(9)          # the controller dies before it records any job id
 
-slurm.SlurmComputeSource._sbatch = sbatch_then_crash
+slurm.SlurmComputeSource._submit_array = sbatch_then_crash
 space = ParameterSpace(grid={"x": list(range(8))}, fixed={"sleep": 2, "append": ran})
 source = SlurmComputeSource("slurm", 8, partition=partition, poll_interval=0.3, array_throttle=2)
 Sweep(space, ["python", "job.py"], [source], workdir=workdir, directory=directory, poll_interval=0.3).run()

@@ -6,19 +6,17 @@ from __future__ import annotations
 
 import pytest
 
-from hsm_notebook import ParameterSpace, SlurmComputeSource, Sweep
-from tests.helpers import until
+from hsm_notebook import SlurmComputeSource, Sweep
+from tests.helpers import job_sweep, until
 
 pytestmark = pytest.mark.slurm
 
 NOTE = "cancelled outside hsm_notebook (scancel)"
 
 
-def _sweep(workdir, cluster, slots: int, xs: list[int], **kwargs) -> Sweep:
-    source = SlurmComputeSource("slurm", slots, partition=cluster.partition, slurm_env=dict(cluster.env),
-                                poll_interval=0.3)
-    return Sweep(ParameterSpace(grid={"x": xs, "sleep": [60]}), ["python", "job.py"], [source], workdir=workdir,
-                 poll_interval=0.3, **kwargs)
+def _slurm(cluster, slots: int) -> SlurmComputeSource:
+    return SlurmComputeSource("slurm", slots, partition=cluster.partition, slurm_env=dict(cluster.env),
+                              poll_interval=0.3)
 
 
 def _rows(sweep: Sweep):
@@ -26,7 +24,7 @@ def _rows(sweep: Sweep):
 
 
 def test_a_cancel_is_recorded_when_it_returns_and_complete_right_after_reruns_it(workdir, slurm_cluster):
-    sweep = _sweep(workdir, slurm_cluster, 2, [1, 2]).start()
+    sweep = job_sweep(workdir, [_slurm(slurm_cluster, 2)], {"x": [1, 2], "sleep": [60]}, poll_interval=0.3).start()
     try:
         until(lambda: sweep.counts().get("RUNNING", 0) == 2, timeout=60, what="2 running")
         tid = sweep.status().query("state == 'RUNNING'")["task_id"].iloc[0]
@@ -41,7 +39,8 @@ def test_a_cancel_is_recorded_when_it_returns_and_complete_right_after_reruns_it
 
 
 def test_a_users_own_scancel_of_a_running_and_a_pending_task_is_noted(workdir, slurm_cluster):
-    sweep = _sweep(workdir, slurm_cluster, 1, [0, 1, 2], retry={"max_attempts": 3, "retry_failed": True}).start()
+    sweep = job_sweep(workdir, [_slurm(slurm_cluster, 1)], {"x": [0, 1, 2], "sleep": [60]}, poll_interval=0.3,
+                      retry={"max_attempts": 3, "retry_failed": True}).start()
     try:
         until(lambda: sweep.counts().get("RUNNING", 0) == 1 and sweep.counts().get("QUEUED", 0) == 2,
               timeout=60, what="1 running, 2 pending in the array")

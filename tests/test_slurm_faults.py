@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import os
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
-from hsm_notebook import ParameterSpace, SlurmComputeSource, Sweep
+from hsm_notebook import LocalComputeSource, ParameterSpace, SlurmComputeSource, Sweep
 from hsm_notebook.core._loop import run_sync
-from hsm_notebook.core.state import ResourceSpec
+from hsm_notebook.core.model.state import ResourceSpec
 from tests.helpers import until
 
 
@@ -59,7 +58,8 @@ def test_a_throttled_array_then_one_scancel_for_the_whole_sweep(workdir, slurm_c
     until(lambda: sweep.counts().get("RUNNING", 0) == 4, timeout=60, what="4 running")
     assert source.commands["sbatch"] == 1, source.commands
     sizes.clear()
-    time.sleep(1.0)  # Slurm, not the controller, keeps it at 4
+    # three more polls (each reads every task Slurm reports): Slurm, not the controller, keeps it at 4
+    until(lambda: len(sizes) >= 3, timeout=60, what="3 polls after 4 were running")
     assert sweep.counts().get("RUNNING") == 4 and sweep.counts().get("QUEUED") == 196
     assert sizes and max(sizes) <= 6, sizes  # the running tasks' folders, not the 196 queued ones
     started = [t for _, t in sweep.status().iterrows() if (_task_folder(sweep, t) / "pid").exists()]
@@ -69,11 +69,14 @@ def test_a_throttled_array_then_one_scancel_for_the_whole_sweep(workdir, slurm_c
     sweep.wait(timeout=60)
     assert source.commands["scancel"] - before["scancel"] == 1, source.commands
     assert sweep.counts() == {"CANCELLED": 200}
+    # decided once Slurm holds no job of the sweep and no job process is left: a task that started
+    # after the cancel has written its pid file by then, and none can start any more
+    until(lambda: not slurm_cluster.active_jobs(), timeout=60, what="Slurm holding no job of the sweep")
+    until(lambda: not _job_pids(sweep.id), timeout=30, what="no job process left")
     ran = [t for _, t in sweep.status().iterrows()
            if (_task_folder(sweep, t) / "pid").exists()
            and (_task_folder(sweep, t) / "pid").read_text().strip() != "never"]
     assert len(ran) <= len(started), "pending tasks started after the cancel"
-    until(lambda: not _job_pids(sweep.id), timeout=30, what="no job process left")
 
 
 def test_a_users_own_scancel_ends_the_task_cancelled_and_it_is_never_retried(workdir, slurm_cluster):
@@ -89,13 +92,15 @@ def test_a_users_own_scancel_ends_the_task_cancelled_and_it_is_never_retried(wor
         assert slurm_cluster.run("scancel", row["job_id"]).returncode == 0
     until(lambda: (sweep.status().set_index("task_id").loc[[pending["task_id"], running["task_id"]], "state"]
                    == "CANCELLED").all(), timeout=60, what="both cancelled")
-    time.sleep(1.0)  # a retry would show as attempt 2 by now
+    sweep.cancel()
+    sweep.wait(timeout=60)  # the run has ended: whatever it decided about the two is in the ledger now
     final = sweep.status().set_index("task_id")
     for row in (pending, running):
-        assert final.loc[row["task_id"], "attempt"] == 1
+        history = sweep.history(row["task_id"])
+        assert final.loc[row["task_id"], "attempt"] == 1 and (history["attempt"].dropna() == 1).all(), history
+        # never queued again after Slurm's cancel: CANCELLED is its last transition
+        assert list(history["state"])[-1] == "CANCELLED" and list(history["state"]).count("CANCELLED") == 1, history
     assert "cancelled outside hsm_notebook" in final.loc[pending["task_id"], "error"]
-    sweep.cancel()
-    sweep.wait(timeout=60)
 
 
 def test_environment_errors_fail_the_task_in_words_and_slurm_messages_are_kept(workdir, slurm_cluster):
@@ -212,7 +217,9 @@ def test_node_failure_and_checkpoint_requeues_run_each_task_once_and_are_visible
         assert (status["state"] == "COMPLETED").all() and (status["attempt"] == 1).all()
         assert "requeued by Slurm 1 time" in status.loc[300, "error"]
         assert (sweep.directory / "tasks" / status.loc[300, "job_name"] / "run1" / "stdout.log").exists()
-        time.sleep(3)  # the short task's requeued copy has had time to start (and must not run it)
+        # decided once Slurm holds no job: the short task's requeued copy has run (and must not have
+        # run the program) or was never started
+        until(lambda: not cluster.active_jobs(), timeout=120, what="Slurm's requeued copies ended")
         lines = runs_log.read_text().splitlines()
         short = status.loc[3, "task_id"]
         assert sum(1 for line in lines if line == f"{short} node") == 1, lines
@@ -222,18 +229,34 @@ def test_node_failure_and_checkpoint_requeues_run_each_task_once_and_are_visible
 
 def test_a_source_poll_interval_is_honoured_both_ways(workdir, slurm_cluster):
     """A Slurm source asked to poll every 3 s is polled every ~3 s even in a sweep polling every
-    0.2 s (and a sweep's slower interval does not slow a source that asks for a faster one)."""
+    0.2 s (and a sweep's slower interval does not slow a source that asks for a faster one).
+
+    Counted, not timed: beside it, a local source with no interval of its own follows the sweep's
+    0.2 s; while that one is polled 30 times (>= 6 s), the Slurm source is polled a few times, far
+    fewer than half as often (a source polled at the sweep's pace would be polled as often)."""
     slow = SlurmComputeSource("slow", 2, partition=slurm_cluster.partition, slurm_env=dict(slurm_cluster.env),
                               poll_interval=3.0)
-    sweep = Sweep(ParameterSpace(grid={"x": [1, 2], "sleep": [8]}), ["python", "job.py"], [slow], workdir=workdir,
-                  poll_interval=0.2).start()
-    until(lambda: sweep.counts().get("RUNNING") == 2, timeout=60, what="2 running")
-    before, t0 = slow.commands["squeue"], time.monotonic()
-    time.sleep(6.5)
-    polls = slow.commands["squeue"] - before
-    assert polls <= 3, f"{polls} squeue calls in {time.monotonic() - t0:.1f} s with poll_interval=3"
-    sweep.cancel()
-    sweep.wait(timeout=60)
+    fast = LocalComputeSource("fast", max_parallel_jobs=1)
+    fast_polls: list[int] = []
+    poll = fast.poll
+
+    async def counting(job_ids):  # a spy: one call per poll of the fast source
+        fast_polls.append(len(job_ids))
+        return await poll(job_ids)
+
+    fast.poll = counting
+    sweep = Sweep(ParameterSpace(grid={"x": [1, 2, 3], "sleep": [60]}), ["python", "job.py"], [slow, fast],
+                  workdir=workdir, poll_interval=0.2, health_interval=3600).start()
+    try:
+        until(lambda: sweep.counts().get("RUNNING") == 3, timeout=60, what="3 running (2 on Slurm, 1 here)")
+        before, fast_before = slow.commands["squeue"], len(fast_polls)
+        until(lambda: len(fast_polls) - fast_before >= 30, timeout=120, what="30 polls of the source at 0.2 s")
+        polls, fast_n = slow.commands["squeue"] - before, len(fast_polls) - fast_before
+        assert 1 <= polls and 2 * polls <= fast_n, (
+            f"{polls} squeue calls while the 0.2 s source was polled {fast_n} times")
+    finally:
+        sweep.cancel()
+        sweep.wait(timeout=60)
 
 
 @pytest.mark.parametrize("ntasks", [2])

@@ -122,7 +122,8 @@ def test_exclude_compares_values_with_their_types():
 def test_task_ids_are_stable_across_processes():
     params = {"lr": 0.001, "model.width": 128, "name": "x y", "flag": True}
     here = task_id(params)
-    code = "from hsm_notebook import task_id; print(task_id(%r))" % ({k: params[k] for k in reversed(list(params))},)
+    reordered = {k: params[k] for k in reversed(list(params))}
+    code = f"from hsm_notebook import task_id; print(task_id({reordered!r}))"
     there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert here == there and len(here) == 12
     assert task_id({"a": 1}) != task_id({"a": 1.0}) != task_id({"a": "1"})

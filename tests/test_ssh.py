@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import asyncssh
@@ -20,12 +19,9 @@ import pytest
 from hsm_notebook import ConnectError, LocalComputeSource, ParameterSpace, SourceError, Sweep
 from hsm_notebook.core._loop import run_sync
 from tests.contract.conftest import ssh_source
-from tests.servers.sshd import _keygen, empty_known_hosts, other_host_key_known_hosts, small_tmpfs
+from tests.helpers import job_sweep
 from tests.helpers import until as _until
-
-
-def _sweep(workdir, sources, space, **kw):
-    return Sweep(space, ["python", "job.py"], sources, workdir=workdir, poll_interval=0.2, **kw)
+from tests.servers.sshd import _keygen, empty_known_hosts, other_host_key_known_hosts, small_tmpfs
 
 
 def _remote(h, command: str) -> str:
@@ -39,7 +35,7 @@ def test_one_sweep_on_two_hosts_and_this_machine(workdir, ssh_host, ssh_host2):
     sources = [ssh_source(ssh_host, "gpu1", 3), ssh_source(ssh_host2, "gpu2", 3),
                LocalComputeSource(max_parallel_jobs=2)]
     space = ParameterSpace(grid={"x": list(range(24))}, fixed={"sleep": 0.2})
-    sweep = _sweep(workdir, sources, space).run()
+    sweep = job_sweep(workdir, sources, space).run()
     status = sweep.status()
     assert (status["state"] == "COMPLETED").all()
     assert set(status["source"]) == {"gpu1", "gpu2", "local"}
@@ -58,7 +54,7 @@ def test_jobs_run_in_the_synced_project_on_the_remote(workdir, ssh_host):
     (workdir / "sweeps").mkdir(exist_ok=True)
     (workdir / "sweeps" / "huge.bin").write_bytes(b"0" * 1000)  # excluded by default
     source = ssh_source(ssh_host, "h", 2)
-    sweep = _sweep(workdir, [source], ParameterSpace(grid={"x": [1]})).run()
+    sweep = job_sweep(workdir, [source], ParameterSpace(grid={"x": [1]})).run()
     row = sweep.results().iloc[0]
     assert row["data"] == "remote data" and row["cwd"].startswith(f"/home/{ssh_host.user}/.hsm_notebook/projects/")
     listing = _remote(ssh_host, f"ls {row['cwd']}")
@@ -70,11 +66,11 @@ def test_a_large_project_goes_through_rsync(workdir, ssh_host):
     for i in range(250):
         (workdir / f"m{i}.txt").write_text(str(i))
     source = ssh_source(ssh_host, "r", 1)
-    assert _sweep(workdir, [source], ParameterSpace(grid={"x": [1]})).run().counts() == {"COMPLETED": 1}
+    assert job_sweep(workdir, [source], ParameterSpace(grid={"x": [1]})).run().counts() == {"COMPLETED": 1}
     assert source.facts["sync"] == {"method": "rsync", "files": 251, "sent": 251}
     again = ssh_source(ssh_host, "r", 1)
     (workdir / "m7.txt").write_text("changed")
-    _sweep(workdir, [again], ParameterSpace(grid={"x": [2]})).run()
+    job_sweep(workdir, [again], ParameterSpace(grid={"x": [2]})).run()
     assert again.facts["sync"]["sent"] == 1
 
 
@@ -82,11 +78,11 @@ def test_sftp_sync_sends_only_changed_files(workdir, ssh_host):
     source = ssh_source(ssh_host, "s", 1, use_rsync=False)
     for i in range(20):
         (workdir / f"f{i}.txt").write_text(str(i))
-    _sweep(workdir, [source], ParameterSpace(grid={"x": [1]})).run()
+    job_sweep(workdir, [source], ParameterSpace(grid={"x": [1]})).run()
     assert source.facts["sync"] == {"method": "sftp", "files": 21, "sent": 21}  # job.py + 20
     (workdir / "f3.txt").write_text("changed!")
     again = ssh_source(ssh_host, "s", 1, use_rsync=False)
-    _sweep(workdir, [again], ParameterSpace(grid={"x": [2]})).run()
+    job_sweep(workdir, [again], ParameterSpace(grid={"x": [2]})).run()
     assert again.facts["sync"]["sent"] == 1
 
 
@@ -112,7 +108,7 @@ def test_connection_problems_say_what_to_do(workdir, ssh_host, tmp_path, case):
     else:
         kwargs["host"] = "no such host"  # rejected by the local resolver: no DNS query leaves the machine
     source = SSHComputeSourceFor(**kwargs)
-    sweep = _sweep(workdir, [source], ParameterSpace(grid={"x": [1]}))
+    sweep = job_sweep(workdir, [source], ParameterSpace(grid={"x": [1]}))
     with pytest.raises(ConnectError) as err:
         sweep.run()
     assert words in str(err.value)
@@ -130,14 +126,14 @@ def test_trust_new_host_records_a_new_key_but_never_a_changed_one(workdir, ssh_h
     kh.write_text("")
     source = SSHComputeSourceFor(host=ssh_host.host, port=ssh_host.port, username=ssh_host.user,
                                  client_keys=[str(ssh_host.client_key)], known_hosts=str(kh), trust_new_host=True)
-    assert _sweep(workdir, [source], ParameterSpace(grid={"x": [1]})).run().counts() == {"COMPLETED": 1}
+    assert job_sweep(workdir, [source], ParameterSpace(grid={"x": [1]})).run().counts() == {"COMPLETED": 1}
     assert ssh_host.host_key_pub.split()[1] in kh.read_text()
     changed = other_host_key_known_hosts(ssh_host)
     before = changed.read_text()
     source = SSHComputeSourceFor(host=ssh_host.host, port=ssh_host.port, username=ssh_host.user,
                                  client_keys=[str(ssh_host.client_key)], known_hosts=str(changed), trust_new_host=True)
     with pytest.raises(ConnectError, match="has CHANGED"):
-        _sweep(workdir, [source], ParameterSpace(grid={"x": [2]})).run()
+        job_sweep(workdir, [source], ParameterSpace(grid={"x": [2]})).run()
     assert changed.read_text() == before
 
 
@@ -156,10 +152,10 @@ def test_remote_disk_full(workdir, ssh_host_fresh):
     with small_tmpfs(disk, "1m"):
         source = ssh_source(h, "full", 1, remote_root=str(disk / "root"))
         with pytest.raises(SourceError, match=r"only [01] MB free under .*min_free_mb=100"):
-            _sweep(workdir, [source], ParameterSpace(grid={"x": [1]})).run()
+            job_sweep(workdir, [source], ParameterSpace(grid={"x": [1]})).run()
         (workdir / "job.py").write_text("open('big', 'wb').write(b'0' * 4_000_000)\n")
         source = ssh_source(h, "full", 1, remote_root=str(disk / "root"), min_free_mb=0)
-        sweep = _sweep(workdir, [source], ParameterSpace(grid={"x": [2]})).run()
+        sweep = job_sweep(workdir, [source], ParameterSpace(grid={"x": [2]})).run()
         row = sweep.status().iloc[0]
         # the wrapper cannot even write the exit code on a full disk: LOST, with the reason; the
         # retries (LOST is retried) cannot start at all on the full disk and end quickly the same way
@@ -177,18 +173,22 @@ def test_faults_while_jobs_run_lose_nothing_and_run_nothing_twice(workdir, ssh_s
     source = ssh_source(h, "flaky", 4, give_up_after=60)
     shared = f"/home/{h.user}/runs.txt"
     space = ParameterSpace(grid={"x": list(range(8))}, fixed={"sleep": 1.5, "append": shared})
-    sweep = _sweep(workdir, [source], space).start()
+    sweep = job_sweep(workdir, [source], space).start()
     _until(lambda: _running(sweep, 4), what="4 running jobs")
     if fault == "drop connection":
         ssh_server.kill_connections(h)
     elif fault == "hang and resume":
         ssh_server.hang(h)
-        time.sleep(5)  # keepalive notices after ~4 s
+        # resumed once the source has noticed (keepalive: ~6 s), so it must reconnect and re-adopt
+        _until(lambda: not source.conn.alive, 60, "the hung connection noticed by keepalive")
         ssh_server.resume(h)
     else:
         ssh_server.stop_listener(h)
         ssh_server.kill_connections(h)
-        time.sleep(2)
+        # restarted once the source has found its connection gone and been refused a new one
+        _until(lambda: not source.conn.alive, 60, "the dropped connection noticed")
+        _until(lambda: "refused" in str(sweep.sources_status().set_index("source").loc["flaky", "problems"]), 60,
+               "a reconnect refused while sshd is down")
         ssh_server.restart_listener(h)
     sweep.wait(timeout=120)
     status = sweep.status()
@@ -201,7 +201,7 @@ def test_faults_while_jobs_run_lose_nothing_and_run_nothing_twice(workdir, ssh_s
 def test_a_job_killed_on_the_remote_is_lost_or_failed_with_its_signal(workdir, ssh_host_fresh):
     h = ssh_host_fresh
     space = ParameterSpace(combinations=[{"x": 1, "sleep": 60}, {"x": 2, "sleep": 60}])
-    sweep = _sweep(workdir, [ssh_source(h, "k", 2)], space, retry={"max_attempts": 1}).start()
+    sweep = job_sweep(workdir, [ssh_source(h, "k", 2)], space, retry={"max_attempts": 1}).start()
     _until(lambda: _running(sweep, 2), what="2 running jobs")
     jobs = sweep.status().set_index("x")["job_name"]
     tasks = f"/home/{h.user}/.hsm_notebook/sweeps/{sweep.id}/tasks"
@@ -215,8 +215,8 @@ def test_a_job_killed_on_the_remote_is_lost_or_failed_with_its_signal(workdir, s
 
 def test_a_host_that_stays_down_is_given_up_and_its_jobs_are_lost(workdir, ssh_server, ssh_host_fresh):
     h = ssh_host_fresh
-    sweep = _sweep(workdir, [ssh_source(h, "gone", 2, give_up_after=3)],
-                   ParameterSpace(grid={"x": [1, 2]}, fixed={"sleep": 60}), retry={"max_attempts": 1}).start()
+    sweep = job_sweep(workdir, [ssh_source(h, "gone", 2, give_up_after=3)],
+                      ParameterSpace(grid={"x": [1, 2]}, fixed={"sleep": 60}), retry={"max_attempts": 1}).start()
     _until(lambda: _running(sweep, 2), what="2 running jobs")
     ssh_server.stop_listener(h)
     ssh_server.kill_connections(h)
@@ -281,10 +281,7 @@ def test_the_panel_adds_an_ssh_host_and_launches_on_it(workdir, ssh_host, tmp_pa
         panel.sources_view.add_button.click()
         assert [s.name for s in panel.sources_view.sources] == ["box"]
         panel.check_health()
-        deadline = time.monotonic() + 30
-        while "box" not in panel.sources_view.health:
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        _until(lambda: "box" in panel.sources_view.health, 30, "the health of box shown")
         assert panel.sources_view.health["box"]["status"] == "healthy"
         panel.editor.command.value = "python job.py"
         panel.editor.workdir.value = str(workdir)

@@ -16,11 +16,11 @@ import textwrap
 import asyncssh
 import pytest
 
-from hsm_notebook import ConfigError, JobState, ParameterSpace, Sweep
+from hsm_notebook import ConfigError, JobState, ParameterSpace
 from hsm_notebook.core._loop import run_sync
 from hsm_notebook.sources.ssh import SSHComputeSource
 from tests.contract.conftest import ssh_source
-from tests.helpers import until
+from tests.helpers import job_sweep, until
 
 #: 1 MiB that the job writes ``mb`` times to stdout (so the test knows the hash without the bytes).
 BLOCK = bytes(range(256)) * 4096
@@ -61,10 +61,6 @@ def _root() -> str:
     return f"~/.hsm_collect_{secrets.token_hex(3)}"
 
 
-def _sweep(project, sources, space, **kw) -> Sweep:
-    return Sweep(space, ["python", "job.py"], sources, workdir=project, poll_interval=0.2, **kw)
-
-
 def _remote(h, command: str) -> str:
     async def go():
         async with asyncssh.connect(**h.connect_kwargs()) as conn:
@@ -97,7 +93,7 @@ def test_big_job_folders_come_home_while_the_other_tasks_complete(project, ssh_h
     sizes = {0: 200, 1: 3}
     source = ssh_source(ssh_host, "big", 3, remote_root=_root())
     space = ParameterSpace(grid={"x": list(range(12))}, fixed={"sizes": "0:200/1:3"})  # bare in Hydra syntax
-    sweep = _sweep(project, [source], space).start().wait(timeout=180)
+    sweep = job_sweep(project, [source], space).start().wait(timeout=180)
     assert sweep.counts() == {"COMPLETED": 12}, sweep.status()[["state", "error"]]
     status = sweep.status().set_index("x")
     for x in range(12):
@@ -125,8 +121,8 @@ def test_a_finished_job_whose_remote_folder_vanished_fails_alone(project, ssh_ho
         return await collect(job_ids)
 
     source.collect_results = vanish_then_collect
-    sweep = _sweep(project, [source], ParameterSpace(grid={"x": list(range(8))}, fixed={"sleep": 0.3}),
-                   retry={"max_attempts": 1})
+    sweep = job_sweep(project, [source], ParameterSpace(grid={"x": list(range(8))}, fixed={"sleep": 0.3}),
+                      retry={"max_attempts": 1})
     victim = sweep.status().set_index("x").loc[5, "task_id"]
     sweep.start()
     sweep.wait(timeout=60)
@@ -168,7 +164,7 @@ def test_the_remote_root_emptied_mid_sweep_is_set_up_again(project, ssh_host):
     the later tasks run (they need the uploaded lib for their metrics)."""
     root = _root()
     source = ssh_source(ssh_host, "wiped", 1, remote_root=root)
-    sweep = _sweep(project, [source], ParameterSpace(grid={"x": list(range(6))}, fixed={"sleep": 0.2}))
+    sweep = job_sweep(project, [source], ParameterSpace(grid={"x": list(range(6))}, fixed={"sleep": 0.2}))
     sweep.start()
     until(lambda: sweep.counts().get("COMPLETED", 0) >= 2, 60, "two tasks done")
     _remote(ssh_host, f"rm -rf {root}")
@@ -182,7 +178,7 @@ def test_a_reboot_that_emptied_the_remote_root_is_set_up_again(project, ssh_serv
     The source reconnects, sets the remote up again and the sweep completes."""
     h = ssh_host_fresh
     source = ssh_source(h, "rebooted", 1, remote_root="~/.hsm_notebook")
-    sweep = _sweep(project, [source], ParameterSpace(grid={"x": list(range(5))}, fixed={"sleep": 0.5}))
+    sweep = job_sweep(project, [source], ParameterSpace(grid={"x": list(range(5))}, fixed={"sleep": 0.5}))
     sweep.start()
     until(lambda: sweep.counts().get("COMPLETED", 0) >= 2, 60, "two tasks done")
     ssh_server.stop_listener(h)  # down: its processes die, its tmpfs-like root comes back empty
@@ -199,7 +195,7 @@ def test_collect_patterns_leave_the_checkpoint_on_the_remote(project, ssh_host):
     source = ssh_source(ssh_host, "picky", 2, remote_root=root, collect=patterns)
     assert source.describe()["collect"] == patterns
     assert SSHComputeSource.from_description(source.describe()).collect == patterns
-    sweep = _sweep(project, [source], ParameterSpace(grid={"x": [1, 2]}, fixed={"ckpt": 5}))
+    sweep = job_sweep(project, [source], ParameterSpace(grid={"x": [1, 2]}, fixed={"ckpt": 5}))
     sweep.run()
     assert sweep.counts() == {"COMPLETED": 2}
     name = sweep.status()["job_name"].iloc[0]
@@ -219,7 +215,7 @@ def test_the_remote_sweep_folder_is_removed_after_success_only(project, ssh_host
     keep = {"keep_remote": True} if case == "keep_remote" else {}
     source = ssh_source(ssh_host, "tidy", 2, remote_root=root, **keep)
     fixed = {"exit": 3} if case == "a task failed" else {}
-    sweep = _sweep(project, [source], ParameterSpace(grid={"x": [1, 2]}, fixed=fixed))
+    sweep = job_sweep(project, [source], ParameterSpace(grid={"x": [1, 2]}, fixed=fixed))
     sweep.run()
     sweep_root = f"{root}/sweeps/{sweep.id}"
     if case == "success":

@@ -12,7 +12,7 @@ import pytest
 
 from hsm_notebook import ParameterSpace, RetryPolicy, Sweep
 from hsm_notebook.core._loop import run_sync
-from hsm_notebook.core.errors import SourceError
+from hsm_notebook.core.model.errors import SourceError
 from hsm_notebook.sources.ssh_connection import SSHConnection
 from tests.contract.conftest import ssh_source
 from tests.helpers import until

@@ -4,25 +4,21 @@ cannot be had for the whole stall timeout more cheaply than this)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from hsm_notebook import (
-    ComputeSource,
     ConnectError,
     HsmError,
     ParameterSpace,
     RetryPolicy,
     Sweep,
 )
-from hsm_notebook.core.errors import CommandTimeout, NotConnected, SubmitError
-from hsm_notebook.core.gate import Gate
-from hsm_notebook.core.job import PRODUCT_FILES
-from hsm_notebook.core.retry import unreachable
+from hsm_notebook.core.engine.gate import Gate
+from hsm_notebook.core.engine.retry import unreachable
+from hsm_notebook.core.model.errors import CommandTimeout, NotConnected, SubmitError
+from hsm_notebook.core.spec.job import PRODUCT_FILES
 from hsm_notebook.sources.collect import check_patterns, product_file, wanted
-
-pytestmark = pytest.mark.unit
+from tests.sources import FakeLyingHealthSource, FakeUnreachableSource
 
 # (pattern, path in the job's folder, fetched?)
 TABLE = [
@@ -73,36 +69,6 @@ def test_what_cannot_be_contacted_spends_no_attempt():
     assert not gate.takes_work and gate.reachable and gate.may_open and "reachable again" in gate.describe()
 
 
-class FakeUnreachableSource(ComputeSource):
-    """A fake: a host whose every submission meets a refused connection, and whose health checks fail."""
-
-    def __init__(self, name: str = "away") -> None:
-        super().__init__(name, "fake", 2)
-        self.tries = 0
-
-    async def setup(self, sweep_dir: Any, sweep_id: str) -> bool:
-        return True
-
-    async def submit_job(self, params: dict, job_name: str, sweep_id: str, wandb_group: Any = None) -> str:
-        self.tries += 1
-        raise ConnectError("connection refused by away:22: is sshd running and the port right?", self.name)
-
-    async def get_job_status(self, job_id: str) -> str:
-        raise AssertionError("nothing was ever submitted")
-
-    async def cancel_job(self, job_id: str) -> bool:
-        return False
-
-    async def collect_results(self, job_ids: Any = None) -> bool:
-        return True
-
-    async def health_check(self) -> dict:
-        return {"status": "unhealthy", "reason": "connection refused"}
-
-    async def cleanup(self) -> None:
-        return None
-
-
 def test_a_host_that_stays_away_stops_the_sweep_in_words_with_no_attempt_spent(tmp_path):
     source = FakeUnreachableSource()
     sweep = Sweep(ParameterSpace(grid={"x": [1, 2, 3]}), ["true"], [source], workdir=tmp_path, poll_interval=0.05,
@@ -117,13 +83,6 @@ def test_a_host_that_stays_away_stops_the_sweep_in_words_with_no_attempt_spent(t
     assert (status["state"] == "PENDING").all() and (status["attempt"] == 0).all(), status[["state", "attempt"]]
     waiting = status["detail"].fillna("").str.contains("waiting for away to be reachable again: .*refused")
     assert waiting.sum() == 2, status["detail"].tolist()
-
-
-class FakeLyingHealthSource(FakeUnreachableSource):
-    """A fake: submissions meet a refused connection, yet its health check says healthy."""
-
-    async def health_check(self) -> dict:
-        return {"status": "healthy"}
 
 
 def test_a_health_check_that_says_healthy_while_nothing_gets_through_ends_in_words(tmp_path):

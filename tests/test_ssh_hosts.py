@@ -16,16 +16,12 @@ from hsm_notebook import ConnectError, ParameterSpace, Sweep
 from hsm_notebook.core._loop import run_sync
 from hsm_notebook.sources.ssh_connection import SSHConnection, SSHTarget
 from tests.contract.conftest import ssh_source
+from tests.helpers import job_sweep
 from tests.servers.sshd import SSH_KEYGEN, _keygen
 
 SFTP_SERVER = "/usr/lib/openssh/sftp-server"
 BANNER = 'echo "Welcome to the cluster, $USER!"\necho "quota: 12 GB used" >&2\n'
 FIX = '[ -z "$PS1" ] && return'
-
-
-def _sweep(workdir, sources, xs=(1,)):
-    return Sweep(ParameterSpace(grid={"x": list(xs)}), ["python", "job.py"], sources, workdir=workdir,
-                 poll_interval=0.2)
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +88,7 @@ def test_sftp_works_despite_a_banner(banner_host, tmp_path):
 
 def test_a_sweep_runs_on_a_host_whose_bashrc_prints_a_banner(workdir, banner_host):
     source = ssh_source(banner_host, "b", 1)
-    assert _sweep(workdir, [source]).run().counts() == {"COMPLETED": 1}
+    assert job_sweep(workdir, [source]).run().counts() == {"COMPLETED": 1}
     assert source.facts["sync"]["method"] == "sftp"
 
 
@@ -100,7 +96,7 @@ def test_a_large_project_skips_rsync_when_the_bashrc_prints(workdir, banner_host
     for i in range(250):  # rsync's threshold: rsync's own ssh would read the banner as its protocol
         (workdir / f"m{i}.txt").write_text(str(i))
     source = ssh_source(banner_host, "b", 1)
-    assert _sweep(workdir, [source]).run().counts() == {"COMPLETED": 1}
+    assert job_sweep(workdir, [source]).run().counts() == {"COMPLETED": 1}
     assert source.facts["sync"]["method"] == "sftp" and source.facts["sync"]["sent"] == 251
 
 
@@ -128,13 +124,14 @@ def test_a_slow_rc_file_runs_once_per_channel_and_channels_are_few(workdir, slow
     h = slow_rc_host
     before = _rc_runs(h)
     source = ssh_source(h, "slow", 1)
-    assert _sweep(workdir, [source]).run().counts() == {"COMPLETED": 1}
+    assert job_sweep(workdir, [source]).run().counts() == {"COMPLETED": 1}
     streams = source.conn.streams_opened  # one per collection batch, on a channel of its own
     assert streams >= 1 and source.conn.channels_opened - streams == 2
     assert _rc_runs(h) - before == 2 + streams
     before = _rc_runs(h)
     source = ssh_source(h, "slow", 1, sync=False)  # no project: the job runs without job.py
-    sweep = Sweep(ParameterSpace(grid={"x": [2]}), ["python", "-c", "pass"], [source], workdir=workdir, poll_interval=0.2)
+    sweep = Sweep(ParameterSpace(grid={"x": [2]}), ["python", "-c", "pass"], [source], workdir=workdir,
+                  poll_interval=0.2)
     assert sweep.run().counts() == {"COMPLETED": 1}
     streams = source.conn.streams_opened
     assert source.conn.channels_opened - streams == 1
@@ -168,7 +165,7 @@ def test_trust_new_host_never_records_a_changed_key(workdir, plain_host, tmp_pat
     from hsm_notebook import SSHComputeSource
     source = SSHComputeSource(h.host, "k", 1, port=h.port, username=h.user, client_keys=[str(h.client_key)],
                           known_hosts=str(kh), trust_new_host=True)
-    sweep = _sweep(workdir, [source])
+    sweep = job_sweep(workdir, [source])
     with pytest.raises(ConnectError) as err:
         sweep.run()
     assert kh.read_text() == before
@@ -247,12 +244,12 @@ def test_trust_new_host_resolves_an_ssh_config_alias(workdir, plain_host, alias_
     from hsm_notebook import SSHComputeSource
     h = plain_host
     source = SSHComputeSource("hsmbox", "alias", 1, trust_new_host=True)
-    assert _sweep(workdir, [source]).run().counts() == {"COMPLETED": 1}
+    assert job_sweep(workdir, [source]).run().counts() == {"COMPLETED": 1}
     recorded = (alias_home / ".ssh" / "known_hosts").read_text()
     assert f"[{h.host}]:{h.port} " in recorded and h.host_key_pub.split()[1] in recorded
     # the recorded key is the one a later connection checks, without trust_new_host
     again = SSHComputeSource("hsmbox", "alias2", 1)
-    assert _sweep(workdir, [again], xs=[2]).run().counts() == {"COMPLETED": 1}
+    assert job_sweep(workdir, [again], [2]).run().counts() == {"COMPLETED": 1}
 
 
 def test_an_unknown_alias_key_message_names_the_real_host_and_port(plain_host, alias_home):
@@ -264,10 +261,11 @@ def test_an_unknown_alias_key_message_names_the_real_host_and_port(plain_host, a
     assert f"ssh-keyscan -p {h.port} {h.host} >> {kh}" in str(err.value)
 
 
-def test_the_wake_up_watcher_needs_no_channel_of_its_own(workdir, ssh_server, plain_host):
-    """A finished job wakes the manager through the persistent shell's stderr stream (no poll for 30 s),
-    and the watcher ends with the connection."""
-    import time
+def test_the_wake_up_watcher_needs_no_channel_of_its_own(workdir, ssh_server, plain_host, sweeps):
+    """A finished job wakes the manager through the persistent shell's stderr stream, and the watcher
+    ends with the connection.  Polls (and health checks) are an hour apart: only the wake-ups can
+    end the sweep within the bounded wait (each job runs 1 s, so the poll after its submission
+    sees it running)."""
     from tests.helpers import until
 
     def tails() -> list[int]:
@@ -278,11 +276,11 @@ def test_the_wake_up_watcher_needs_no_channel_of_its_own(workdir, ssh_server, pl
                 return b""
         return [p for p in ssh_server.user_pids(plain_host) if cmdline(p).startswith(b"tail")]
     source = ssh_source(plain_host, "w", 1)
-    sweep = Sweep(ParameterSpace(grid={"x": [1, 2]}), ["python", "job.py"], [source], workdir=workdir,
-                  poll_interval=30)
-    t0 = time.monotonic()
-    assert sweep.run().counts() == {"COMPLETED": 2}
-    assert time.monotonic() - t0 < 15
+    sweep = Sweep(ParameterSpace(grid={"x": [1, 2], "sleep": [1]}), ["python", "job.py"], [source], workdir=workdir,
+                  poll_interval=3600, health_interval=3600)
+    sweeps.append(sweep)
+    sweep.start().wait(timeout=120)  # raises TimeoutError, in words, if a job's end woke nothing
+    assert sweep.counts() == {"COMPLETED": 2}
     # the shell and SFTP for the sync, besides one channel per collection batch
     assert source.conn.channels_opened - source.conn.streams_opened == 2
     until(lambda: not tails(), timeout=10, what="no watcher left on the host after the sweep")

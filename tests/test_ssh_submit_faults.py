@@ -54,5 +54,5 @@ def test_a_connection_dropped_during_a_batch_start_runs_each_task_once(workdir, 
             frame = sweep.history(tid)
             lost = frame[frame["state"].astype(str) == "LOST"]
             assert len(lost) == 1, frame
-            assert lost["detail"].str.contains("never started|could not be submitted to flaky: .*not connected").all(), \
-                lost["detail"].tolist()
+            said = "never started|could not be submitted to flaky: .*not connected"
+            assert lost["detail"].str.contains(said).all(), lost["detail"].tolist()

@@ -24,8 +24,8 @@ def test_every_transition_is_in_the_event_log(workdir):
 def test_status_frame_columns_and_dtypes(workdir):
     sweep = Sweep(ParameterSpace(grid={"x": [1, 2], "name": ["a b"]}), ["python", "job.py"], workdir=workdir)
     before = sweep.status()
-    assert list(before.columns) == ["task_id", "job_name", "source", "state", "job_id", "x", "name", "attempt", "submit_time",
-                                    "start_time", "end_time", "duration", "exit_code", "error", "detail"]
+    assert list(before.columns) == ["task_id", "job_name", "source", "state", "job_id", "x", "name", "attempt",
+                                    "submit_time", "start_time", "end_time", "duration", "exit_code", "error", "detail"]
     assert set(before["state"]) == {"PENDING"} and str(before["state"].dtype) == "category"
     sweep.run()
     after = sweep.status()

@@ -15,8 +15,6 @@ import pytest
 
 from hsm_notebook import ParameterSpace, Sweep
 
-pytestmark = pytest.mark.unit
-
 STEPS = ("from hsm_notebook.metrics import log_metrics\n"
          "for i in range(3):\n    log_metrics(step=i, loss=1 / (i + 1))\n"
          "log_metrics(loss=0.25)\n")
@@ -27,8 +25,8 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 4 MiB tmpfs of our own (this test needs the right to mount: it runs as root here)."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True, text=True,
-                          check=False)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True,
+                          text=True, check=False)
     if done.returncode != 0:
         pytest.fail(f"cannot mount a tmpfs for the full-disk test: {done.stderr.strip()}")
     try:

@@ -7,22 +7,17 @@ run are real processes.  The ledger failure is a real full disk (a small tmpfs).
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import contextlib
-import os
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict
 
 import pytest
 
 from hsm_notebook import (
-    ComputeSource,
     HsmError,
-    JobInfo,
     JobState,
     LocalComputeSource,
     ParameterSpace,
@@ -30,90 +25,16 @@ from hsm_notebook import (
     StoreError,
     Sweep,
 )
-from hsm_notebook.core.errors import CommandTimeout
-from tests.helpers import until
+from hsm_notebook.core.model.errors import CommandTimeout
+from tests.helpers import job_sweep, until
 from tests.servers.sshd import small_tmpfs
-
-
-class ReferenceStyleSource(ComputeSource):
-    """A source as the reference HSM's users write them: Popen'd jobs, plain-string states,
-    and its own ``active_jobs``/``completed_jobs`` bookkeeping.  ``quirk`` picks one habit:
-
-    - ``string_updates``: ``self.update_job_status(job_id, "COMPLETED")`` with a string;
-    - ``moves_jobs``: ``get_job_status`` moves a finished job out of ``active_jobs`` itself;
-    - ``unknown``: "UNKNOWN" forever for the jobs of task x=0;
-    - ``odd_word``: a state word nobody defined for the jobs of task x=0;
-    - ``outcome_raises``: ``outcome()`` raises.
-    """
-
-    def __init__(self, name="ref", max_parallel_jobs=2, *, quirk=None, health: Any = None):
-        super().__init__(name, "reference-style", max_parallel_jobs)
-        self.quirk, self.health = quirk, health if health is not None else {"status": "healthy"}
-        self.procs: Dict[str, subprocess.Popen] = {}
-        self.x: Dict[str, Any] = {}
-
-    async def setup(self, sweep_dir, sweep_id):
-        return True
-
-    async def submit_job(self, params, job_name, sweep_id, wandb_group=None):
-        job_dir = self.job_dir(job_name)
-        job_dir.mkdir(parents=True, exist_ok=True)
-        argv, env = self.job_command(params, job_name, sweep_id, wandb_group, str(job_dir))
-        argv[0] = sys.executable
-        with open(job_dir / "stdout.log", "w") as out, open(job_dir / "stderr.log", "w") as err:
-            self.procs[job_name] = subprocess.Popen(argv, cwd=self.template.workdir, env={**os.environ, **env},
-                                                    stdout=out, stderr=err)
-        self.x[job_name] = params.get("x")
-        self.active_jobs[job_name] = JobInfo(job_name, job_name, params, self.name, JobState.RUNNING)
-        return job_name
-
-    async def get_job_status(self, job_id):
-        if self.quirk == "unknown" and self.x[job_id] == 0:
-            return "UNKNOWN"
-        if self.quirk == "odd_word" and self.x[job_id] == 0:
-            return "HALF_DONE"
-        rc = self.procs[job_id].poll()
-        if rc is None:
-            return "RUNNING"
-        state = "COMPLETED" if rc == 0 else "FAILED"
-        if self.quirk == "string_updates":
-            self.update_job_status(job_id, state)
-        if self.quirk == "moves_jobs" and job_id in self.active_jobs:
-            self.completed_jobs[job_id] = self.active_jobs.pop(job_id)
-        return state
-
-    async def outcome(self, job_id, state):
-        if self.quirk == "outcome_raises":
-            raise RuntimeError("the results folder is not where I expected")
-        return await super().outcome(job_id, state)
-
-    async def cancel_job(self, job_id):
-        self.procs[job_id].terminate()
-        return True
-
-    async def collect_results(self, job_ids=None):
-        return True
-
-    async def health_check(self):
-        return self.health
-
-    async def cleanup(self):
-        for proc in self.procs.values():
-            with contextlib.suppress(ProcessLookupError):
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
-
-
-def _sweep(workdir, sources, n=4, **kwargs) -> Sweep:
-    kwargs.setdefault("poll_interval", 0.05)
-    kwargs.setdefault("health_interval", 0.2)
-    return Sweep(ParameterSpace(grid={"x": list(range(n))}), ["python", "job.py"], sources, workdir=workdir, **kwargs)
+from tests.sources import FailingSubmitSource, ReferenceStyleSource, SlowSubmitSource
 
 
 @pytest.mark.parametrize("quirk", ["string_updates", "moves_jobs"])
 def test_reference_bookkeeping_habits_finish_the_sweep(workdir, quirk, caplog):
-    sweep = _sweep(workdir, [ReferenceStyleSource(quirk=quirk)]).start()
+    sweep = job_sweep(workdir, [ReferenceStyleSource(quirk=quirk)], range(4), poll_interval=0.05,
+                      health_interval=0.2).start()
     sweep.wait(timeout=60)
     assert sweep.counts() == {"COMPLETED": 4}
     assert sorted(sweep.results()["score"]) == [0.0, 2.0, 4.0, 6.0]  # outcomes found without active_jobs
@@ -122,7 +43,8 @@ def test_reference_bookkeeping_habits_finish_the_sweep(workdir, quirk, caplog):
 
 @pytest.mark.parametrize("health", [{"status": "ok"}, {"status": "overloaded"}, "ok"])
 def test_reference_health_words_keep_the_source_in_use(workdir, health):
-    sweep = _sweep(workdir, [ReferenceStyleSource(health=health)], n=6).start()
+    sweep = job_sweep(workdir, [ReferenceStyleSource(health=health)], range(6), poll_interval=0.05,
+                      health_interval=0.2).start()
     sweep.wait(timeout=60)
     assert sweep.counts() == {"COMPLETED": 6}
     row = sweep.sources_status().iloc[0]
@@ -134,7 +56,8 @@ def test_reference_health_words_keep_the_source_in_use(workdir, health):
 
 def test_unknown_for_one_job_keeps_the_others_and_ends_lost_with_the_reason(workdir):
     source = ReferenceStyleSource(quirk="unknown")
-    sweep = _sweep(workdir, [source], unknown_timeout=0.5, retry=RetryPolicy(max_attempts=1)).start()
+    sweep = job_sweep(workdir, [source], range(4), unknown_timeout=0.5, retry=RetryPolicy(max_attempts=1),
+                      poll_interval=0.05, health_interval=0.2).start()
     sweep.wait(timeout=60)
     status = sweep.status().set_index("x")
     assert list(status.loc[[1, 2, 3], "state"]) == ["COMPLETED"] * 3
@@ -143,8 +66,8 @@ def test_unknown_for_one_job_keeps_the_others_and_ends_lost_with_the_reason(work
 
 
 def test_an_undefined_state_word_is_named_in_the_error(workdir):
-    sweep = _sweep(workdir, [ReferenceStyleSource(quirk="odd_word")], unknown_timeout=0.5,
-                   retry=RetryPolicy(max_attempts=1)).start()
+    sweep = job_sweep(workdir, [ReferenceStyleSource(quirk="odd_word")], range(4), unknown_timeout=0.5,
+                      retry=RetryPolicy(max_attempts=1), poll_interval=0.05, health_interval=0.2).start()
     sweep.wait(timeout=60)
     status = sweep.status().set_index("x")
     assert status.loc[0, "state"] == "LOST" and "HALF_DONE" in status.loc[0, "error"]
@@ -152,26 +75,13 @@ def test_an_undefined_state_word_is_named_in_the_error(workdir):
 
 
 def test_an_outcome_that_raises_ends_each_task_with_the_reason(workdir):
-    sweep = _sweep(workdir, [ReferenceStyleSource(quirk="outcome_raises")]).start()
+    sweep = job_sweep(workdir, [ReferenceStyleSource(quirk="outcome_raises")], range(4), poll_interval=0.05,
+                      health_interval=0.2).start()
     sweep.wait(timeout=60)
     status = sweep.status()
     assert (status["state"] == "COMPLETED").all()
     assert status["error"].str.contains("outcome could not be read: RuntimeError: the results folder").all()
     assert "outcome" in sweep.sources_status().iloc[0]["problems"]
-
-
-class SlowSubmitSource(LocalComputeSource):
-    """The real local source whose submissions take ``delay`` seconds to return (a busy
-    scheduler or a slow link): cancel() arrives while they are in flight."""
-
-    def __init__(self, *args, delay: float = 1.5, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.delay = delay
-
-    async def submit_job(self, params, job_name, sweep_id, wandb_group=None):
-        job_id = await super().submit_job(params, job_name, sweep_id, wandb_group)
-        await asyncio.sleep(self.delay)
-        return job_id
 
 
 def test_cancel_during_an_in_flight_submission_cancels_it(workdir):
@@ -188,25 +98,14 @@ def test_cancel_during_an_in_flight_submission_cancels_it(workdir):
     assert not list((sweep.directory / "tasks").glob("*/metrics.json"))  # stopped, not run to the end
 
 
-class FailingSubmitSource(ReferenceStyleSource):
-    """Submissions always raise ``exc``."""
-
-    def __init__(self, exc: BaseException, **kwargs):
-        super().__init__(**kwargs)
-        self.exc, self.calls = exc, 0
-
-    async def submit_job(self, params, job_name, sweep_id, wandb_group=None):
-        self.calls += 1
-        raise self.exc
-
-
 # a ConnectError (the host could not be contacted) spends no attempt since issue 19 item 11:
 # tests/test_ssh_edges_unit.py and tests/test_ssh_edges.py
 @pytest.mark.parametrize("exc", [CommandTimeout(["start\n" + "job\n" * 5000], 60, "gpu1", "ref")],
                          ids=["timeout"])
 def test_infrastructure_submission_failures_go_through_the_retry_budget(workdir, exc):
     source = FailingSubmitSource(exc)
-    sweep = _sweep(workdir, [source], n=2, retry=RetryPolicy(max_attempts=3, backoff=0.01)).start()
+    sweep = job_sweep(workdir, [source], range(2), retry=RetryPolicy(max_attempts=3, backoff=0.01),
+                      poll_interval=0.05, health_interval=0.2).start()
     sweep.wait(timeout=60)
     status = sweep.status()
     assert (status["state"] == "LOST").all() and (status["attempt"] == 3).all()
@@ -217,7 +116,7 @@ def test_infrastructure_submission_failures_go_through_the_retry_budget(workdir,
 
 def test_other_submission_failures_fail_the_task_in_short_words(workdir):
     source = FailingSubmitSource(ValueError("bad value " + "x" * 5000))
-    sweep = _sweep(workdir, [source], n=2).start()
+    sweep = job_sweep(workdir, [source], range(2), poll_interval=0.05, health_interval=0.2).start()
     sweep.wait(timeout=60)
     status = sweep.status()
     assert (status["state"] == "FAILED").all() and (status["attempt"] == 1).all()
@@ -226,7 +125,8 @@ def test_other_submission_failures_fail_the_task_in_short_words(workdir):
 
 
 def test_wait_from_an_event_callback_raises_instead_of_deadlocking(workdir, caplog):
-    sweep = _sweep(workdir, [LocalComputeSource(max_parallel_jobs=2)], n=2)
+    sweep = job_sweep(workdir, [LocalComputeSource(max_parallel_jobs=2)], range(2), poll_interval=0.05,
+                      health_interval=0.2)
     raised: list[BaseException] = []
 
     def callback(event):
@@ -248,7 +148,8 @@ def test_wait_from_an_event_callback_raises_instead_of_deadlocking(workdir, capl
 
 
 def test_events_are_published_after_commit_and_without_the_write_lock(workdir):
-    sweep = _sweep(workdir, [LocalComputeSource(max_parallel_jobs=2)], n=3)
+    sweep = job_sweep(workdir, [LocalComputeSource(max_parallel_jobs=2)], range(3), poll_interval=0.05,
+                      health_interval=0.2)
     seen: list[tuple[str, str, str]] = []
     problems: list[str] = []
 
@@ -321,7 +222,7 @@ def test_a_full_disk_under_the_ledger_stops_the_sweep_in_words(full_disk_project
     # each attempt that started ran exactly once; a task runs again only after an attempt whose end
     # could not be known (LOST, in words: its exit code could not be written on the full disk)
     runs = collections.Counter(int(x) for x in ran.read_text().split())
-    x_of = dict(zip(again.status()["task_id"], again.status()["x"]))
+    x_of = dict(zip(again.status()["task_id"], again.status()["x"], strict=True))
     with contextlib.closing(sqlite3.connect(small / "sweep" / "ledger.sqlite")) as conn:
         attempts = conn.execute("SELECT task_id, state, error FROM attempts ORDER BY attempt").fetchall()
     started = collections.Counter(x_of[tid] for tid, state, error in attempts
@@ -366,8 +267,10 @@ def test_a_source_that_keeps_raising_is_disabled_and_the_sweep_says_why(workdir)
         async def poll(self, job_ids):
             raise KeyError("job_info")
 
-    sweep = _sweep(workdir, [BrokenPolls()], n=2, max_failures=3).start()
-    with pytest.raises(HsmError, match=r"no source can take the remaining tasks: 2 task\(s\) wait .*polling failed 3 times in a row"):
+    sweep = job_sweep(workdir, [BrokenPolls()], range(2), max_failures=3, poll_interval=0.05,
+                      health_interval=0.2).start()
+    with pytest.raises(HsmError, match=r"no source can take the remaining tasks: 2 task\(s\) wait "
+                                       r".*polling failed 3 times in a row"):
         sweep.wait(timeout=60)
     row = sweep.sources_status().iloc[0]
     assert row["state"] == "disabled" and "KeyError" in row["reason"]
@@ -379,8 +282,9 @@ def test_tasks_only_a_broken_source_could_run_stop_the_sweep_after_the_stall_tim
             raise KeyError("job_info")
 
     sources = [BrokenPolls("gpu", 1), LocalComputeSource("cpu", 2)]
-    sweep = _sweep(workdir, sources, n=4, max_failures=2, stall_timeout=1,
-                   requires=lambda p: {"sources": ["gpu"]} if p["x"] < 2 else None).start()
+    sweep = job_sweep(workdir, sources, range(4), max_failures=2, stall_timeout=1,
+                      requires=lambda p: {"sources": ["gpu"]} if p["x"] < 2 else None, poll_interval=0.05,
+                      health_interval=0.2).start()
     with pytest.raises(HsmError, match=r"no source has taken the remaining tasks for 1 s: .*gpu: disabled"):
         sweep.wait(timeout=60)
     status = sweep.status().set_index("x")

@@ -14,16 +14,9 @@ from pathlib import Path
 import pytest
 
 from hsm_notebook import ConfigError, LocalComputeSource, ParameterSpace, Sweep
-from tests.helpers import until
-
-pytestmark = pytest.mark.unit
+from tests.helpers import job_sweep, until
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _sweep(workdir: Path, space: ParameterSpace, slots: int = 2, **kwargs) -> Sweep:
-    return Sweep(space, ["python", "job.py"], [LocalComputeSource(max_parallel_jobs=slots)],
-                 workdir=workdir, poll_interval=0.2, **kwargs)
 
 
 def _state(sweep: Sweep, tid: str, column: str = "state"):
@@ -32,7 +25,7 @@ def _state(sweep: Sweep, tid: str, column: str = "state"):
 
 # -- item 14: cancel(task_id), then status() and complete() right after ----------------------
 def test_a_cancel_is_recorded_when_it_returns_and_complete_right_after_reruns_it(workdir):
-    sweep = _sweep(workdir, ParameterSpace(grid={"x": [1, 2], "sleep": [30]})).start()
+    sweep = job_sweep(workdir, 2, ParameterSpace(grid={"x": [1, 2], "sleep": [30]})).start()
     try:
         until(lambda: sweep.counts().get("RUNNING", 0) == 2, timeout=30, what="2 running")
         tid = sweep.status().query("state == 'RUNNING'")["task_id"].iloc[0]
@@ -93,8 +86,8 @@ def test_the_readme_after_a_kernel_restart_runs_in_a_new_process(tmp_path):
     assert marker, "the block no longer shows what to do after a kernel restart"
     env = {**os.environ, "HSM_SWEEPS_DIR": str(tmp_path / "sweeps")}
     for part in (before, marker + after):
-        out = subprocess.run([sys.executable, "-c", part], check=False, cwd=tmp_path, env=env, capture_output=True, text=True,
-                             timeout=300)
+        out = subprocess.run([sys.executable, "-c", part], check=False, cwd=tmp_path, env=env, capture_output=True,
+                             text=True, timeout=300)
         assert out.returncode == 0, out.stderr[-2000:]
     assert len(list((tmp_path / "sweeps").iterdir())) == 1
 
@@ -106,9 +99,12 @@ KILLED_KERNEL = textwrap.dedent("""
     sweep = Sweep(ParameterSpace(grid={"x": [1, 2, 3], "sleep": [1]}), ["python", "job.py"],
                   [LocalComputeSource(max_parallel_jobs=1)], workdir=sys.argv[1], poll_interval=0.2, name="again")
     sweep.start()
+    deadline = time.monotonic() + 60
     while sweep.counts().get("RUNNING", 0) == 0:
+        if time.monotonic() > deadline:
+            sys.exit("no task running after 60 s: the kernel could not die mid-sweep")
         time.sleep(0.05)
-    os._exit(0)  # the kernel dies with tasks still pending
+    os._exit(0)  # the kernel dies with tasks still pending (1 slot: only this controller starts them)
 """)
 
 
@@ -120,8 +116,8 @@ def _again(workdir: Path, **changes) -> Sweep:
 
 
 def test_rerunning_a_named_sweeps_cell_after_a_restart_reattaches_and_finishes_it(workdir):
-    out = subprocess.run([sys.executable, "-c", KILLED_KERNEL, str(workdir)], check=False, cwd=workdir, capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", KILLED_KERNEL, str(workdir)], check=False, cwd=workdir,
+                         capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     first = list((workdir / "sweeps").iterdir())
     assert len(first) == 1

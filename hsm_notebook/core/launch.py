@@ -3,20 +3,21 @@ them, for ``Sweep.from_yaml``, the command line and the notebook panel alike."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
-from . import registry
-from .config import SweepFile
-from .environment import Environment
-from .errors import ConfigError
-from .project import ProjectConfig, find_project
-from .source import ComputeSource
+from .base import registry
+from .base.source import ComputeSource
+from .model.errors import ConfigError
+from .spec.config import SweepFile
+from .spec.environment import Environment
+from .spec.project import ProjectConfig, find_project
 
 
-def resolve_project(spec: SweepFile, project: ProjectConfig | str | Path | bool | None) -> Optional[ProjectConfig]:
+def resolve_project(spec: SweepFile, project: ProjectConfig | str | Path | bool | None) -> ProjectConfig | None:
     """``project``: a config, a config file, ``False`` (none), or None: found from the current
-    folder and the sweep file's folder (see :func:`~hsm_notebook.core.project.find_project`)."""
+    folder and the sweep file's folder (see :func:`~hsm_notebook.core.spec.project.find_project`)."""
     if project is False:
         return None
     if isinstance(project, ProjectConfig):
@@ -30,7 +31,7 @@ def resolve_project(spec: SweepFile, project: ProjectConfig | str | Path | bool 
 
 
 def launch_options(
-    spec: SweepFile, sources: Optional[Sequence[ComputeSource]] = None, *,
+    spec: SweepFile, sources: Sequence[ComputeSource] | None = None, *,
     project: ProjectConfig | str | Path | bool | None = None, need_command: bool = True, **kwargs: Any,
 ) -> dict[str, Any]:
     """Keyword arguments of ``Sweep(...)`` for ``spec``; ``kwargs`` (any ``Sweep`` argument,

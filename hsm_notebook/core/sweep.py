@@ -12,33 +12,44 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import copy
 import datetime as dt
 import re
 import weakref
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterable, Mapping, Optional, Sequence
+from typing import Any
 
 import pandas as pd
 
-from . import _loop, functions, sweepdir
-from .config import SweepFile, parse_command
-from .errors import ConfigError, HsmError
-from .job import JobTemplate
+from . import _loop
+from .base.source import ComputeSource
+from .engine.dispatch import STRATEGIES
+from .engine.manager import DistributedJobManager
 from .launch import launch_options
-from .dispatch import STRATEGIES
-from .events import Event, EventBus
-from .manager import DistributedJobManager
-from .views import SweepViews
-from .project import ProjectConfig
-from .records import (check_sources, code_digest, default_sweeps_dir, differences, git_state, rebuild_source,
-                      retry_policy, sweep_folder)
-from .records import objective as check_objective
-from .retry import RetryPolicy
-from .source import ComputeSource
-from .space import ParameterSpace
-from .state import RERUNNABLE, JobState
-from .store import SweepStore
-
+from .ledger import sweepdir
+from .ledger.events import Event, EventBus
+from .ledger.records import (
+    check_sources,
+    code_digest,
+    differences,
+    git_state,
+    rebuild_source,
+    retry_policy,
+    sweep_folder,
+)
+from .ledger.store import SweepStore
+from .ledger.views import SweepViews
+from .model.errors import ConfigError, HsmError, describe_error
+from .model.files import default_sweeps_dir
+from .model.state import RERUNNABLE, JobState
+from .spec import functions
+from .spec.config import SweepFile, parse_command
+from .spec.config import objective as check_objective
+from .spec.job import JobTemplate
+from .spec.policy import RetryPolicy
+from .spec.project import ProjectConfig
+from .spec.space import ParameterSpace
 
 #: A sweep's name becomes part of its folder's name: no path separators, no hidden folder, no "..".
 _NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
@@ -46,7 +57,40 @@ _NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
 
 #: Sweeps this process drives, by folder: a second panel or ``attach`` in the same kernel gets the
 #: live object instead of a lock error naming its own pid.
-_RUNNING_HERE: "weakref.WeakValueDictionary[str, Sweep]" = weakref.WeakValueDictionary()
+_RUNNING_HERE: weakref.WeakValueDictionary[str, Sweep] = weakref.WeakValueDictionary()
+
+#: How long a health check asked for by hand (``check_health()``, the panel's button) may take
+#: before its source counts as unhealthy.
+HEALTH_TIMEOUT = 30.0
+
+
+def _health_answer(answer: object, timeout: float) -> dict[str, Any]:
+    """A source's answer to ``health_check()`` as ``{"status": word, "reason": ...}``: a dict as it
+    is, a bare word (the reference's ``"ok"``) wrapped, an error or a timeout as ``unhealthy``."""
+    if isinstance(answer, TimeoutError):
+        return {"status": "unhealthy", "reason": f"no answer to the health check in {timeout} s"}
+    if isinstance(answer, BaseException):
+        return {"status": "unhealthy", "reason": describe_error(answer)}
+    if isinstance(answer, Mapping):
+        return dict(answer)
+    return {"status": str(answer)}
+
+
+async def _sources_health(
+    sources: Sequence[ComputeSource], timeout: float = HEALTH_TIMEOUT,
+) -> dict[str, dict[str, Any]]:
+    """Ask each source for its health now, all at once, each within ``timeout`` s:
+    ``{source name: {"status": ..., "reason": ...}}``; a check that raises or does not answer in
+    time makes its source ``unhealthy``, with the reason in words."""
+    sources = list(sources)
+    answers = await asyncio.gather(*(asyncio.wait_for(s.health_check(), timeout) for s in sources),
+                                   return_exceptions=True)
+    return {s.name: _health_answer(a, timeout) for s, a in zip(sources, answers, strict=False)}
+
+
+#: ``sources_health(sources)`` blocks; ``await sources_health_async(sources)`` does not: the health
+#: of sources that may not be in a sweep yet (the panel's form).
+sources_health, sources_health_async = _loop.twins(_sources_health)
 
 
 class Sweep(SweepViews):
@@ -66,34 +110,35 @@ class Sweep(SweepViews):
         self,
         space: ParameterSpace,
         command: Sequence[str] | str | Callable[..., Any],
-        sources: Optional[Sequence[ComputeSource]] = None,
+        sources: Sequence[ComputeSource] | None = None,
         *,
         directory: str | Path | None = None,
-        name: Optional[str] = None,
+        name: str | None = None,
         arg_style: str = "hydra",
         workdir: str | Path | None = None,
-        env: Optional[Mapping[str, str]] = None,
-        wandb_group: Optional[str] = None,
+        env: Mapping[str, str] | None = None,
+        wandb_group: str | None = None,
         poll_interval: float = 1.0,
         strategy: str = "least_loaded",
         retry: RetryPolicy | Mapping[str, Any] | None = None,
-        requires: Optional[Callable[[dict], Optional[Mapping[str, Any]]]] = None,
+        requires: Callable[[dict], Mapping[str, Any] | None] | None = None,
         health_interval: float = 30.0,
         max_failures: int = 3,
         unknown_timeout: float = 120.0,
         stall_timeout: float = 600.0,
         reference_args: bool = False,
-        metadata: Optional[Mapping[str, Any]] = None,
+        metadata: Mapping[str, Any] | None = None,
         sweeps_root: str | Path | None = None,
-        origin: Optional[Mapping[str, Any]] = None,
-        objective: Optional[Mapping[str, str] | str] = None,
+        origin: Mapping[str, Any] | None = None,
+        objective: Mapping[str, str] | str | None = None,
         reattach: bool = True,
     ):
         if not isinstance(space, ParameterSpace):
             raise ConfigError(f"must be a ParameterSpace, got {type(space).__name__}", "space")
         if name is not None and not (isinstance(name, str) and _NAME.fullmatch(name) and ".." not in name):
             raise ConfigError(f"must be 1 to 100 letters, digits, '.', '_' or '-' (no '/', no '..', not starting "
-                              f"with '.'), got {name!r}: it names the sweep's folder under the sweeps directory", "name")
+                              f"with '.'), got {name!r}: it names the sweep's folder under the sweeps directory",
+                              "name")
         workdir = Path(workdir or Path.cwd()).absolute()
         if not workdir.is_dir():
             raise ConfigError(f"{workdir} is not a directory", "workdir")
@@ -162,9 +207,9 @@ class Sweep(SweepViews):
     # -- other ways in ---------------------------------------------------------------------
     @classmethod
     def from_yaml(
-        cls, path: str | Path, sources: Optional[Sequence[ComputeSource]] = None, *,
+        cls, path: str | Path, sources: Sequence[ComputeSource] | None = None, *,
         project: ProjectConfig | str | Path | bool | None = None, **kwargs: Any,
-    ) -> "Sweep":
+    ) -> Sweep:
         """A sweep from a YAML file, in this tool's format or any the reference HSM shipped.
 
         What to run: ``command=``, else the file's ``command:``, else its ``script:`` or the
@@ -178,8 +223,8 @@ class Sweep(SweepViews):
 
     @classmethod
     def attach(
-        cls, directory: str | Path, sources: Optional[Sequence[ComputeSource]] = None, *, resume: bool = True
-    ) -> "Sweep":
+        cls, directory: str | Path, sources: Sequence[ComputeSource] | None = None, *, resume: bool = True
+    ) -> Sweep:
         """Reopen a sweep after a restart: from its folder (``sweeps/<sweep id>``) or its name (the
         newest sweep of that name in the sweeps folder).  With ``resume`` (the default) it re-adopts
         the jobs still running and finishes the sweep in the background; ``resume=False`` only reads."""
@@ -204,7 +249,7 @@ class Sweep(SweepViews):
         return self._future is not None and not self._future.done()
 
     @property
-    def error(self) -> Optional[BaseException]:
+    def error(self) -> BaseException | None:
         """What stopped the last run of the manager, if it failed (None while running or after success)."""
         if self._future is None or not self._future.done() or self._future.cancelled():
             return None
@@ -222,11 +267,18 @@ class Sweep(SweepViews):
         return dict(self._record.get("metadata") or {})
 
     @property
-    def directory(self) -> Path:
-        """The sweep's folder."""
-        return self.store.directory
+    def record(self) -> dict[str, Any]:
+        """What the sweep was made from, as its folder records it (``sweep.yaml``): space, job, sources'
+        descriptions, retry policy, origin, objective, ...  A copy: changing it changes nothing."""
+        return copy.deepcopy(self._record)
 
-    def start(self) -> "Sweep":
+    @property
+    def started(self) -> bool:
+        """True once this object started a run in this process (running or ended):
+        ``sources_status()`` then has the run's numbers, not only the sources' names."""
+        return self._manager is not None
+
+    def start(self) -> Sweep:
         """Run the sweep in the background and return at once (also inside a Jupyter cell)."""
         if self.running:
             return self
@@ -254,48 +306,56 @@ class Sweep(SweepViews):
             self.store.close()
             self.store.release()
 
-    def wait(self, timeout: Optional[float] = None) -> "Sweep":
+    def wait(self, timeout: float | None = None) -> Sweep:
         """Block until the sweep's tasks have all ended; re-raises what stopped the manager."""
         _loop.refuse_in_loop("sweep.wait()")
         if self._future is not None:
             try:
                 self._future.result(timeout)
             except concurrent.futures.TimeoutError:
-                raise TimeoutError(f"sweep {self.id} still running after {timeout} s; it goes on in the background") from None
+                raise TimeoutError(f"sweep {self.id} still running after {timeout} s; "
+                                   "it goes on in the background") from None
         return self
 
-    async def wait_async(self) -> "Sweep":
-        """``await sweep.wait_async()``: the awaitable twin of ``wait()``."""
+    async def wait_async(self) -> Sweep:
+        """``await sweep.wait_async()``: the awaitable twin of ``wait()`` (cancelling the wait leaves
+        the sweep running)."""
         if self._future is not None:
-            await asyncio.wrap_future(self._future)
+            await asyncio.shield(asyncio.wrap_future(self._future))
         return self
 
-    def run(self) -> "Sweep":
+    def run(self) -> Sweep:
         """``start()`` then ``wait()``."""
         return self.start().wait()
 
-    async def run_async(self) -> "Sweep":
+    async def run_async(self) -> Sweep:
         """``await sweep.run_async()``: start, then wait."""
         return await self.start().wait_async()
 
-    def complete(self, sources: Optional[Sequence[ComputeSource]] = None) -> "Sweep":
+    # -- control: each call written once, as a coroutine on the package loop; twins() makes its
+    # blocking form (``drain(...)``) and its awaitable one (``await drain_async(...)``)
+    async def _complete(self, sources: Sequence[ComputeSource] | None = None) -> Sweep:
         """Run again only the tasks that are missing, failed, cancelled or lost; returns at once.
 
         ``sources`` replaces the sources for this run (start on a laptop, finish elsewhere)."""
-        return self._rerun(RERUNNABLE, sources)
+        return await self._rerun(RERUNNABLE, sources)
 
-    def retry_failed(self) -> "Sweep":
+    complete, complete_async = _loop.twins(_complete)
+
+    async def _retry_failed(self) -> Sweep:
         """Run again the FAILED and LOST tasks; returns at once."""
-        return self._rerun((JobState.FAILED, JobState.LOST), None)
+        return await self._rerun((JobState.FAILED, JobState.LOST), None)
 
-    def _rerun(self, states: Iterable[JobState], sources: Optional[Sequence[ComputeSource]]) -> "Sweep":
+    retry_failed, retry_failed_async = _loop.twins(_retry_failed)
+
+    async def _rerun(self, states: Iterable[JobState], sources: Sequence[ComputeSource] | None) -> Sweep:
         states = tuple(states)
         if self.running:
             if sources is not None:
                 raise HsmError("the sweep is running; wait() for it or cancel() it before changing sources")
-            if _loop.run_sync(self._requeue(states)):
+            if await self._requeue(states):
                 return self
-            self.wait()  # the manager ended just now: start a new one below
+            await self._ended()  # the manager ended just now: start a new one below
         new_sources = check_sources(sources, self.template) if sources is not None else None
         self.store.acquire()  # before any write: refused (another live controller), it changes nothing
         try:
@@ -310,6 +370,11 @@ class Sweep(SweepViews):
             raise
         return self.start()
 
+    async def _ended(self) -> None:
+        """Wait for the last run to end (re-raising what stopped it); never cancels it."""
+        if self._future is not None:
+            await asyncio.shield(asyncio.wrap_future(self._future))
+
     async def _requeue(self, states: tuple[JobState, ...]) -> bool:
         """Put tasks back in the running manager's queue; False if it has already ended."""
         if self._manager is None or not self._manager.running:
@@ -322,14 +387,14 @@ class Sweep(SweepViews):
         self._manager.requeue()
         return True
 
-    def cancel(self, task_id: str | Iterable[str] | None = None, *, source: Optional[str] = None) -> int:
+    async def _cancel(self, task_id: str | Iterable[str] | None = None, *, source: str | None = None) -> int:
         """Cancel one task, several, every task running on ``source``, or (no argument) the whole
         sweep; returns how many."""
         ids = [task_id] if isinstance(task_id, str) else (list(task_id) if task_id is not None else None)
         if source is not None:
-            if not self.running:
+            if not self.running or self._manager is None:
                 return 0
-            return _loop.run_sync(self._manager.cancel(ids, source=source))
+            return await self._manager.cancel(ids, source=source)
         if not self.running:
             self.store.acquire()  # before any write: refused (another live controller), it changes nothing
             try:
@@ -344,17 +409,9 @@ class Sweep(SweepViews):
                 self.store.release()
                 return n
             self.start()  # jobs from an earlier controller are still out there: adopt them first
-        return _loop.run_sync(self._cancel(ids))
-
-    async def cancel_async(self, task_id: str | Iterable[str] | None = None) -> int:
-        """The awaitable twin of ``cancel()``."""
-        if not self.running:
-            return await asyncio.to_thread(self.cancel, task_id)
-        ids = [task_id] if isinstance(task_id, str) else (list(task_id) if task_id is not None else None)
-        return await _loop.run_async(self._cancel(ids))
-
-    async def _cancel(self, ids: Optional[list[str]]) -> int:
         return await self._manager.cancel(ids) if self._manager is not None else 0
+
+    cancel, cancel_async = _loop.twins(_cancel)
 
     # -- sources while it runs ---------------------------------------------------------
     def _need_manager(self) -> DistributedJobManager:
@@ -362,29 +419,44 @@ class Sweep(SweepViews):
             raise HsmError("the sweep is not running here; start() or attach() it first")
         return self._manager
 
-    def add_source(self, source: ComputeSource) -> None:
+    async def _add_source(self, source: ComputeSource) -> None:
         """A new source joins the running sweep (it is set up, then gets work)."""
-        manager = self._need_manager()
-        _loop.run_sync(manager.add_source(source))
+        await self._need_manager().add_source(source)
         self.sources.append(source)
         self._record["sources"] = [s.describe() for s in self.sources]
         self.store.update_record(sources=self._record["sources"])
 
-    def drain(self, name: str) -> None:
+    add_source, add_source_async = _loop.twins(_add_source)
+
+    async def _drain(self, name: str) -> None:
         """No new tasks go to source ``name``; its running tasks finish."""
         manager = self._need_manager()
-        manager._need(name)
-        _loop.get_loop().call_soon_threadsafe(manager.drain, name)
+        manager.require_source(name)
+        manager.drain(name)
 
-    def disable(self, name: str) -> int:
+    drain, drain_async = _loop.twins(_drain)
+
+    async def _disable(self, name: str) -> int:
         """No new tasks go to source ``name``; its running tasks are stopped and run elsewhere."""
-        return _loop.run_sync(self._need_manager().disable(name))
+        return await self._need_manager().disable(name)
 
-    def enable(self, name: str) -> None:
+    disable, disable_async = _loop.twins(_disable)
+
+    async def _enable(self, name: str) -> None:
         """Undo ``drain``/``disable``."""
         manager = self._need_manager()
-        manager._need(name)
-        _loop.get_loop().call_soon_threadsafe(manager.enable, name)
+        manager.require_source(name)
+        manager.enable(name)
+
+    enable, enable_async = _loop.twins(_enable)
+
+    async def _check_health(self, timeout: float = HEALTH_TIMEOUT) -> dict[str, dict[str, Any]]:
+        """Ask every source of the sweep for its health now, all at once:
+        ``{source name: {"status": ..., "reason": ...}}`` (see :func:`sources_health`).  Only asks:
+        a running sweep's monitor keeps its own checks and decisions."""
+        return await _sources_health(self.sources, timeout)
+
+    check_health, check_health_async = _loop.twins(_check_health)
 
     def sources_status(self) -> pd.DataFrame:
         """One row per source: enabled/draining/disabled, health and reason, slots, active,
@@ -394,7 +466,7 @@ class Sweep(SweepViews):
         return pd.DataFrame([{"source": s.name, "type": s.source_type, "state": "idle", "slots": s.max_parallel_jobs}
                              for s in self.sources])
 
-    def on_event(self, callback: Callable[[Optional[Event]], None]) -> Callable[[], None]:
+    def on_event(self, callback: Callable[[Event | None], None]) -> Callable[[], None]:
         """Call ``callback(event)`` on every state change (from the manager's thread; None when a
         run ends).  Returns a function that unsubscribes."""
         return self.bus.subscribe(callback)

@@ -5,7 +5,6 @@ Names are imported lazily, so a local sweep never imports asyncssh (~1.3 s).
 
 from __future__ import annotations
 
-
 from .._lazy import lazy
 
 _EXPORTS = {

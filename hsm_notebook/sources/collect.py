@@ -1,7 +1,7 @@
 """Finished jobs' files coming home from a remote host: what is chosen and how it travels.
 
 ``collect=`` patterns follow one glob grammar, anchored at the job's folder (:func:`pattern_regex`);
-the product's own files (``core.job.PRODUCT_FILES``) always come back.  The remote lists the
+the product's own files (``core.jobpaths.NAMES.product``) always come back.  The remote lists the
 folders' files NUL-separated, the controller chooses with that grammar and sends the choice back,
 and one tar stream carries the files, written to disk as they arrive.  A chosen file that did not
 come back is named (:class:`Fetched`).
@@ -16,18 +16,19 @@ import re
 import shlex
 import shutil
 import tarfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any
 
 import asyncssh
 
-from ..core.errors import ConfigError, shorten
-from ..core.job import EXIT_CODE_FILE, PARAMS_FILE, PRODUCT_FILES, RUN_DIR_PREFIX
+from ..core.model.errors import ConfigError, shorten
+from ..core.spec.jobpaths import NAMES
 from .sync import wildcard_regex
 
 
-def check_patterns(patterns: Optional[Sequence[str] | str]) -> Optional[list[str]]:
+def check_patterns(patterns: Sequence[str] | str | None) -> list[str] | None:
     """``collect=``: None (every file) or globs anchored at a job's folder (see :func:`pattern_regex`),
     refused in words."""
     if patterns is None:
@@ -63,15 +64,14 @@ def pattern_regex(pattern: str) -> str:
 
 
 def product_file(path: str) -> bool:
-    """A file the product itself reads (``core.job.PRODUCT_FILES``, also in an earlier run's ``runN/``)."""
+    """A file the product itself reads (``NAMES.product``, also in an earlier run's ``runN/``)."""
     head, _, rest = path.partition("/")
     if not rest:
-        return path in PRODUCT_FILES
-    return (head.startswith(RUN_DIR_PREFIX) and head[len(RUN_DIR_PREFIX):].isdigit() and "/" not in rest
-            and rest in PRODUCT_FILES)
+        return path in NAMES.product
+    return NAMES.run_index(head) is not None and "/" not in rest and rest in NAMES.product
 
 
-def selector(patterns: Optional[Sequence[str]]) -> Callable[[str], bool]:
+def selector(patterns: Sequence[str] | None) -> Callable[[str], bool]:
     """``wanted(path)`` for files of a job's folder: every file without patterns; else the product's
     own files and those a pattern matches."""
     if patterns is None:
@@ -80,7 +80,7 @@ def selector(patterns: Optional[Sequence[str]]) -> Callable[[str], bool]:
     return lambda path: product_file(path) or rx.fullmatch(path) is not None
 
 
-def wanted(name: str, path: str, patterns: Optional[Sequence[str]]) -> bool:
+def wanted(name: str, path: str, patterns: Sequence[str] | None) -> bool:
     """Whether the file ``path`` (relative to job ``name``'s folder) is fetched (see :func:`selector`)."""
     return selector(patterns)(path)
 
@@ -109,8 +109,8 @@ class Fetched:
     """What a fetch brought: ``gone``: jobs whose folder is not there (why); ``left``: files a job's
     folder holds that were chosen and did not come back, in words naming them."""
 
-    gone: Dict[str, str] = field(default_factory=dict)
-    left: Dict[str, str] = field(default_factory=dict)
+    gone: dict[str, str] = field(default_factory=dict)
+    left: dict[str, str] = field(default_factory=dict)
 
 
 def left_note(files: Sequence[str], why: str) -> str:
@@ -133,7 +133,7 @@ class _PipeOut(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.ready.set()
 
-    def connection_lost(self, exc: Optional[Exception]) -> None:
+    def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True  # the thread closed its end (it failed): nothing more is read
         self.ready.set()
 
@@ -168,7 +168,7 @@ async def pipe_to_thread(stream: asyncssh.SSHReader, consume: Callable[..., Any]
     return await consumer
 
 
-def extract(read_fd: int, by_name: Dict[str, Path]) -> set[tuple[str, str]]:
+def extract(read_fd: int, by_name: dict[str, Path]) -> set[tuple[str, str]]:
     """Read a tar stream from ``read_fd`` and write each regular file of job ``<name>/...`` into that
     job's local folder as it arrives (never a whole file in memory).  Links, devices and paths
     leaving the folder are skipped."""
@@ -180,12 +180,12 @@ def extract(read_fd: int, by_name: Dict[str, Path]) -> set[tuple[str, str]]:
     return extracted
 
 
-def _extract_members(archive: tarfile.TarFile, by_name: Dict[str, Path]) -> set[tuple[str, str]]:
+def _extract_members(archive: tarfile.TarFile, by_name: dict[str, Path]) -> set[tuple[str, str]]:
     """A job's members come one after the other; its ``exit_code`` is written after the rest of its
     folder, so a local exit code always means a folder that came home whole (cleanup relies on it)."""
     made: set[Path] = set()
     extracted: set[tuple[str, str]] = set()  # (job, path in its folder) of every file written
-    last: Optional[tuple[Path, bytes, float]] = None  # the exit code of the job being extracted
+    last: tuple[Path, bytes, float] | None = None  # the exit code of the job being extracted
     for member in archive:
         top, _, rest = member.name.partition("/")
         if last is not None and last[0].parent != by_name.get(top):
@@ -196,14 +196,14 @@ def _extract_members(archive: tarfile.TarFile, by_name: Dict[str, Path]) -> set[
             continue
         target = by_name[top].joinpath(*parts)
         extracted.add((top, rest))
-        if rest == PARAMS_FILE and target.exists():
+        if rest == NAMES.params and target.exists():
             continue  # written here at submission
         if target.parent not in made:
             target.parent.mkdir(parents=True, exist_ok=True)
             made.add(target.parent)
         src = archive.extractfile(member)
         assert src is not None
-        if rest == EXIT_CODE_FILE and member.size < 4096:
+        if rest == NAMES.exit_code and member.size < 4096:
             last = (target, src.read(), member.mtime)
             continue
         with open(target, "wb") as dst:

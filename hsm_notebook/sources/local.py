@@ -12,25 +12,28 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import shlex
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any
 
-from ..core.environment import (Environment, check_literal_env, environment_script, job_argv, probe_command,
-                                probe_problem, script_name)
-from ..core.errors import ConfigError, SourceError
-from ..core.functions import LIB_DIR, RUNNER_CHECK_CODE, pythonpath, runner_problem, write_job_side
-from ..core.gpus import GpuPool
-from ..core.job import JobTemplate, write_params
-from ..core.source import ComputeSource
-from ..core.shell import LocalShell
-from ..core.state import JobOutcome, JobState
+from ..core.base.gpus import GpuPool
+from ..core.base.prepare import check_runner, prepare_environment
+from ..core.base.shell import CommandResult, LocalShell
+from ..core.base.source import ComputeSource
+from ..core.model.errors import ConfigError
+from ..core.model.state import JobOutcome, JobState
+from ..core.spec.environment import job_argv
+from ..core.spec.functions import LIB_DIR, RUNNER_CHECK_CODE, pythonpath, write_job_side
+from ..core.spec.job import JobTemplate, write_params
+from ..core.spec.jobpaths import JobPaths
+from ..core.spec.options import PYTHON_NAMES, JobOptions, with_options
 from .local_jobs import LocalJobManager, ProcessTable
 
-_PYTHON_NAMES = ("python", "python3")
 
-
+@with_options
 class LocalComputeSource(ComputeSource):
     """This machine.  ``max_parallel_jobs`` defaults to the number of cores.
 
@@ -39,7 +42,7 @@ class LocalComputeSource(ComputeSource):
     jobs run at once.  A command starting with ``python``/``python3`` runs with
     ``python`` (default: this kernel's own interpreter, ``sys.executable``; with an
     ``environment`` that activates conda or a venv, that environment's ``python``).
-    ``environment`` (an :class:`~hsm_notebook.core.environment.Environment` or its dict) is set
+    ``environment`` (an :class:`~hsm_notebook.core.spec.environment.Environment` or its dict) is set
     up before each job's command; setup checks once that it works.
 
     Driven without a ``Sweep`` (the reference's style: ``setup``, ``submit_job``, ...), it runs
@@ -48,60 +51,28 @@ class LocalComputeSource(ComputeSource):
     """
 
     source_type = "local"
+    job_options = ("gpus", "gpus_per_job", "python", "env", "tags", "environment", "command", "python_path",
+                   "script_path", "project_dir", "arg_style")
 
-    def __init__(
-        self,
-        name: str = "local",
-        max_parallel_jobs: Optional[int] = None,
-        *,
-        gpus: Optional[List[int]] = None,
-        gpus_per_job: int = 1,
-        python: Optional[str] = None,
-        cancel_grace: float = 5.0,
-        env: Optional[Dict[str, str]] = None,
-        tags: Sequence[str] = (),
-        command: Sequence[str] | str | None = None,
-        python_path: Optional[str] = None,
-        script_path: Optional[str] = None,
-        project_dir: Optional[str] = None,
-        arg_style: str = "hydra",
-        environment: Environment | Dict[str, Any] | None = None,
-    ):
+    def __init__(self, name: str = "local", max_parallel_jobs: int | None = None, *, cancel_grace: float = 5.0,
+                 **options: Any):
+        opts = JobOptions.from_kwargs(type(self), self.job_options, options)
         slots = max_parallel_jobs if max_parallel_jobs is not None else (os.cpu_count() or 1)
-        if gpus is not None:
-            if not isinstance(gpus_per_job, int) or gpus_per_job < 1:
-                raise ConfigError(f"must be a whole number >= 1, got {gpus_per_job!r}", "gpus_per_job")
-            if len(gpus) < gpus_per_job:
-                raise ConfigError(f"{len(gpus)} GPU(s) listed but {gpus_per_job} needed per job", "gpus")
-            slots = min(slots, len(gpus) // gpus_per_job) if isinstance(slots, int) else slots
-        super().__init__(name, "local", slots)
-        self.gpus, self.gpus_per_job = (list(gpus) if gpus is not None else None), gpus_per_job
-        self.environment = Environment.from_dict(environment)
-        self.python = python
-        self.env, self.tags = dict(env or {}), set(tags)
-        check_literal_env(self.env)
-        self._env_script: Optional[str] = None
-        self._lib: Optional[str] = None  # the job-side files, for a function run by another Python
+        if opts.gpus is not None and isinstance(slots, int):
+            slots = min(slots, len(opts.gpus) // opts.gpus_per_job)
+        super().__init__(name, "local", slots, options=opts)
+        self.gpus, self.gpus_per_job = opts.gpus, opts.gpus_per_job
+        self._lib: str | None = None  # the job-side files, for a function run by another Python
         self.jobs = LocalJobManager(cancel_grace)
-        self.pool = GpuPool(self.gpus, gpus_per_job, name)
+        self.pool = GpuPool(self.gpus, self.gpus_per_job, name)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.own_job(command, python_path=python_path, script_path=script_path, project_dir=project_dir,
-                     arg_style=arg_style)
 
-    def describe(self) -> Dict[str, Any]:
-        return {**super().describe(), "gpus": self.gpus, "gpus_per_job": self.gpus_per_job, "python": self.python,
-                "cancel_grace": self.jobs.cancel_grace, "env": self.env, "tags": sorted(self.tags),
-                "environment": self.environment.to_dict()}
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "cancel_grace": self.jobs.cancel_grace}
 
-    @property
-    def python(self) -> str:
-        """The interpreter for a command starting with ``python``: as given, else the environment's
-        ``python`` when it activates one, else this kernel's."""
-        return self._python or ("python" if self.environment.provides_python else sys.executable)
-
-    @python.setter
-    def python(self, value: Optional[str]) -> None:
-        self._python = value
+    def default_python(self) -> str:
+        """This kernel's interpreter."""
+        return sys.executable
 
     def validate(self, template: JobTemplate) -> None:
         cmd = self._argv0(template.command)
@@ -113,51 +84,35 @@ class LocalComputeSource(ComputeSource):
         elif not self.environment and shutil.which(  # with an environment, setup's probe looks in it
                 cmd[0], path=template.env.get("PATH", os.environ.get("PATH"))) is None:
             raise ConfigError(f"program {cmd[0]!r} not found on PATH; give its full path", "command")
-        if template.command[0] in _PYTHON_NAMES and len(cmd) > 1 and cmd[1].endswith(".py"):
+        if template.command[0] in PYTHON_NAMES and len(cmd) > 1 and cmd[1].endswith(".py"):
             script = Path(cmd[1]) if os.path.isabs(cmd[1]) else workdir / cmd[1]
             if not script.is_file():
                 raise ConfigError(f"script {cmd[1]!r} not found in {workdir}; check workdir or the path", "command")
 
-    def _argv0(self, argv) -> list[str]:
-        argv = list(argv)
-        if argv and argv[0] in _PYTHON_NAMES:
-            argv[0] = self.python
+    def _argv0(self, argv: Sequence[str]) -> list[str]:
+        argv = self.substitute(argv)
         if argv:
             argv[0] = os.path.expanduser(argv[0])
         return argv
 
+    async def _shell(self, script: str, *args: str) -> CommandResult:
+        return await LocalShell(self.name).run(shlex.join(["sh", "-c", script, "hsm-env", *args]), check=False,
+                                               timeout=120)
+
     async def _setup_environment(self, sweep_dir: Path) -> None:
-        """Write the environment script once (named by its content) and run the command's program
-        (the interpreter, for a python command) through it once: a broken environment is refused now."""
-        if not self.environment:
-            self._env_script = None
-            return
-        text = environment_script(self.environment)
-        path = Path(sweep_dir) / script_name(text)
-        if not path.exists() or path.read_text() != text:
-            tmp = path.with_name(f".{path.name}.{os.getpid()}")
-            tmp.write_text(text)
-            os.replace(tmp, path)  # never a half-written script for a job starting now
-        self._env_script = str(path)
+        """The environment script in the sweep folder, probed once (``core.prepare``)."""
         template = self.template
-        program = self._argv0(template.command if template else ["true"])[0]
-        python = program if template and template.command[0] in _PYTHON_NAMES else None
-        env = {**(template.env if template else {}), **self.env}
-        cmd = probe_command(self._env_script, (template.workdir if template else None) or str(sweep_dir),
-                            str(sweep_dir), program, python, env)
-        out = (await LocalShell(self.name).run(cmd, check=False, timeout=120)).stdout
-        problem = probe_problem(out, program=program, python=python, where="this machine",
-                                environment=self.environment)
-        if problem:
-            raise SourceError(problem, self.name)
+        self._env_script = (await prepare_environment(
+            self, self.environment, self._shell, folder=str(sweep_dir),
+            workdir=(template.workdir if template else None) or str(sweep_dir), where="this machine",
+            command=self._argv0(template.command if template else ["true"]))).script
 
     async def setup(self, sweep_dir: Path, sweep_id: str) -> bool:
         self.bind_self(sweep_dir, sweep_id)
         self._loop = asyncio.get_running_loop()
-        (Path(sweep_dir) / "tasks").mkdir(parents=True, exist_ok=True)
+        JobPaths.tasks_dir(Path(sweep_dir)).mkdir(parents=True, exist_ok=True)
         await self._setup_environment(Path(sweep_dir))
         await self._check_python()
-        self.stats.health_status = "healthy"
         return True
 
     async def _check_python(self) -> None:
@@ -170,20 +125,18 @@ class LocalComputeSource(ComputeSource):
         self._lib = None
         if not wanted or (argv[0] == sys.executable and not self._env_script):
             return
-        env = None
+        env: dict[str, str] = {}
         if argv[0] != sys.executable:
             assert self.sweep_dir is not None
             self._lib = write_job_side(Path(self.sweep_dir) / LIB_DIR, function=True)
-            env = {**os.environ, **(self.template.env if self.template else {}), **self.env,
-                   "PYTHONPATH": self._pythonpath()}
-        proc = await asyncio.create_subprocess_exec(*job_argv(self._env_script, argv), stdout=asyncio.subprocess.PIPE,
-                                                    stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
-                                                    env=env, cwd=(self.template.workdir if self.template else None)
-                                                    or self.sweep_dir)
-        out = (await proc.communicate())[0].decode(errors="replace")
-        problem = runner_problem(out, wanted, "this machine", self._lib)
-        if problem:
-            raise SourceError(problem, self.name)
+            env = {**(self.template.env if self.template else {}), **self.env, "PYTHONPATH": self._pythonpath()}
+        cwd = (self.template.workdir if self.template else None) or str(self.sweep_dir)
+
+        async def run(argv: list[str]) -> str:
+            script = f"cd {shlex.quote(cwd)} && exec {shlex.join(argv)} 2>&1"
+            return (await LocalShell(self.name).run(script, check=False, timeout=120)).stdout
+
+        await check_runner(self, run, command=argv, lib=self._lib, env=env, where="this machine")
 
     def _pythonpath(self) -> str:
         assert self._lib is not None
@@ -191,7 +144,7 @@ class LocalComputeSource(ComputeSource):
         return pythonpath(self._lib, env.get("PYTHONPATH", os.environ.get("PYTHONPATH")))
 
     async def submit_job(
-        self, params: Dict[str, Any], job_name: str, sweep_id: str, wandb_group: Optional[str] = None
+        self, params: dict[str, Any], job_name: str, sweep_id: str, wandb_group: str | None = None
     ) -> str:
         job_dir = self.job_dir(job_name)
         job_dir.mkdir(parents=True, exist_ok=True)
@@ -212,7 +165,7 @@ class LocalComputeSource(ComputeSource):
             self.jobs.watch(job_dir, self._loop, self.notify)
         return job_name
 
-    async def recover_job(self, job_name: str) -> Optional[str]:
+    async def recover_job(self, job_name: str) -> str | None:
         # no waiting: a job without a pid file whose launcher is gone is claimed, so it never starts
         return job_name if self.jobs.started(self.job_dir(job_name)) else None
 
@@ -222,7 +175,7 @@ class LocalComputeSource(ComputeSource):
     async def get_job_status(self, job_id: str) -> str:
         return self.jobs.state(self.job_dir(job_id))
 
-    async def poll(self, job_ids: List[str]) -> Dict[str, JobState]:
+    async def poll(self, job_ids: list[str]) -> dict[str, JobState]:
         table = ProcessTable()  # read once per round, and only if a job has no pid yet
         states = {j: self.jobs.state(self.job_dir(j), table) for j in job_ids}
         for job_id, state in states.items():
@@ -238,20 +191,19 @@ class LocalComputeSource(ComputeSource):
     async def cancel_job(self, job_id: str) -> bool:
         return await self.jobs.stop(self.job_dir(job_id))
 
-    async def collect_results(self, job_ids: Optional[List[str]] = None) -> bool:
+    async def collect_results(self, job_ids: list[str] | None = None) -> bool:
         return True  # the job dirs are already here
 
-    async def health_check(self) -> Dict[str, Any]:
+    async def health_check(self) -> dict[str, Any]:
         load1, _, _ = os.getloadavg()
         disk = shutil.disk_usage(self.sweep_dir or ".")
         free_gb = disk.free / 1e9
         status, reason = "healthy", None
         if free_gb < 1:
             status, reason = "degraded", f"only {free_gb:.2f} GB free on the sweep's disk"
-        self.stats.health_status = status
         return {
             "status": status, "reason": reason, "slots": self.max_parallel_jobs,
-            "free_slots": self.available_slots, "load_1m": load1, "cpus": os.cpu_count(),
+            "load_1m": load1, "cpus": os.cpu_count(),
             "disk_free_gb": round(free_gb, 2), "gpus": self.gpus,
         }
 

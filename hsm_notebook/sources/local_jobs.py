@@ -13,11 +13,11 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
 
-from ..core.errors import SubmitError
-from ..core.job import CANCEL_FILE, EXIT_CODE_FILE, NEVER, WRAPPER, claim, read_pid
-from ..core.state import JobState
+from ..core.model.errors import SubmitError
+from ..core.model.state import JobState
+from ..core.spec.job import WRAPPER, claim, read_pid
+from ..core.spec.jobpaths import NEVER, JobPaths, exit_code_of
 
 
 def pid_alive(pid: int, marker: str | None = None) -> bool:
@@ -56,9 +56,9 @@ class ProcessTable:
     time a poll round asks and shared by the round.  Empty where there is no /proc."""
 
     def __init__(self) -> None:
-        self._items: Optional[Dict[bytes, List[tuple[int, bytes]]]] = None  # by last path component
+        self._items: dict[bytes, list[tuple[int, bytes]]] | None = None  # by last path component
 
-    def find(self, item: str) -> Optional[int]:
+    def find(self, item: str) -> int | None:
         if self._items is None:
             self._items = {}
             try:
@@ -86,7 +86,7 @@ class LocalJobManager:
         self.cancel_grace = cancel_grace
         self._procs: dict[Path, subprocess.Popen] = {}
 
-    def start(self, job_dir: Path, argv: List[str], env: Dict[str, str], cwd: str | None) -> int:
+    def start(self, job_dir: Path, argv: list[str], env: dict[str, str], cwd: str | None) -> int:
         """Start the job's wrapper in its own session; returns the wrapper's pid."""
         job_dir.mkdir(parents=True, exist_ok=True)
         try:
@@ -119,27 +119,21 @@ class LocalJobManager:
         loop.add_reader(fd, ready)
         return True
 
-    @staticmethod
-    def _exit_code(job_dir: Path) -> Optional[str]:
-        try:
-            return (job_dir / EXIT_CODE_FILE).read_text().strip() or None  # empty: being written
-        except FileNotFoundError:
-            return None
-
-    def state(self, job_dir: Path, table: Optional[ProcessTable] = None) -> JobState:
+    def state(self, job_dir: Path, table: ProcessTable | None = None) -> JobState:
         """The job's state from its files (exit code, pid) and, for the living, the process table.
 
         LOST only when that is certain: the wrapper's process is gone without an exit code, or
         the job never started and has been claimed so that it never will (see ``job.WRAPPER``).
         A job without a pid file whose launcher still runs (a slow start) is QUEUED."""
-        rc = self._exit_code(job_dir)
+        paths = JobPaths(job_dir)
+        rc = exit_code_of(paths)
         if rc is not None:
             proc = self._procs.pop(job_dir, None)
             if proc is not None:
                 proc.poll()
-            if rc == "0":
+            if rc == 0:
                 return JobState.COMPLETED
-            return JobState.CANCELLED if (job_dir / CANCEL_FILE).exists() else JobState.FAILED
+            return JobState.CANCELLED if paths.cancelled.exists() else JobState.FAILED
         table = table or ProcessTable()
         text = read_pid(job_dir)
         if text is None:  # not started: still starting, or never to start
@@ -149,7 +143,7 @@ class LocalJobManager:
                 return self.state(job_dir, table)
             text = NEVER
         if text == NEVER:
-            return JobState.CANCELLED if (job_dir / CANCEL_FILE).exists() else JobState.LOST
+            return JobState.CANCELLED if paths.cancelled.exists() else JobState.LOST
         proc = self._procs.get(job_dir)
         if proc is not None and proc.poll() is None:
             return JobState.RUNNING
@@ -158,13 +152,13 @@ class LocalJobManager:
         alive = pid_alive(int(text), str(job_dir)) if text.isdigit() else self.find(job_dir, table) is not None
         if alive:
             return JobState.RUNNING
-        if self._exit_code(job_dir) is not None:  # finished between the two checks
+        if exit_code_of(paths) is not None:  # finished between the two checks
             return self.state(job_dir, table)
-        if (job_dir / CANCEL_FILE).exists():
+        if paths.cancelled.exists():
             return JobState.CANCELLED
         return JobState.LOST
 
-    def find(self, job_dir: Path, table: Optional[ProcessTable] = None) -> Optional[int]:
+    def find(self, job_dir: Path, table: ProcessTable | None = None) -> int | None:
         """The pid of a live process started for the job (its launcher or wrapper: the job dir is
         one of its argv items; Popen returns only after exec), or None."""
         proc = self._procs.get(job_dir)
@@ -185,7 +179,7 @@ class LocalJobManager:
         return text != NEVER
 
     @staticmethod
-    def lost_reason(job_dir: Path) -> Optional[str]:
+    def lost_reason(job_dir: Path) -> str | None:
         """Why a LOST job is lost, when its files say more than "vanished without an exit code"."""
         text = read_pid(job_dir)
         if text == NEVER:
@@ -195,18 +189,19 @@ class LocalJobManager:
         return None
 
     @staticmethod
-    def _read_pid(job_dir: Path) -> Optional[int]:
+    def _read_pid(job_dir: Path) -> int | None:
         text = read_pid(job_dir)
         return int(text) if text and text.isdigit() else None
 
     async def stop(self, job_dir: Path) -> bool:
         """TERM the job's process group, then KILL it after the grace period.  A job that has not
         started is claimed instead, so that it never does."""
-        if (job_dir / EXIT_CODE_FILE).exists():
+        paths = JobPaths(job_dir)
+        if paths.exit_code.exists():
             return False
         proc = self._procs.get(job_dir)
         if read_pid(job_dir) is None and job_dir.is_dir():
-            (job_dir / CANCEL_FILE).touch()
+            paths.cancelled.touch()
             if claim(job_dir):
                 if proc is not None and proc.poll() is None:  # our launcher, still starting: end it now
                     with contextlib.suppress(ProcessLookupError):
@@ -216,9 +211,9 @@ class LocalJobManager:
             return False
         pid = self._read_pid(job_dir)
         pid = pid if pid is not None else (proc.pid if proc else None)
-        if pid is None or (job_dir / EXIT_CODE_FILE).exists():
+        if pid is None or paths.exit_code.exists():
             return False
-        (job_dir / CANCEL_FILE).touch()
+        paths.cancelled.touch()
         for sig in (signal.SIGTERM, signal.SIGKILL):
             try:
                 os.killpg(pid, sig)

@@ -10,19 +10,31 @@ from __future__ import annotations
 import os
 import posixpath
 import shlex
+from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import Collection, Dict, List, NamedTuple, Optional, Sequence
+from typing import NamedTuple
 
-from ..core import steps
-from ..core.errors import CommandError
-from ..core.job import EXIT_CODE_FILE, RUN_DIR_PREFIX, SIGNALLED_FILE, claim
-from ..core.shell import CommandResult, LocalShell
+from ..core.base.remote import RemoteHost
+from ..core.base.shell import CommandResult, LocalShell
+from ..core.model.errors import CommandError
+from ..core.spec import jobpaths
+from ..core.spec.job import claim
+from ..core.spec.jobpaths import (
+    NAMES,
+    JobFiles,
+    JobPaths,
+    exit_code_of,
+    read_exit_code,
+    sh,
+    sh_claim,
+    sh_read_exit_code,
+)
 
 
 class TaskFiles(NamedTuple):
     """What a task's folder says about its runs (see ``core.job.WRAPPER``)."""
 
-    code: Optional[int]  # the latest run's exit code; None while it has none
+    code: int | None  # the latest run's exit code; None while it has none
     signalled: bool  # the latest run got an ending signal (a cancel, a requeue, a time limit)
     runs: int  # earlier runs kept in run1/, run2/, ...: the times Slurm requeued it
     claimed: bool  # claimed for the controller just now: it never started and never will
@@ -30,53 +42,57 @@ class TaskFiles(NamedTuple):
 
 #: One line per task: ``JOB_ID CODE|- SIGNALLED RUNS CLAIMED``; with $3 set, a task without an
 #: exit code is claimed (``set -C``: the pid file is created only if the wrapper has not made it).
-_READ = ('rc=-; [ -f "$2/exit_code" ] && read rc < "$2/exit_code"; s=0; [ -e "$2/signalled" ] && s=1; n=0; '
-         'while [ -e "$2/run$((n+1))" ]; do n=$((n+1)); done; c=0; '
-         'if [ "$3" = 1 ] && [ "$rc" = - ]; then mkdir -p "$2"; (set -C; echo never > "$2/pid") 2>/dev/null && c=1; fi; '
-         'echo "$1 ${rc:--} $s $n $c"')
+def read_script(names: JobFiles = NAMES) -> str:
+    """The body of the shell function ``r JOB_ID DIR CLAIM`` printing that line, names from ``names``."""
+    p = JobPaths.shell("2", names)
+    return (f'{sh_read_exit_code(p)}; s=0; [ -e {sh(p.signalled)} ] && s=1; n=0; '
+            f'while [ -e {sh(p.run("$((n+1))"))} ]; do n=$((n+1)); done; c=0; '
+            f'if [ "$3" = 1 ] && [ -z "$rc" ]; then mkdir -p "$2"; {sh_claim(p)} && c=1; fi; '
+            'echo "$1 ${rc:--} $s $n $c"')
+
+
+_READ = read_script()
 
 
 class LocalLogin:
     """This machine is the login node; the sweep dir is on the filesystem the nodes share."""
 
-    def __init__(self, source: str, slurm_env: Dict[str, str]):
+    def __init__(self, source: str, slurm_env: dict[str, str]):
         self.shell = LocalShell(source, {**os.environ, **slurm_env})
 
     async def setup(self, source, sweep_dir: Path, sweep_id: str) -> tuple[str, str, str]:
-        (Path(sweep_dir) / "tasks").mkdir(parents=True, exist_ok=True)
+        tasks = JobPaths.tasks_dir(Path(sweep_dir))
+        tasks.mkdir(parents=True, exist_ok=True)
         (Path(sweep_dir) / "slurm").mkdir(exist_ok=True)
         workdir = (source.template.workdir if source.template else None) or str(sweep_dir)
-        return str(Path(sweep_dir) / "tasks"), str(Path(sweep_dir) / "slurm"), workdir
+        return str(tasks), str(Path(sweep_dir) / "slurm"), workdir
 
     async def run(self, argv: Sequence[str], check: bool) -> CommandResult:
         return await self.shell.run(shlex.join(argv), check=check, timeout=120)
 
-    async def write(self, files: List[tuple[str, str]]) -> None:
+    async def write(self, files: list[tuple[str, str]]) -> None:
         for path, text in files:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             Path(path).write_text(text)
 
-    async def read_tasks(self, job_dirs: Dict[str, str], claim_ids: Collection[str] = ()) -> Dict[str, TaskFiles]:
+    async def read_tasks(self, job_dirs: dict[str, str], claim_ids: Collection[str] = ()) -> dict[str, TaskFiles]:
         """The folders' exit codes, signals and earlier runs; tasks in ``claim_ids`` without an
         exit code are claimed (True: they never started)."""
         out = {}
         for job_id, d in job_dirs.items():
-            folder = Path(d)
-            try:
-                code: Optional[int] = int((folder / EXIT_CODE_FILE).read_text().strip())
-            except (FileNotFoundError, ValueError):
-                code = None
+            paths = JobPaths(Path(d))
+            code = exit_code_of(paths)
             runs = 0
-            while (folder / f"{RUN_DIR_PREFIX}{runs + 1}").exists():
+            while paths.run(runs + 1).exists():
                 runs += 1
-            claimed = code is None and job_id in claim_ids and claim(folder)
-            out[job_id] = TaskFiles(code, (folder / SIGNALLED_FILE).exists(), runs, claimed)
+            claimed = code is None and job_id in claim_ids and claim(paths.folder)
+            out[job_id] = TaskFiles(code, paths.signalled.exists(), runs, claimed)
         return out
 
-    async def read_steps(self, paths: Dict[str, tuple[str, int]]) -> Dict[str, bytes]:
-        return steps.read_local(paths)
+    async def read_steps(self, paths: dict[str, tuple[str, int]]) -> dict[str, bytes]:
+        return jobpaths.read_local(dict(paths.items()))
 
-    async def fetch(self, names: List[str], local_dirs: List[Path]) -> None:
+    async def fetch(self, names: list[str], local_dirs: list[Path]) -> None:
         return None
 
     async def close(self) -> None:
@@ -87,55 +103,55 @@ class SSHLogin:
     """A login node reached over SSH: commands go through the SSH source's persistent shell,
     the project is synced by it, finished jobs' folders come home through its fetch."""
 
-    def __init__(self, login, slurm_env: Dict[str, str]):
-        self.login = login  # an SSHComputeSource, bound and set up by us
+    def __init__(self, login: RemoteHost, slurm_env: dict[str, str]):
+        self.login: RemoteHost = login  # an SSHComputeSource (or any RemoteHost), bound and set up by us
         self.prefix = ["env", *(f"{k}={v}" for k, v in slurm_env.items())] if slurm_env else []
 
     async def setup(self, source, sweep_dir: Path, sweep_id: str) -> tuple[str, str, str]:
         assert source.template is not None
         self.login.bind(source.template, Path(sweep_dir), sweep_id, source.notify)
         await self.login.setup(Path(sweep_dir), sweep_id)
-        tasks = self.login.jobs.tasks_dir
+        tasks = self.login.tasks_dir
         slurm = posixpath.join(posixpath.dirname(tasks), "slurm")
-        await self.login.conn.run(f"mkdir -p {shlex.quote(slurm)}")
-        return tasks, slurm, self.login.jobs.workdir
+        await self.login.run(f"mkdir -p {shlex.quote(slurm)}")
+        return tasks, slurm, self.login.workdir
 
     async def run(self, argv: Sequence[str], check: bool) -> CommandResult:
-        result = await self.login.conn.run(shlex.join([*self.prefix, *argv]), check=False, timeout=120)
+        result = await self.login.run(shlex.join([*self.prefix, *argv]), check=False, timeout=120)
         if check and result.exit_code != 0:
             raise CommandError(list(argv), result.exit_code, result.stdout, "", self.login.name)
         return result
 
-    async def write(self, files: List[tuple[str, str]]) -> None:
+    async def write(self, files: list[tuple[str, str]]) -> None:
         script = "".join(f"mkdir -p {shlex.quote(posixpath.dirname(p))} && printf '%s' {shlex.quote(t)} > "
                          f"{shlex.quote(p)}\n" for p, t in files)
-        await self.login.conn.run(script)
+        await self.login.run(script)
 
-    async def read_tasks(self, job_dirs: Dict[str, str], claim_ids: Collection[str] = ()) -> Dict[str, TaskFiles]:
+    async def read_tasks(self, job_dirs: dict[str, str], claim_ids: Collection[str] = ()) -> dict[str, TaskFiles]:
         """As :meth:`LocalLogin.read_tasks`, in one command on the login node."""
         if not job_dirs:
             return {}
         script = f"r() {{ {_READ}; }}\n" + "".join(
             f"r {shlex.quote(j)} {shlex.quote(d)} {int(j in claim_ids)}\n" for j, d in job_dirs.items())
         out = {}
-        for line in (await self.login.conn.run(script)).stdout.splitlines():
+        for line in (await self.login.run(script)).stdout.splitlines():
             parts = line.split()
             if len(parts) == 5 and parts[0] in job_dirs:
-                code = int(parts[1]) if parts[1].lstrip("-").isdigit() else None
+                code = read_exit_code(parts[1])
                 out[parts[0]] = TaskFiles(code, parts[2] == "1", int(parts[3]), parts[4] == "1")
         return out
 
-    async def read_steps(self, paths: Dict[str, tuple[str, int]]) -> Dict[str, bytes]:
+    async def read_steps(self, paths: dict[str, tuple[str, int]]) -> dict[str, bytes]:
         if not paths:
             return {}
-        return steps.parse_remote((await self.login.conn.run(steps.remote_script(paths))).stdout)
+        return jobpaths.parse_remote((await self.login.run(jobpaths.remote_script(paths))).stdout)
 
-    async def fetch(self, names: List[str], local_dirs: List[Path]) -> None:
-        await self.login.jobs.fetch(names, local_dirs)
+    async def fetch(self, names: list[str], local_dirs: list[Path]) -> None:
+        await self.login.fetch(names, local_dirs)
 
     async def close(self) -> None:
-        await self.login.cleanup(remove_remote=False)  # the Slurm source knows whether its jobs are done
+        await self.login.close()  # the remote folder stays: the Slurm source knows whether its jobs are done
 
 
-def login_side(source: str, slurm_env: Dict[str, str], login: Optional[object]):
+def login_side(source: str, slurm_env: dict[str, str], login: RemoteHost | None) -> LocalLogin | SSHLogin:
     return LocalLogin(source, slurm_env) if login is None else SSHLogin(login, slurm_env)

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import re
 import shlex
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
-from ..core.errors import ConfigError
-from ..core.job import SCHEDULER_FILE
-from ..core.state import ResourceSpec
+from ..core.model.errors import ConfigError
+from ..core.model.state import ResourceSpec
+from ..core.spec.job import SCHEDULER_FILE
+from . import batch
 
 #: The file in each task folder that holds Slurm's own output for that task (time-limit kills, OOM).
 SLURM_OUT = SCHEDULER_FILE
@@ -200,6 +201,18 @@ def _slurm_dir(value: str) -> str:
     return text.replace("%", "%%")
 
 
+def output_lines(spec: ResourceSpec, name: str, tasks_dir: str, slurm_dir: str) -> tuple[list[str], list[str]]:
+    """The chunk's own ``#SBATCH`` lines (job name; Slurm's output file unless the user chose one) and
+    the line that hard-links that file into the task folder (none when the user chose one)."""
+    own = not any(key in spec.extra for key in _OWN_OUTPUT)
+    header: list[tuple[str, str | None]] = [("job-name", _text(name, "name"))]
+    if own:
+        header += [("output", f"{_slurm_dir(slurm_dir)}/%A_%a.out"), ("open-mode", "append")]
+    link = (f'ln -f {shlex.quote(slurm_dir)}/"${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}}".out '
+            f'{shlex.quote(tasks_dir)}/"$job"/{SLURM_OUT} 2>/dev/null || true')
+    return _lines(header), [link] if own else []
+
+
 def array_script(spec: ResourceSpec, name: str, manifest: str, tasks_dir: str, slurm_dir: str) -> str:
     """The batch script of one array chunk: task ``i`` runs the ``run.sh`` of the job named on
     line ``i + 1`` of ``manifest`` (each job's own argv and environment live there; ``spec``'s
@@ -210,29 +223,11 @@ def array_script(spec: ResourceSpec, name: str, manifest: str, tasks_dir: str, s
     the file is hard-linked into the task folder as :data:`SLURM_OUT` (a hard link: the folder
     may be fetched with tar, which would copy a symlink as a dangling one).  A user's own
     ``output`` or ``error`` in ``spec.extra`` replaces all of that."""
-    tasks = shlex.quote(tasks_dir)
-    own = not any(key in spec.extra for key in _OWN_OUTPUT)
-    header = [("job-name", _text(name, "name"))]
-    if own:
-        header += [("output", f"{_slurm_dir(slurm_dir)}/%A_%a.out"), ("open-mode", "append")]
-    link = (f'ln -f {shlex.quote(slurm_dir)}/"${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}}".out '
-            f'{tasks}/"$job"/{SLURM_OUT} 2>/dev/null || true')
-    body = [
-        "#!/bin/bash",
-        *_lines(header),
-        *sbatch_lines(spec),
-        f'job=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {shlex.quote(manifest)})',
-        *([link] if own else []),
-        # before the wrapper claims the job: a controller re-adopting it finds its id here
-        f'echo "${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}}" > {tasks}/"$job"/slurm_id',
-        f"exec /bin/sh {tasks}/\"$job\"/run.sh",
-        "",
-    ]
-    return "\n".join(body)
+    header, link = output_lines(spec, name, tasks_dir, slurm_dir)
+    return batch.array_script([*header, *sbatch_lines(spec)], manifest, tasks_dir,
+                  "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}", "SLURM_ARRAY_TASK_ID", link)
 
 
 def run_script(workdir: str, env: dict[str, str], argv: Sequence[str], job_dir: str, wrapper: str) -> str:
-    """One job's launcher: its environment, its folder, the contract's wrapper around its argv."""
-    exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
-    return (f"cd {shlex.quote(workdir)} || exit 1\n{exports}"
-            f"exec /bin/sh -c {shlex.quote(wrapper)} hsm-job {shlex.quote(job_dir)} {shlex.join(list(argv))}\n")
+    """One job's launcher (see ``sources.batch.run_script``)."""
+    return batch.run_script(workdir, env, argv, job_dir, wrapper)

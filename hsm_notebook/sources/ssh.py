@@ -16,29 +16,33 @@ import logging
 import posixpath
 import shlex
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any
 
-from ..core.environment import Environment, check_literal_env, expand_home, job_argv
-from ..core.errors import ConfigError, NotConnected, SourceError, is_infrastructure
-from ..core.gpus import GpuPool
-from ..core.job import JobTemplate, write_params
-from ..core import steps
-from ..core.source import ComputeSource
-from ..core.state import JobOutcome, JobState
+from ..core.base.batching import Batcher
+from ..core.base.gpus import GpuPool
+from ..core.base.shell import CommandResult
+from ..core.base.source import ComputeSource
+from ..core.model.errors import ConfigError, NotConnected, SourceError, is_infrastructure
+from ..core.model.state import JobOutcome, JobState
+from ..core.spec import jobpaths
+from ..core.spec.environment import expand_home, job_argv
+from ..core.spec.job import JobTemplate, write_params
+from ..core.spec.options import JobOptions, with_options
 from .ssh_connection import SSHConnection, SSHTarget
 from .ssh_jobs import RemoteJobManager, check_patterns
-from .ssh_remote import RemoteSideMixin
+from .ssh_remote import RemoteSideMixin, StartItem
 from .sync import DEFAULT_EXCLUDE
 
 log = logging.getLogger(__name__)
 
-_PYTHON_NAMES = ("python", "python3")
 
 #: Codes of jobs that ended without an exit code (see ssh_jobs._POLL), with what is known of why.
 _GONE = {"L": "", "N": "the job never started on the remote (its launcher is gone); it was claimed so it never will",
          "E": "the job's wrapper could not write its pid on the remote (is the disk full?) and ran nothing",
          "G": "its remote folder is gone (was the host rebooted or the folder removed?)"}
+@with_options
 class SSHComputeSource(RemoteSideMixin, ComputeSource):
     """A remote machine over SSH.  ``host`` may be an ``~/.ssh/config`` alias.
 
@@ -46,7 +50,7 @@ class SSHComputeSource(RemoteSideMixin, ComputeSource):
     ``trust_new_host=True`` records the key of a host seen for the first time (never a
     changed one).  ``python`` replaces a leading ``python``/``python3`` in the command (a
     leading ``~`` is the remote home).  ``environment`` (an
-    :class:`~hsm_notebook.core.environment.Environment` or its dict: conda_env, venv, modules,
+    :class:`~hsm_notebook.core.spec.environment.Environment` or its dict: conda_env, venv, modules,
     pre_script, env) is set up before each job's command; setup runs the interpreter through it
     once and refuses a broken one, naming the failing line.
     The working directory (the sweep's ``workdir``) is synced to
@@ -60,96 +64,119 @@ class SSHComputeSource(RemoteSideMixin, ComputeSource):
     """
 
     source_type = "ssh"
+    job_options = ("python", "gpus", "gpus_per_job", "env", "tags", "environment", "command", "python_path",
+                   "script_path", "project_dir", "arg_style")
 
     def __init__(
         self,
         host: str,
-        name: Optional[str] = None,
+        name: str | None = None,
         max_parallel_jobs: int = 1,
         *,
-        port: Optional[int] = None,
-        username: Optional[str] = None,
-        client_keys: Optional[List[str]] = None,
-        known_hosts: Optional[str] = None,
+        port: int | None = None,
+        username: str | None = None,
+        client_keys: list[str] | None = None,
+        known_hosts: str | None = None,
         trust_new_host: bool = False,
         remote_root: str = "~/.hsm_notebook",
-        python: str = "python3",
         sync: bool = True,
         sync_exclude: Sequence[str] = DEFAULT_EXCLUDE,
-        sync_include: Optional[Sequence[str]] = None,
+        sync_include: Sequence[str] | None = None,
         use_rsync: bool = True,
         sync_delete: bool = False,
-        gpus: Optional[List[int]] = None,
-        gpus_per_job: int = 1,
         min_free_mb: int = 100,
         keepalive_interval: float = 2.0,
         give_up_after: float = 120.0,
         cancel_grace: float = 5.0,
-        env: Optional[Dict[str, str]] = None,
-        tags: Sequence[str] = (),
-        command: Sequence[str] | str | None = None,
-        python_path: Optional[str] = None,
-        script_path: Optional[str] = None,
-        project_dir: Optional[str] = None,
-        arg_style: str = "hydra",
-        environment: Environment | Dict[str, Any] | None = None,
-        collect: Optional[Sequence[str]] = None,
-        keep_remote: Optional[bool] = None,
+        collect: Sequence[str] | None = None,
+        keep_remote: bool | None = None,
+        **options: Any,
     ):
-        super().__init__(name or host, "ssh", max_parallel_jobs)
+        options.setdefault("python", "python3")
+        opts = JobOptions.from_kwargs(type(self), self.job_options, options)
+        super().__init__(name or host, "ssh", max_parallel_jobs, options=opts)
         self.target = SSHTarget(host, port, username, list(client_keys) if client_keys else None, known_hosts,
                                 trust_new_host, keepalive_interval=keepalive_interval)
-        self.remote_root, self.python, self.sync = remote_root, python, sync
+        self.remote_root, self.sync = remote_root, sync
         self.sync_exclude, self.sync_include, self.use_rsync = tuple(sync_exclude), sync_include, use_rsync
         self.sync_delete = sync_delete
-        self.gpus, self.gpus_per_job, self.min_free_mb = gpus, gpus_per_job, min_free_mb
+        self.gpus, self.gpus_per_job, self.min_free_mb = opts.gpus, opts.gpus_per_job, min_free_mb
         self.give_up_after, self.cancel_grace = give_up_after, cancel_grace
         self.conn = SSHConnection(self.target, self.name)
-        self.env, self.tags = dict(env or {}), set(tags)
-        check_literal_env(self.env)
-        self.environment = Environment.from_dict(environment)
-        self._env_script: Optional[str] = None
-        self.jobs: Optional[RemoteJobManager] = None
-        self.facts: Dict[str, Any] = {}
-        self._unreachable_since: Optional[float] = None
-        self.pool = GpuPool(gpus, gpus_per_job, self.name)
+        # the remote side's attributes are declared (typed) on RemoteSideMixin
+        self.jobs = None
+        self.facts = {}
+        self._unreachable_since = None
+        self.pool = GpuPool(self.gpus, self.gpus_per_job, self.name)
         self.poll_rounds = 0
-        self._lost_reasons: Dict[str, tuple[str, bool]] = {}
-        self._watcher: Optional[asyncio.Task] = None
-        self._starts: list = []
-        self._flusher: Optional[asyncio.Task] = None
-        self.events: Optional[str] = None
+        self._lost_reasons: dict[str, tuple[str, bool]] = {}
+        self._watcher = None
+        #: starts queued this loop turn: one remote command for all (``core.batching``)
+        self._starts = Batcher(self._start_batch, size=256, on_error=self._start_failed)
+        self.events = None
         self.collect = check_patterns(collect)
         if keep_remote is not None and not isinstance(keep_remote, bool):
             raise ConfigError(f"must be True, False or None, got {keep_remote!r}", "keep_remote")
         self.keep_remote = keep_remote
         #: What the last cleanup() did with the remote sweep folder, in words (removed, or kept and why).
-        self.remote_cleanup: Optional[str] = None
-        self._gone: Dict[str, str] = {}  # job id -> why its folder could not be collected
-        self._left: Dict[str, str] = {}  # job id -> the chosen files that did not come back, in words
+        self.remote_cleanup: str | None = None
+        self._gone: dict[str, str] = {}  # job id -> why its folder could not be collected
+        self._left: dict[str, str] = {}  # job id -> the chosen files that did not come back, in words
         self._restoring = asyncio.Lock()
-        self.own_job(command, python_path=python_path, script_path=script_path, project_dir=project_dir,
-                     arg_style=arg_style)
 
-    def describe(self) -> Dict[str, Any]:
+    def describe(self) -> dict[str, Any]:
         t = self.target
         return {**super().describe(), "host": t.host, "port": t.port, "username": t.username,
                 "client_keys": t.client_keys, "known_hosts": t.known_hosts, "remote_root": self.remote_root,
-                "python": self.python, "sync": self.sync, "sync_exclude": list(self.sync_exclude),
+                "sync": self.sync, "sync_exclude": list(self.sync_exclude),
                 "sync_include": self.sync_include, "use_rsync": self.use_rsync, "sync_delete": self.sync_delete,
-                "gpus": self.gpus,
-                "gpus_per_job": self.gpus_per_job, "keepalive_interval": t.keepalive_interval,
-                "give_up_after": self.give_up_after, "cancel_grace": self.cancel_grace, "env": self.env,
-                "tags": sorted(self.tags), "environment": self.environment.to_dict(), "collect": self.collect,
+                "keepalive_interval": t.keepalive_interval,
+                "give_up_after": self.give_up_after, "cancel_grace": self.cancel_grace,
+                "collect": self.collect,
                 "keep_remote": self.keep_remote}
 
-    def _command(self, argv: List[str]) -> List[str]:
+    def _command(self, argv: list[str]) -> list[str]:
         """``python`` replaced by the source's interpreter; a leading ``~`` of the program is the remote home."""
-        argv = [self.python, *argv[1:]] if argv and argv[0] in _PYTHON_NAMES else list(argv)
-        return [expand_home(argv[0], self.facts.get("home", "")), *argv[1:]] if argv else argv
+        argv = self.substitute(argv)
+        return [expand_home(argv[0], self.home), *argv[1:]] if argv else argv
 
-    def _argv(self, argv: List[str]) -> List[str]:
+    def _argv(self, argv: list[str]) -> list[str]:
         return job_argv(self._env_script, self._command(argv))
+
+    # -- the RemoteHost protocol (core.remote): what a Slurm login side uses ---------------
+    @property
+    def home(self) -> str:
+        """The remote home (known after setup)."""
+        return str(self.facts.get("home", ""))
+
+    def _remote(self) -> RemoteJobManager:
+        if self.jobs is None:
+            raise SourceError("not set up for a sweep; call setup(sweep_dir, sweep_id) first", self.name)
+        return self.jobs
+
+    @property
+    def tasks_dir(self) -> str:
+        return self._remote().tasks_dir
+
+    @property
+    def workdir(self) -> str:
+        return self._remote().workdir
+
+    @property
+    def pythonpath(self) -> str:
+        return self._remote().pythonpath
+
+    async def run(self, script: str, *, check: bool = True, timeout: float | None = 60.0) -> CommandResult:
+        """``script`` in the host's persistent shell (see ``SSHConnection.run``)."""
+        return await self.conn.run(script, check=check, timeout=timeout)
+
+    async def fetch(self, job_names: Sequence[str], local_dirs: Sequence[Path]) -> None:
+        """The named jobs' folders, home (one tar stream per batch)."""
+        await self._remote().fetch(job_names, local_dirs)
+
+    async def close(self) -> None:
+        """Close the connection and keep the remote folder (its user decides when its jobs are done)."""
+        await self.cleanup(remove_remote=False)
 
     # -- setup -------------------------------------------------------------------------
     async def setup(self, sweep_dir: Path, sweep_id: str) -> bool:
@@ -160,7 +187,8 @@ class SSHComputeSource(RemoteSideMixin, ComputeSource):
         facts = (await self.conn.run(
             "cd; echo \"home=$PWD\"; command -v setsid >/dev/null && echo setsid=yes; "
             "command -v rsync >/dev/null && echo rsync=yes; "
-            "command -v tar >/dev/null && echo tar=yes; command -v nvidia-smi >/dev/null && echo nvidia=yes; true")).stdout
+            "command -v tar >/dev/null && echo tar=yes; "
+            "command -v nvidia-smi >/dev/null && echo nvidia=yes; true")).stdout
         self.facts = dict(line.split("=", 1) for line in facts.splitlines() if "=" in line)
         home = self.facts.get("home", "")
         self.root = home + root[1:] if root.startswith("~") else root
@@ -171,12 +199,11 @@ class SSHComputeSource(RemoteSideMixin, ComputeSource):
         self.pool.reset(self.gpus)
         if self.gpus:
             self.max_parallel_jobs = min(self.max_parallel_jobs, max(1, len(self.gpus) // self.gpus_per_job))
-        self.stats.health_status = "healthy"
         return True
 
     # -- jobs --------------------------------------------------------------------------
-    async def submit_job(self, params: Dict[str, Any], job_name: str, sweep_id: str,
-                         wandb_group: Optional[str] = None) -> str:
+    async def submit_job(self, params: dict[str, Any], job_name: str, sweep_id: str,
+                         wandb_group: str | None = None) -> str:
         await self._ensure()
         assert self.jobs is not None
         remote_dir = posixpath.join(self.jobs.tasks_dir, job_name)
@@ -186,45 +213,32 @@ class SSHComputeSource(RemoteSideMixin, ComputeSource):
         write_params(local, params)
         if self.pool.enabled:  # the pins are recorded with the attempt, for a controller that attaches
             env.update(self.pool.env(self.pool.take(job_name, local)))
-        future = asyncio.get_running_loop().create_future()
-        self._starts.append((job_name, self._argv(argv), env, future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.get_running_loop().create_task(self._flush_starts())
         try:
-            await future
+            await self._starts.submit((job_name, self._argv(argv), env))
         except BaseException:
             self.pool.release(job_name)
             raise
         self.track(job_name, job_name, params, local)
         return job_name
 
-    async def _flush_starts(self) -> None:
-        """Submissions made in the same loop turn start with one remote command.
+    async def _start_batch(self, batch: list[StartItem]) -> list[None]:
+        """Submissions made in the same loop turn start with one remote command (see ``_start_failed``)."""
+        assert self.jobs is not None
+        await self.jobs.start(batch)
+        return [None] * len(batch)
 
-        If the connection fails once the command was sent, some jobs of the batch may have
+    def _start_failed(self, exc: BaseException, batch: list[StartItem]) -> list[None] | None:
+        """If the connection fails once the command was sent, some jobs of the batch may have
         started: each is reported submitted, and the next poll (after reconnecting) asks the
         host.  A job that never started is claimed there (it never will) and comes back LOST
         "never started", which the retry policy runs again: a batch is never started twice."""
-        await asyncio.sleep(0)
-        while self._starts:
-            batch, self._starts = self._starts[:256], self._starts[256:]
-            try:
-                await self.jobs.start([(name, argv, env) for name, argv, env, _ in batch])
-            except Exception as exc:  # noqa: BLE001 - handed to every submitter of the batch
-                maybe_started = is_infrastructure(exc) and not isinstance(exc, NotConnected)
-                if maybe_started:
-                    log.warning("the connection to %s failed while %d job(s) were starting (%s); the host is "
-                                "asked which started once it answers", self.name, len(batch), exc)
-                for *_, future in batch:
-                    if maybe_started:
-                        future.set_result(None)
-                    else:
-                        future.set_exception(exc)
-            else:
-                for *_, future in batch:
-                    future.set_result(None)
+        if not (is_infrastructure(exc) and not isinstance(exc, NotConnected)):
+            return None
+        log.warning("the connection to %s failed while %d job(s) were starting (%s); the host is "
+                    "asked which started once it answers", self.name, len(batch), exc)
+        return [None] * len(batch)
 
-    async def recover_job(self, job_name: str) -> Optional[str]:
+    async def recover_job(self, job_name: str) -> str | None:
         await self._ensure()
         assert self.jobs is not None
         # the same decision as a poll: a job whose launcher is gone before it started is claimed
@@ -238,7 +252,7 @@ class SSHComputeSource(RemoteSideMixin, ComputeSource):
     async def get_job_status(self, job_id: str) -> str:
         return (await self.poll([job_id]))[job_id]
 
-    async def poll(self, job_ids: List[str]) -> Dict[str, JobState]:
+    async def poll(self, job_ids: list[str]) -> dict[str, JobState]:
         try:
             await self._ensure()
             assert self.jobs is not None
@@ -246,7 +260,6 @@ class SSHComputeSource(RemoteSideMixin, ComputeSource):
         except SourceError as exc:
             now = time.monotonic()
             self._unreachable_since = self._unreachable_since or now
-            self.stats.health_status = "unhealthy"
             if now - self._unreachable_since < self.give_up_after:
                 raise
             log.warning("giving up on %s after %.0f s: %s", self.name, now - self._unreachable_since, exc)
@@ -275,7 +288,8 @@ class SSHComputeSource(RemoteSideMixin, ComputeSource):
     async def _disk_note(self) -> str:
         """Why a wrapper may have died without writing its exit code: a full disk is the usual one."""
         assert self.jobs is not None
-        out = (await self.conn.run(f"df -Pk {shlex.quote(self.jobs.tasks_dir)} | tail -n 1", check=False)).stdout.split()
+        df = f"df -Pk {shlex.quote(self.jobs.tasks_dir)} | tail -n 1"
+        out = (await self.conn.run(df, check=False)).stdout.split()
         if len(out) > 3 and out[3].isdigit() and int(out[3]) < 1024:
             return f"the remote disk is full ({out[3]} KB free under {self.root}); free space, then retry"
         return ""
@@ -291,10 +305,11 @@ class SSHComputeSource(RemoteSideMixin, ComputeSource):
             outcome = dataclasses.replace(outcome, error="; ".join(filter(None, [outcome.error, left])))
         note, replace = self._lost_reasons.pop(job_id, ("", False))
         if note and outcome.state == JobState.LOST:
-            return dataclasses.replace(outcome, error="; ".join(filter(None, [None if replace else outcome.error, note])))
+            error = "; ".join(filter(None, [None if replace else outcome.error, note]))
+            return dataclasses.replace(outcome, error=error)
         return outcome
 
-    async def read_steps(self, offsets: Dict[str, int]) -> Dict[str, bytes]:
+    async def read_steps(self, offsets: dict[str, int]) -> dict[str, bytes]:
         """All running jobs' new intermediate metrics in one remote command."""
         if self.jobs is None:
             return {}
@@ -302,14 +317,14 @@ class SSHComputeSource(RemoteSideMixin, ComputeSource):
                  for j, offset in offsets.items() if j in self.job_names}
         if not paths:
             return {}
-        return steps.parse_remote((await self.conn.run(steps.remote_script(paths))).stdout)
+        return jobpaths.parse_remote((await self.conn.run(jobpaths.remote_script(paths))).stdout)
 
     async def cancel_job(self, job_id: str) -> bool:
         await self._ensure()
         assert self.jobs is not None
         return await self.jobs.stop(job_id)
 
-    async def collect_results(self, job_ids: Optional[List[str]] = None) -> bool:
+    async def collect_results(self, job_ids: list[str] | None = None) -> bool:
         if not self.conn.alive and self._unreachable_since is not None and \
                 time.monotonic() - self._unreachable_since >= self.give_up_after:
             return False  # the host is given up: nothing can be fetched
@@ -323,7 +338,7 @@ class SSHComputeSource(RemoteSideMixin, ComputeSource):
         self._left.update({job_id: got.left[name] for job_id, name in names.items() if name in got.left})
         return True
 
-    async def health_check(self) -> Dict[str, Any]:
+    async def health_check(self) -> dict[str, Any]:
         t0 = time.monotonic()
         try:
             if not self.conn.alive:
@@ -334,23 +349,22 @@ class SSHComputeSource(RemoteSideMixin, ComputeSource):
                 "nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv,noheader,nounits 2>/dev/null",
                 check=False, timeout=15)).stdout.splitlines()
         except SourceError as exc:
-            self.stats.health_status = "unhealthy"
             return {"status": "unhealthy", "reason": str(exc), "slots": self.max_parallel_jobs}
         latency = time.monotonic() - t0
         load = float(out[0].split()[0]) if out and out[0].split() else None
         disk = out[1].split() if len(out) > 1 else []
         free_gb = int(disk[3]) / 1e6 if len(disk) > 3 and disk[3].isdigit() else None
-        gpus = [dict(zip(("index", "util", "mem_mb"), map(str.strip, l.split(",")))) for l in out[2:] if "," in l]
+        gpus = [dict(zip(("index", "util", "mem_mb"), map(str.strip, line.split(",")), strict=False))
+                for line in out[2:] if "," in line]
         status, reason = "healthy", None
         if free_gb is not None and free_gb * 1000 < self.min_free_mb:
             status, reason = "degraded", f"only {free_gb * 1000:.0f} MB free on the remote"
         elif latency > 2:
             status, reason = "degraded", f"slow: {latency:.1f} s round trip"
-        self.stats.health_status = status
-        return {"status": status, "reason": reason, "slots": self.max_parallel_jobs, "free_slots": self.available_slots,
+        return {"status": status, "reason": reason, "slots": self.max_parallel_jobs,
                 "latency_ms": round(latency * 1e3, 1), "load_1m": load, "disk_free_gb": free_gb, "gpus": gpus}
 
-    async def cleanup(self, remove_remote: Optional[bool] = None):
+    async def cleanup(self, remove_remote: bool | None = None) -> None:
         """Close the connection, after removing the remote sweep folder (``<remote_root>/sweeps/<sweep
         id>``) if every job there succeeded and came home (the manager calls this at the end of each
         run).  Kept when ``keep_remote`` (default: only when ``collect`` left files there) or

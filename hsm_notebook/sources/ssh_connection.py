@@ -22,15 +22,16 @@ import os
 import secrets
 import shlex
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import asyncssh
 
-from ..core.errors import CommandError, CommandTimeout, ConnectError, NotConnected, SourceError, shorten
-from ..core.shell import CommandResult
+from ..core.base.shell import CommandResult
+from ..core.model.errors import CommandError, CommandTimeout, ConnectError, NotConnected, SourceError, shorten
 from .ssh_hostkeys import check_host_key
 
 log = logging.getLogger(__name__)
@@ -51,10 +52,10 @@ class SSHTarget:
     ``trust_new_host`` records the key of a host that no known_hosts file knows, never a changed one."""
 
     host: str
-    port: Optional[int] = None
-    username: Optional[str] = None
-    client_keys: Optional[Sequence[str]] = None
-    known_hosts: Optional[str] = None  # None: ~/.ssh/known_hosts (asyncssh's default)
+    port: int | None = None
+    username: str | None = None
+    client_keys: Sequence[str] | None = None
+    known_hosts: str | None = None  # None: ~/.ssh/known_hosts (asyncssh's default)
     trust_new_host: bool = False
     connect_timeout: float = 15.0
     keepalive_interval: float = 2.0
@@ -71,9 +72,9 @@ class SSHTarget:
 class SSHConnection:
     def __init__(self, target: SSHTarget, source: str):
         self.target, self.source = target, source
-        self._conn: Optional[asyncssh.SSHClientConnection] = None
-        self._proc: Optional[asyncssh.SSHClientProcess] = None
-        self._sftp: Optional[asyncssh.SFTPClient] = None
+        self._conn: asyncssh.SSHClientConnection | None = None
+        self._proc: asyncssh.SSHClientProcess | None = None
+        self._sftp: asyncssh.SFTPClient | None = None
         self._lock = asyncio.Lock()
         self._token = secrets.token_hex(4)
         self._counter = itertools.count()
@@ -83,7 +84,7 @@ class SSHConnection:
         #: False when the login shell's rc file prints to stdout: a channel that does not skip that
         #: output (rsync's ssh, Debian's external sftp-server) reads it as protocol.  rc_note says so.
         self.clean_channels = True
-        self.rc_note: Optional[str] = None
+        self.rc_note: str | None = None
 
     @property
     def alive(self) -> bool:
@@ -120,11 +121,12 @@ class SSHConnection:
                 f"authentication failed for {t.label}: check the user name and the key "
                 "(client_keys=[...]) or that your ssh-agent holds it", self.source) from None
         except ConnectionRefusedError:
-            raise ConnectError(f"connection refused by {t.label}: is sshd running and the port right?", self.source) from None
+            raise ConnectError(f"connection refused by {t.label}: is sshd running and the port right?",
+                               self.source) from None
         except socket.gaierror as exc:
             raise ConnectError(f"cannot resolve host name {t.host!r} ({exc.strerror}): check the name "
                                "or your ~/.ssh/config alias", self.source) from None
-        except (asyncio.TimeoutError, TimeoutError):
+        except TimeoutError:
             raise ConnectError(f"timed out connecting to {t.label} after {t.connect_timeout} s: "
                                "is the host up and reachable?", self.source) from None
         except (OSError, asyncssh.Error) as exc:
@@ -156,7 +158,7 @@ class SSHConnection:
         _, printed = await self._exchange(f"printf '%s\\n' {mark} >&2", t.connect_timeout, raw=True, first=True)
         try:
             await asyncio.wait_for(self._proc.stderr.readuntil(f"{mark}\n"), t.connect_timeout)
-        except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncssh.Error):
+        except (TimeoutError, asyncio.IncompleteReadError, asyncssh.Error):
             pass  # start_process's reader may see a stray line: a spurious wake-up at worst
         noted = self.rc_note
         self.clean_channels, self.rc_note = not printed, None
@@ -174,11 +176,12 @@ class SSHConnection:
         (`exit`, or a failing command under `set -e`), unless the connection itself dropped."""
         proc, t = self._proc, self.target
         said = printed
-        try:
-            await asyncio.wait_for(proc.wait_closed(), 2)
-            said += await asyncio.wait_for(proc.stderr.read(), 1)
-        except Exception:  # noqa: BLE001 - what it printed only adds detail to the message
-            pass
+        if proc is not None:
+            try:
+                await asyncio.wait_for(proc.wait_closed(), 2)
+                said += await asyncio.wait_for(proc.stderr.read(), 1)
+            except Exception:  # noqa: BLE001 - what it printed only adds detail to the message
+                pass
         status = proc.exit_status if proc is not None else None
         await self.close()
         if status is None:
@@ -207,7 +210,7 @@ class SSHConnection:
             self._conn = None
 
     # -- commands ------------------------------------------------------------------------
-    async def run(self, script: str, *, check: bool = True, timeout: Optional[float] = 60.0) -> CommandResult:
+    async def run(self, script: str, *, check: bool = True, timeout: float | None = 60.0) -> CommandResult:
         """Run ``script`` in the persistent remote shell (stderr merged into stdout)."""
         if not self.alive:
             raise NotConnected(f"not connected to {self.target.label}", self.source)
@@ -216,7 +219,7 @@ class SSHConnection:
                 raise NotConnected(f"not connected to {self.target.label}", self.source)
             try:
                 rc, out = await self._exchange(script, timeout)
-            except (asyncio.TimeoutError, TimeoutError):
+            except TimeoutError:
                 await self.close()  # the shell's state is unknown now
                 raise CommandTimeout([script], timeout, self.target.label, self.source) from None
         self.commands_run += 1
@@ -225,8 +228,8 @@ class SSHConnection:
             raise CommandError([script], rc, out, "", self.source)
         return result
 
-    async def _exchange(self, script: str, timeout: Optional[float], *, raw: bool = False,
-                        first: bool = False) -> tuple[Optional[int], str]:
+    async def _exchange(self, script: str, timeout: float | None, *, raw: bool = False,
+                        first: bool = False) -> tuple[int | None, str]:
         """Send ``script`` and read its output up to the marker.  ``raw``: as is, with the shell's own
         stdin and stderr (else stdin from /dev/null, stderr into stdout); ``first``: the shell's first
         command, whose channel closing means the login shell's rc file ended it."""
@@ -244,11 +247,13 @@ class SSHConnection:
         try:
             data = await asyncio.wait_for(self._proc.stdout.readuntil(f"{marker} "), timeout)
             rc = await asyncio.wait_for(self._proc.stdout.readline(), timeout)
-        except (asyncio.TimeoutError, TimeoutError):
+        except TimeoutError:
             raise  # before OSError: since Python 3.11 a timeout IS an OSError, and no connection was lost
         except (asyncio.IncompleteReadError, asyncssh.Error, OSError) as exc:
             if first and isinstance(exc, asyncio.IncompleteReadError):
-                raise await self._shell_ended(exc.partial) from None
+                partial = exc.partial  # text: the shell's channel is opened with an encoding (typeshed says bytes)
+                raise await self._shell_ended(partial.decode(errors="replace") if isinstance(partial, bytes)
+                                              else str(partial)) from None
             await self.close()
             raise ConnectError(f"connection to {self.target.label} lost: {exc}", self.source) from None
         if not rc.strip().lstrip("-").isdigit():
@@ -271,7 +276,7 @@ class SSHConnection:
                 # the shell ends them when it ends (EOF: the connection closed), or they would linger
                 await self._exchange(f"{{ {command}\n}} >&2 2>/dev/null </dev/null &\n_hsm_bg=\"$_hsm_bg $!\"; "
                                      "trap 'kill $_hsm_bg 2>/dev/null' EXIT", self.target.connect_timeout, raw=True)
-            except (asyncio.TimeoutError, TimeoutError):
+            except TimeoutError:
                 await self.close()
                 raise CommandTimeout([command], self.target.connect_timeout, self.target.label, self.source) from None
         return SimpleNamespace(stdout=reader)
@@ -319,7 +324,7 @@ class SSHConnection:
             self.channels_opened += 1
             self.streams_opened += 1
             await asyncio.wait_for(proc.stdout.readuntil(mark.encode()), self.target.connect_timeout)
-        except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncssh.Error, OSError) as exc:
+        except (TimeoutError, asyncio.IncompleteReadError, asyncssh.Error, OSError) as exc:
             raise ConnectError(f"could not open a transfer channel to {self.target.label}: "
                                f"{type(exc).__name__} {exc}".strip(), self.source) from None
         return proc

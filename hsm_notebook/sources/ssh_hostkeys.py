@@ -17,7 +17,7 @@ import shlex
 import socket
 from dataclasses import dataclass
 from pathlib import Path, PurePath
-from typing import Any, Optional
+from typing import Any
 
 import asyncssh
 
@@ -32,9 +32,9 @@ class HostKeyCheck:
     hostname: str  # the resolved HostName (ssh-keyscan reads no ssh_config)
     port: int
     files: list[Path]  # the known_hosts files asyncssh read, the user's first
-    recorded: Optional[Path]  # the file holding entries for the host: its key CHANGED
+    recorded: Path | None  # the file holding entries for the host: its key CHANGED
     revoked: bool  # the offered key is marked @revoked
-    key: Optional[asyncssh.SSHKey]  # what the host offers now (None: it could not be asked)
+    key: asyncssh.SSHKey | None  # what the host offers now (None: it could not be asked)
 
     @property
     def can_trust(self) -> bool:
@@ -84,7 +84,9 @@ async def check_host_key(host: str, options: dict[str, Any]) -> HostKeyCheck:
     kport = port if port != 22 else None
     files = _files(opts.known_hosts)
     addr = await _address(hostname, port)
-    recorded, keys, revoked_keys = None, [], []
+    recorded: Path | None = None
+    keys: list[Any] = []
+    revoked_keys: list[Any] = []
     for path in files:
         found = _entries(path, named, addr, kport)
         if any(found):
@@ -103,7 +105,7 @@ def _files(known_hosts: Any) -> list[Path]:
     return []  # keys or a callable given by the caller: no file to point at
 
 
-def _entries(path: Path, host: str, addr: str, port: Optional[int]) -> tuple[list, list]:
+def _entries(path: Path, host: str, addr: str, port: int | None) -> tuple[list[Any], list[Any]]:
     """(trusted keys and CAs, revoked keys) recorded for the host in one file, as asyncssh matches them."""
     try:
         found = asyncssh.read_known_hosts(str(path)).match(host, addr, port)
@@ -121,15 +123,16 @@ async def _address(hostname: str, port: int) -> str:
         return ""
 
 
-async def _offered_key(host: str, options: dict[str, Any], recorded: list) -> Optional[asyncssh.SSHKey]:
+async def _offered_key(host: str, options: dict[str, Any], recorded: list) -> asyncssh.SSHKey | None:
     """The host's key, of a recorded key's type when there is one (as OpenSSH shows it)."""
     algs = [a.decode() for k in recorded if isinstance(k, asyncssh.SSHKey) for a in k.sig_algorithms]
     route = {k: options[k] for k in ("config", "tunnel", "proxy_command", "family", "local_addr") if k in options}
-    for extra in ([{"server_host_key_algs": algs}] if algs else []) + [{}]:
+    extras: list[dict[str, Any]] = [{"server_host_key_algs": algs}] if algs else []
+    for extra in [*extras, {}]:
         try:
             return await asyncio.wait_for(
                 asyncssh.get_server_host_key(host, options.get("port", ()), **route, **extra), 15)
-        except (OSError, asyncssh.Error, ValueError, asyncio.TimeoutError):
+        except (TimeoutError, OSError, asyncssh.Error, ValueError):
             continue
     return None
 

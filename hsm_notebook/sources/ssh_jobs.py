@@ -13,14 +13,25 @@ import posixpath
 import secrets
 import shlex
 import tarfile
-from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path, PurePosixPath
 
 import asyncssh
 
-from ..core.errors import ConnectError, SourceError, SubmitError
-from ..core.job import EXIT_CODE_FILE, PARAMS_FILE, WRAPPER
-from ..core.shell import join
+from ..core.base.shell import join
+from ..core.model.errors import ConnectError, SourceError, SubmitError
+from ..core.spec.job import WRAPPER
+from ..core.spec.jobpaths import (
+    NAMES,
+    NEVER,
+    JobFiles,
+    JobPaths,
+    check_job_name,
+    read_exit_code,
+    sh,
+    sh_claim,
+    sh_read_exit_code,
+)
 from .collect import (
     Fetched,
     check_patterns,
@@ -48,27 +59,48 @@ log = logging.getLogger(__name__)
 #: reboot emptied the remote root); a line "@setup" says what setup made is missing (see ``needs_setup``).
 # No `exit` in any script: they run inside the persistent shell, which must survive them (and
 # `set -C` is always undone).
-_POLL = r"""{check}if cd {tasks} 2>/dev/null; then for j in {jobs}; do
-  c=""; [ -f "$j/cancelled" ] && c=" C"
-  rc=""; [ -f "$j/exit_code" ] && read rc < "$j/exit_code"
+def poll_script(check: str, tasks: str, jobs: Sequence[str], names: JobFiles = NAMES) -> str:
+    """The poll of ``jobs`` (job names) in the tasks dir ``tasks``, after the shell test ``check``;
+    every file name from ``names`` (see the codes above)."""
+    p = JobPaths.shell("j", names)
+    pid, launch, cancelled = sh(p.pid), sh(p.launch), sh(p.cancelled)
+    read_rc, each = sh_read_exit_code(p), " ".join(shlex.quote(j) for j in jobs)
+    return rf"""{check}if cd {shlex.quote(tasks)} 2>/dev/null; then for j in {each}; do
+  c=""; [ -f {cancelled} ] && c=" C"
+  {read_rc}
   if [ -n "$rc" ]; then echo "$j X $rc$c"
-  elif [ -s "$j/pid" ]; then p=""; read p < "$j/pid"; st=""
-    if [ "$p" = never ]; then echo "$j N$c"
+  elif [ -s {pid} ]; then p=""; read p < {pid}; st=""
+    if [ "$p" = {NEVER} ]; then echo "$j N$c"
     else [ -r "/proc/$p/stat" ] && read st < "/proc/$p/stat" 2>/dev/null
     if kill -0 "$p" 2>/dev/null && case "$st" in *") Z "*) false;; *) true;; esac; then echo "$j R$c"
-    else rc=""; [ -f "$j/exit_code" ] && read rc < "$j/exit_code"
+    else {read_rc}
       if [ -n "$rc" ]; then echo "$j X $rc$c"; else echo "$j L$c"; fi; fi; fi
-  else l=""; s=""; st=""; a=""; [ -f "$j/launch" ] && read l s < "$j/launch"
+  else l=""; s=""; st=""; a=""; [ -f {launch} ] && read l s < {launch}
     if [ -n "$l" ] && kill -0 "$l" 2>/dev/null; then a=y
       [ -r "/proc/$l/stat" ] && read st < "/proc/$l/stat" 2>/dev/null
       case "$st" in *") Z "*) a="";; *")"*) set -- ${{st##*) }}; [ -z "$s" ] || [ "${{20}}" = "$s" ] || a="";; esac; fi
-    if [ -n "$a" ]; then if [ -f "$j/pid" ]; then echo "$j R$c"; else echo "$j Q$c"; fi
-    elif [ -f "$j/pid" ]; then rc=""; [ -f "$j/exit_code" ] && read rc < "$j/exit_code"
-      if [ -n "$rc" ]; then echo "$j X $rc$c"; elif [ -s "$j/pid" ]; then echo "$j R$c"; else echo "$j E$c"; fi
-    else [ -d "$j" ] || mkdir -p "$j" 2>/dev/null; set -C
-      if {{ echo never > "$j/pid"; }} 2>/dev/null; then set +C; echo "$j N$c"; else set +C; echo "$j R$c"; fi; fi
+    if [ -n "$a" ]; then if [ -f {pid} ]; then echo "$j R$c"; else echo "$j Q$c"; fi
+    elif [ -f {pid} ]; then {read_rc}
+      if [ -n "$rc" ]; then echo "$j X $rc$c"; elif [ -s {pid} ]; then echo "$j R$c"; else echo "$j E$c"; fi
+    else [ -d "$j" ] || mkdir -p "$j" 2>/dev/null
+      if {sh_claim(p)}; then echo "$j N$c"; else echo "$j R$c"; fi; fi
   fi
-done; else for j in {jobs}; do echo "$j G"; done; fi"""
+done; else for j in {each}; do echo "$j G"; done; fi"""
+
+
+def stop_script(job_dir: str, cancel_grace: float, names: JobFiles = NAMES) -> str:
+    """TERM a job's process group and KILL it after ``cancel_grace`` seconds (a detached timer); a job
+    that has not started is claimed instead.  Prints "stopping", or "finished" for an ended job."""
+    p = JobPaths.shell("d", names)
+    pid = sh(p.pid)
+    return (f"d={shlex.quote(job_dir)}; if [ -s {sh(p.exit_code)} ]; then echo finished\n"
+            f"else [ -d \"$d\" ] || mkdir -p \"$d\"; touch {sh(p.cancelled)}; p=\"\"\n"
+            f"  if [ ! -f {pid} ]; then {sh_claim(p)}; fi\n"
+            f"  [ -s {pid} ] && read p < {pid}\n"
+            f"  if [ -n \"$p\" ] && [ \"$p\" != {NEVER} ]; then\n"
+            f"    kill -TERM -\"$p\" 2>/dev/null || kill -TERM \"$p\" 2>/dev/null\n"
+            f"    ( (sleep {cancel_grace}; kill -KILL -\"$p\" 2>/dev/null) >/dev/null 2>&1 </dev/null & ); fi\n"
+            f"  echo stopping; fi")
 
 
 class RemoteJobManager:
@@ -84,12 +116,17 @@ class RemoteJobManager:
         self.needs_setup = False
         self.events = posixpath.join(posixpath.dirname(tasks_dir), "events")
 
-    def start_script(self, jobs: Sequence[tuple[str, Sequence[str], Dict[str, str]]]) -> str:
+    def paths(self, job_name: str) -> JobPaths[PurePosixPath]:
+        """A job's folder and files on the host."""
+        return JobPaths(PurePosixPath(self.tasks_dir) / check_job_name(job_name))
+
+    def start_script(self, jobs: Sequence[tuple[str, Sequence[str], dict[str, str]]]) -> str:
         """One script that starts every job in ``jobs`` ((name, argv, env), ...) detached."""
-        dirs = [posixpath.join(self.tasks_dir, name) for name, _, _ in jobs]
+        paths = [self.paths(name) for name, _, _ in jobs]
+        dirs = [str(p.folder) for p in paths]
         lines = [f"umask 077; if mkdir -p {' '.join(shlex.quote(d) for d in dirs)}; then "
                  f"PYTHONPATH={shlex.quote(self.pythonpath)}${{PYTHONPATH:+:$PYTHONPATH}}; export PYTHONPATH"]
-        for d, (_, argv, env) in zip(dirs, jobs):
+        for d, p, (_, argv, env) in zip(dirs, paths, jobs, strict=True):
             assigns = " ".join(f"{k}={shlex.quote(v)}" for k, v in {**env, "HSM_EVENTS": self.events}.items())
             # the launcher's pid and start time go to `launch`, so a poll can tell a slow start from
             # a job that never started; the subshell exits at once (no zombie for the persistent shell).
@@ -98,11 +135,11 @@ class RemoteJobManager:
             lines.append(f"(if cd {shlex.quote(self.workdir)}; then {self.setsid} env {assigns} /bin/sh -c "
                          f"{shlex.quote(WRAPPER)} hsm-job {shlex.quote(d)} {join(argv)} >/dev/null 2>&1 </dev/null & "
                          f"p=$!; st=''; read st 2>/dev/null < /proc/$p/stat; set -- ${{st##*) }}; "
-                         f"echo \"$p ${{20:-}}\" 2>/dev/null > {shlex.quote(d)}/launch; fi)")
+                         f"echo \"$p ${{20:-}}\" 2>/dev/null > {shlex.quote(str(p.launch))}; fi)")
         lines.append("echo started; fi")
         return "\n".join(lines)
 
-    async def start(self, jobs: Sequence[tuple[str, Sequence[str], Dict[str, str]]]) -> None:
+    async def start(self, jobs: Sequence[tuple[str, Sequence[str], dict[str, str]]]) -> None:
         """Start every job of the batch with one remote command; SubmitError if the host refuses."""
         result = await self.conn.run(self.start_script(jobs), check=False)
         if result.exit_code != 0 or "started" not in result.stdout:
@@ -110,12 +147,11 @@ class RemoteJobManager:
             raise SubmitError(f"could not start {names} on {self.conn.target.label}: "
                               f"{result.stdout.strip()[-300:] or f'exit code {result.exit_code}'}", self.conn.source)
 
-    async def states(self, job_names: Sequence[str]) -> Dict[str, tuple[str, Optional[int], bool]]:
+    async def states(self, job_names: Sequence[str]) -> dict[str, tuple[str, int | None, bool]]:
         """One remote command for all jobs: ``{name: (code, exit code, cancelled)}``."""
         check = (f"[ -d {shlex.quote(self.workdir)} ] && [ -f {shlex.quote(self.pythonpath)}/hsm_notebook/metrics.py ]"
                  " || echo @setup; ")
-        script = _POLL.format(check=check, tasks=shlex.quote(self.tasks_dir),
-                              jobs=" ".join(shlex.quote(j) for j in job_names))
+        script = poll_script(check, self.tasks_dir, job_names)
         out = (await self.conn.run(script)).stdout
         lines = out.splitlines()
         if "@setup" in lines or any(line.endswith(" G") for line in lines):
@@ -125,26 +161,19 @@ class RemoteJobManager:
             parts = line.split()
             if len(parts) >= 2 and parts[0] in job_names:
                 cancelled = parts[-1] == "C"
-                rc = int(parts[2]) if parts[1] == "X" and len(parts) > 2 and parts[2].lstrip("-").isdigit() else None
+                rc = read_exit_code(parts[2]) if parts[1] == "X" and len(parts) > 2 else None
                 states[parts[0]] = (parts[1], rc, cancelled)
         return states
 
     async def stop(self, job_name: str) -> bool:
         """TERM the job's process group, KILL it after the grace period (a detached timer).  A job
         that has not started is claimed instead (its pid file made "never"), so it never does."""
-        d = shlex.quote(posixpath.join(self.tasks_dir, job_name))
-        out = (await self.conn.run(
-            f"d={d}; if [ -s \"$d/exit_code\" ]; then echo finished\n"
-            f"else [ -d \"$d\" ] || mkdir -p \"$d\"; touch \"$d/cancelled\"; p=\"\"\n"
-            f"  if [ ! -f \"$d/pid\" ]; then set -C; {{ echo never > \"$d/pid\"; }} 2>/dev/null; set +C; fi\n"
-            f"  [ -s \"$d/pid\" ] && read p < \"$d/pid\"\n"
-            f"  if [ -n \"$p\" ] && [ \"$p\" != never ]; then kill -TERM -\"$p\" 2>/dev/null || kill -TERM \"$p\" 2>/dev/null\n"
-            f"    ( (sleep {self.cancel_grace}; kill -KILL -\"$p\" 2>/dev/null) >/dev/null 2>&1 </dev/null & ); fi\n"
-            f"  echo stopping; fi", check=False)).stdout
+        out = (await self.conn.run(stop_script(str(self.paths(job_name).folder), self.cancel_grace),
+                                   check=False)).stdout
         return "stopping" in out
 
     async def fetch(self, job_names: Sequence[str], local_dirs: Sequence[Path],
-                    patterns: Optional[Sequence[str]] = None) -> Fetched:
+                    patterns: Sequence[str] | None = None) -> Fetched:
         """Bring the given job dirs home, file by file straight to disk: one ``tar`` stream per batch
         on a channel of its own (the persistent shell stays free for polls and starts), extracted
         as it arrives; SFTP where the host has no tar.  ``patterns`` (None: every file; see
@@ -152,14 +181,14 @@ class RemoteJobManager:
         jobs whose folder is not there and the chosen files that did not come back (both in words;
         the others are fetched all the same); raises only when the transfer itself fails (a lost
         connection), so the batch is tried again."""
-        by_name = dict(zip(job_names, local_dirs))
+        by_name = dict(zip(job_names, local_dirs, strict=True))
         if not by_name:
             return Fetched()
         if self.tar:
             return await self._fetch_tar(by_name, selector(patterns))
         return await self._fetch_sftp(by_name, selector(patterns))
 
-    async def _fetch_tar(self, by_name: Dict[str, Path], want: Callable[[str], bool]) -> Fetched:
+    async def _fetch_tar(self, by_name: dict[str, Path], want: Callable[[str], bool]) -> Fetched:
         token = secrets.token_hex(4)
         proc = await self.conn.open_stream(fetch_script(self.tasks_dir, list(by_name), token))
         lost = f"connection to {self.conn.target.label} lost while fetching"
@@ -245,10 +274,10 @@ class RemoteJobManager:
         return Fetched({name: self._gone(name) for name in missing}, left)
 
     def _gone(self, name: str) -> str:
-        return (f"its remote folder {posixpath.join(self.tasks_dir, name)} is gone (was the host rebooted or "
+        return (f"its remote folder {self.paths(name).folder} is gone (was the host rebooted or "
                 "the folder removed?)")
 
-    async def _fetch_sftp(self, by_name: Dict[str, Path], want: Callable[[str], bool]) -> Fetched:
+    async def _fetch_sftp(self, by_name: dict[str, Path], want: Callable[[str], bool]) -> Fetched:
         """The same over SFTP, for hosts without tar: each wanted file written to disk as it comes."""
         sftp = await self.conn.sftp()
         sem = asyncio.Semaphore(32)
@@ -258,11 +287,13 @@ class RemoteJobManager:
         async def walk(name: str, rel: str = "") -> list[str]:
             async with sem:
                 entries = await sftp.readdir(posixpath.join(self.tasks_dir, name, rel))
-            files, subdirs = [], []
+            files: list[str] = []
+            subdirs: list[str] = []
             for e in entries:
-                if e.filename in (".", ".."):
+                filename = e.filename if isinstance(e.filename, str) else e.filename.decode(errors="surrogateescape")
+                if filename in (".", ".."):
                     continue
-                path = posixpath.join(rel, e.filename) if rel else e.filename
+                path = posixpath.join(rel, filename) if rel else filename
                 if e.attrs.type == asyncssh.FILEXFER_TYPE_REGULAR and want(path):
                     files.append(path)
                 elif e.attrs.type == asyncssh.FILEXFER_TYPE_DIRECTORY:
@@ -280,7 +311,7 @@ class RemoteJobManager:
 
         async def get(name: str, rel: str) -> None:
             target = by_name[name] / rel
-            if rel == PARAMS_FILE and target.exists():
+            if rel == NAMES.params and target.exists():
                 return  # written here at submission
             target.parent.mkdir(parents=True, exist_ok=True)
             async with sem:
@@ -291,8 +322,8 @@ class RemoteJobManager:
 
         listings = await asyncio.gather(*(listing(n) for n in by_name))
         for last in (False, True):  # exit codes after the rest: a local one means a folder home whole
-            await asyncio.gather(*(get(n, rel) for n, files in zip(by_name, listings) for rel in files
-                                   if (rel == EXIT_CODE_FILE) == last))
+            await asyncio.gather(*(get(n, rel) for n, files in zip(by_name, listings, strict=True) for rel in files
+                                   if (rel == NAMES.exit_code) == last))
         left = {name: left_note([rel for rel, _ in files], files[0][1]) for name, files in failed.items()}
         for name, note in left.items():
             log.warning("%s: job %s: %s", self.conn.source, name, note)

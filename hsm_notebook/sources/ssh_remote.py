@@ -1,7 +1,7 @@
 """The remote side of ``SSHComputeSource``: what setup makes under the remote root (tasks dir,
 project copy, environment script, helper lib, events watcher), made again after a reboot emptied
 it, and the per-sweep folder removed once every job there succeeded and came home.  A mixin: it
-uses the source's connection, facts and options.
+uses the source's connection, facts and options, declared (typed) on the class.
 """
 
 from __future__ import annotations
@@ -9,21 +9,33 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
 import posixpath
 import shlex
-from pathlib import Path
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
 
-from ..core.functions import FUNCTION_FILE, LIB_DIR, VERSION_FILE, job_side_files, version_problem
-from ..core.environment import environment_script, probe_command, probe_problem, probe_version, script_name
-from ..core.errors import CommandTimeout, ConfigError, SourceError
-from ..core.job import EXIT_CODE_FILE, JobTemplate
+from ..core.base.batching import Batcher
+from ..core.base.prepare import check_version, prepare_environment
+from ..core.base.shell import CommandResult
+from ..core.model.errors import CommandTimeout, ConfigError, SourceError
+from ..core.spec.functions import FUNCTION_FILE, LIB_DIR, VERSION_FILE, job_side_files
+from ..core.spec.job import JobTemplate
+from ..core.spec.jobpaths import NAMES, JobFiles, JobPaths, read_exit_code, sh_read_exit_code
+from .ssh_connection import SSHConnection, SSHTarget
 from .ssh_jobs import RemoteJobManager
 from .sync import sync_project
 
+if TYPE_CHECKING:  # the mixin is only ever mixed into a ComputeSource: typed as one, a plain class at run time
+    from ..core.base.source import ComputeSource as _SourceBase
+else:
+    _SourceBase = object
+
 log = logging.getLogger("hsm_notebook.sources.ssh")
 
-_PYTHON_NAMES = ("python", "python3")
+#: One job start for ``RemoteJobManager.start``: (job name, argv, extra environment).
+StartItem = tuple[str, list[str], dict[str, str]]
+
 #: SIGKILL the processes $q and all their descendants (found by their parent in /proc, shell builtins only).
 _KILL_TREE = ('a=; while [ -n "$q" ]; do n=; for f in /proc/[0-9]*/stat; do s=; read s < "$f" 2>/dev/null || continue; '
               'set -- ${s##*) }; for x in $q; do [ "$2" = "$x" ] && { i=${f#/proc/}; n="$n ${i%/stat}"; }; done; done; '
@@ -32,12 +44,47 @@ _KILL_TREE = ('a=; while [ -n "$q" ]; do n=; for f in /proc/[0-9]*/stat; do s=; 
 PROBE_TIMEOUT = 120.0
 
 
-class RemoteSideMixin:
+def exit_codes_script(tasks_dir: str, names: JobFiles = NAMES) -> str:
+    """One line per job folder under ``tasks_dir``: ``NAME CODE``, ``-`` for a job without an exit code."""
+    return (f"( if cd {shlex.quote(tasks_dir)} 2>/dev/null; then for j in *; do "
+            f'[ -d "$j" ] || continue; {sh_read_exit_code(JobPaths.shell("j", names))}; '
+            'echo "$j ${rc:--}"; done; fi )')
+
+
+class RemoteSideMixin(_SourceBase):
+    """What the SSH source makes and removes on its host.  The source's attributes it uses are
+    declared here (set by ``SSHComputeSource.__init__`` and ``setup``), so nothing is read untyped."""
+
+    conn: SSHConnection
+    target: SSHTarget
+    #: What setup found on the host: home, setsid, rsync, tar, nvidia (yes), python (its version), sync.
+    facts: dict[str, Any]
+    root: str  # the remote root, ``~`` expanded (set by setup)
+    min_free_mb: int
+    sync: bool
+    sync_exclude: tuple[str, ...]
+    sync_include: Sequence[str] | None
+    use_rsync: bool
+    sync_delete: bool
+    cancel_grace: float
+    jobs: RemoteJobManager | None
+    events: str | None
+    remote_cleanup: str | None
+    _watcher: asyncio.Task[None] | None
+    _restoring: asyncio.Lock
+    _unreachable_since: float | None
+    _starts: Batcher[StartItem, None]
+
+    def _command(self, argv: list[str]) -> list[str]:
+        """The job's argv with the source's interpreter (see ``SSHComputeSource._command``)."""
+        return self.substitute(argv)
+
     async def _prepare(self, template: JobTemplate, sweep_root: str) -> None:
         """What the sweep needs under the remote root: the tasks dir, the project copy, the environment
         script, the helper lib, the events file and its watcher.  Run by setup, and again by
         ``_ensure`` when they are gone (a reboot that emptied the remote root)."""
-        await self.conn.run(f"umask 077; mkdir -p {shlex.quote(sweep_root)}/tasks")
+        tasks_dir = str(JobPaths.tasks_dir(PurePosixPath(sweep_root)))
+        await self.conn.run(f"umask 077; mkdir -p {shlex.quote(tasks_dir)}")
         avail = (await self.conn.run(f"df -Pk {shlex.quote(sweep_root)} | tail -n 1")).stdout.split()
         free_mb = int(avail[3]) // 1024 if len(avail) > 3 and avail[3].isdigit() else None
         if free_mb is not None and free_mb < self.min_free_mb:
@@ -57,42 +104,40 @@ class RemoteSideMixin:
         lib = await self._upload_helpers(template)
         if template.python_version:
             await self._upload_function(sweep_root)
-        self.jobs = RemoteJobManager(self.conn, posixpath.join(sweep_root, "tasks"), workdir, setsid,
+        self.jobs = RemoteJobManager(self.conn, tasks_dir, workdir, setsid,
                                      self.cancel_grace, lib)
         self.jobs.tar = self.facts.get("tar") == "yes"
         self.events = posixpath.join(sweep_root, "events")
         await self._watch()
 
     async def _setup_environment(self, template: JobTemplate, sweep_root: str, workdir: str) -> None:
-        """One remote command: write the environment script (named by its content, replaced whole)
-        and run the command's program, the interpreter for a python command, through it where the
-        jobs run.  A broken environment or a missing interpreter is refused now, in words."""
+        """One remote command (``core.base.prepare``): write the environment script (named by its
+        content, replaced whole) and run the command's program, the interpreter for a python command,
+        through it where the jobs run; probed even without an environment, as the host's Python
+        version is read from it.  A broken environment, a missing interpreter or one that hangs is
+        refused now, in words."""
         command = self._command(list(template.command))
-        program, python = command[0], (command[0] if template.command[0] in _PYTHON_NAMES else None)
-        self._env_script, write = None, ""
-        if self.environment:
-            text = environment_script(self.environment)
-            self._env_script = posixpath.join(sweep_root, script_name(text))
-            tmp = shlex.quote(f"{self._env_script}.{os.getpid()}")
-            write = f"printf '%s' {shlex.quote(text)} > {tmp} && mv -f {tmp} {shlex.quote(self._env_script)}; "
-        probe = probe_command(self._env_script, workdir, sweep_root, program, python, {**template.env, **self.env})
         trace, pid = posixpath.join(sweep_root, ".hsm-probe-trace"), posixpath.join(sweep_root, ".hsm-probe-pid")
-        # traced by bash (SHELLOPTS from the environment) into a file: a line that hangs can be named;
-        # its pid recorded, so what hangs can be ended (no setsid: that may be a shim on the host)
-        traced = (f"/bin/sh -c 'echo $$ > \"$1\"; exec env SHELLOPTS=xtrace BASH_XTRACEFD=5 /bin/sh -c \"$2\"' "
-                  f"hsm-probe {shlex.quote(pid)} {shlex.quote(probe)} 5>{shlex.quote(trace)} & wait $!")
-        try:
-            out = (await self.conn.run(write + traced, check=False, timeout=PROBE_TIMEOUT)).stdout
-        except CommandTimeout as exc:
-            raise SourceError(await self._hung(exc, trace, pid, python or program), self.name) from None
-        problem = probe_problem(out, program=program, python=python, where=self.target.label,
-                                environment=self.environment)
-        if problem:
-            raise SourceError(problem, self.name)
-        self.facts["python"] = probe_version(out) or ""
-        problem = version_problem(self.facts["python"], template.python_version, self.target.label)
-        if problem:
-            raise SourceError(problem, self.name)
+        q = shlex.quote
+
+        def traced(probe: str) -> str:
+            # traced by bash (SHELLOPTS from the environment) into a file: a line that hangs can be named;
+            # its pid recorded, so what hangs can be ended (no setsid: that may be a shim on the host)
+            return (f"/bin/sh -c 'echo $$ > \"$1\"; exec env SHELLOPTS=xtrace BASH_XTRACEFD=5 /bin/sh -c \"$2\"' "
+                    f"hsm-probe {q(pid)} {q(probe)} 5>{q(trace)} & wait $!")
+
+        async def run(script: str, *args: str) -> CommandResult:
+            try:
+                return await self.conn.run(shlex.join(["sh", "-c", script, "hsm-env", *args]), check=False,
+                                           timeout=PROBE_TIMEOUT)
+            except CommandTimeout as exc:
+                program = command[0]
+                raise SourceError(await self._hung(exc, trace, pid, program), self.name) from None
+
+        prepared = await prepare_environment(self, self.environment, run, folder=sweep_root, workdir=workdir,
+                                             where=self.target.label, command=command, always=True, wrap=traced)
+        self._env_script = prepared.script
+        self.facts["python"] = check_version(self, prepared.output, self.target.label)
 
     async def _hung(self, exc: CommandTimeout, trace: str, pid: str, program: str) -> str:
         """The setup probe got no answer in time: end it (its process group) and name the environment
@@ -120,8 +165,10 @@ class RemoteSideMixin:
         """One more channel per connection: ``tail -F`` of the events file the job wrappers append
         to, so a finished job wakes the manager at once instead of at the next poll (by name: an
         events file made again after a reboot emptied the remote root is followed too)."""
-        await self.conn.run(f"touch {shlex.quote(self.events)}")
-        proc = await self.conn.start_process(f"exec tail -n 0 -F {shlex.quote(self.events)}")
+        assert self.events is not None, "set by _prepare"
+        events = shlex.quote(self.events)
+        await self.conn.run(f"touch {events}")
+        proc = await self.conn.start_process(f"exec tail -n 0 -F {events}")
         if self._watcher is not None:
             self._watcher.cancel()
 
@@ -141,7 +188,8 @@ class RemoteSideMixin:
         lib = posixpath.join(self.root, LIB_DIR)
         files = job_side_files(bool(template.python_version))
         script = " && ".join(f"mkdir -p {shlex.quote(posixpath.dirname(posixpath.join(lib, name)))} && printf '%s' "
-                             f"{shlex.quote(text)} > {shlex.quote(posixpath.join(lib, name))}" for name, text in files.items())
+                             f"{shlex.quote(text)} > {shlex.quote(posixpath.join(lib, name))}"
+                             for name, text in files.items())
         await self.conn.run(script)
         return lib
 
@@ -164,7 +212,6 @@ class RemoteSideMixin:
             if not self.conn.alive:
                 await self.conn.connect()
                 self._unreachable_since = None
-                self.stats.health_status = "healthy"
                 await self._restore()
             elif self.jobs.needs_setup:
                 await self._restore()
@@ -196,17 +243,16 @@ class RemoteSideMixin:
         if not self.conn.alive:
             return self.remote_cleanup or f"kept {sweep_root}: {self.target.label} is not connected"
         q = shlex.quote
-        out = (await self.conn.run(f"( if cd {q(self.jobs.tasks_dir)} 2>/dev/null; then for j in *; do "
-                                   '[ -d "$j" ] || continue; rc=""; [ -f "$j/exit_code" ] && read rc < "$j/exit_code"; '
-                                   'echo "$j ${rc:--}"; done; fi )')).stdout
+        out = (await self.conn.run(exit_codes_script(self.jobs.tasks_dir))).stdout
         unfinished, failed, uncollected = [], [], []
         for line in out.splitlines():
-            name, _, rc = line.rpartition(" ")
+            name, _, text = line.rpartition(" ")
             if not name:
                 continue
-            if rc == "-":
+            rc = read_exit_code(text)
+            if rc is None:
                 unfinished.append(name)
-            elif rc != "0":
+            elif rc != 0:
                 failed.append(name)
             elif not self._collected(name):
                 uncollected.append(name)
@@ -222,6 +268,6 @@ class RemoteSideMixin:
 
     def _collected(self, job_name: str) -> bool:
         try:
-            return (self.job_dir(job_name) / EXIT_CODE_FILE).exists()
+            return JobPaths(self.job_dir(job_name)).exit_code.exists()
         except ConfigError:  # not a job's folder
             return False

@@ -30,13 +30,13 @@ import os
 import posixpath
 import re
 import shlex
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
 
 import asyncssh
 
-from ..core.errors import ConfigError, SourceError
-from ..core.records import default_sweeps_dir
+from ..core.model.errors import ConfigError, SourceError
+from ..core.model.files import default_sweeps_dir
 from .ssh_connection import SSHConnection, local_has, ssh_command
 
 #: Anchored where a name is only special at the root ("sweeps" is the sweeps folder there, and
@@ -52,7 +52,7 @@ _LINK = "link"
 
 
 # -- patterns ---------------------------------------------------------------------------------
-def _rule(pattern: str) -> Optional[tuple[str, bool, bool]]:
+def _rule(pattern: str) -> tuple[str, bool, bool] | None:
     """``(pattern without anchor or trailing '/', anchored, folders only)``, or None for an empty one."""
     dir_only = pattern.endswith("/")
     body = pattern.rstrip("/") if dir_only else pattern
@@ -131,7 +131,7 @@ def _anchored(path: str) -> str:
     return "/" + re.sub(r"([*?\[\\])", r"\\\1", path) if path else ""
 
 
-def _own_folders(local: Path, sweep_dir: Optional[Path]) -> list[str]:
+def _own_folders(local: Path, sweep_dir: Path | None) -> list[str]:
     """This sweep's folder and the default sweeps folder, where inside the project: never sent."""
     root, out = os.path.realpath(local), []
     for folder in (sweep_dir, default_sweeps_dir()):
@@ -185,15 +185,15 @@ def _scan(root: Path, exclude: Patterns, include: Patterns) -> tuple[dict[str, l
     return entries, sorted(dirs)
 
 
-def local_manifest(root: Path, exclude: Sequence[str], include: Optional[Sequence[str]]) -> dict[str, list]:
+def local_manifest(root: Path, exclude: Sequence[str], include: Sequence[str] | None) -> dict[str, list]:
     """``{relative path: [size, mtime] | ["link", target]}`` of the files and links to send."""
     return _scan(root, Patterns(exclude), Patterns(include or ()))[0]
 
 
 # -- sending ----------------------------------------------------------------------------------
 async def sync_project(conn: SSHConnection, local: Path, remote: str, *, exclude: Sequence[str],
-                       include: Optional[Sequence[str]], use_rsync: bool, delete: bool = False,
-                       sweep_dir: Optional[Path] = None) -> dict:
+                       include: Sequence[str] | None, use_rsync: bool, delete: bool = False,
+                       sweep_dir: Path | None = None) -> dict:
     """Send ``local`` to the remote dir ``remote`` (absolute); returns what was done.
 
     ``delete``: mirror mode (see the module doc).  ``sweep_dir``: this sweep's folder, never sent.
@@ -228,8 +228,8 @@ async def _rsync(conn: SSHConnection, local: Path, remote: str, ex: Patterns, in
                                                 stdin=asyncio.subprocess.DEVNULL)
     out, err = await proc.communicate()
     if proc.returncode != 0:
-        raise SourceError(f"rsync to {t.label} failed ({proc.returncode}): {err.decode(errors='replace').strip()[-500:]}",
-                          conn.source)
+        said = err.decode(errors="replace").strip()[-500:]
+        raise SourceError(f"rsync to {t.label} failed ({proc.returncode}): {said}", conn.source)
     sent = 0
     for line in out.decode(errors="replace").splitlines():
         if line.startswith("Number of regular files transferred:"):

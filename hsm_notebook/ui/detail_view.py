@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import ipywidgets as w
 import pandas as pd
 
-from ..core.errors import ConfigError, HsmError
-from ..core.job import tail
+from ..core.model.errors import ConfigError, HsmError
+from ..core.spec.job import tail
 from .html import esc, kv, table
 
 #: The Attempt dropdown's value for "whatever attempt is the task's latest" (it follows retries).
@@ -46,8 +46,8 @@ class DetailView:
         self.sweep: Any = None
         self._lock = threading.RLock()  # the refresh thread and the front end both draw
         self._adjusting = False  # True while this view sets the Attempt choices itself
-        self._task_shown: Optional[str] = None
-        self._frozen: Optional[tuple[tuple, dict[str, str]]] = None  # (what was read, its tails)
+        self._task_shown: str | None = None
+        self._frozen: tuple[tuple, dict[str, str]] | None = None  # (what was read, its tails)
         self.attempt.observe(self._control_changed, "value")
         self.follow.observe(self._control_changed, "value")
 
@@ -75,7 +75,7 @@ class DetailView:
                 text = str(exc) if isinstance(exc, HsmError) else f"{type(exc).__name__}: {exc}"
                 self.body.value = _error(text)
 
-    def _sync_attempts(self, task_id: Optional[str], count: int) -> None:
+    def _sync_attempts(self, task_id: str | None, count: int) -> None:
         """Offer "latest" then attempts 1..count; another task starts again at "latest", while the
         same task keeps the user's pick (as long as that attempt exists)."""
         latest = f"latest ({count})" if count > 1 else "latest"
@@ -125,7 +125,7 @@ class DetailView:
             + self._tail_html(tails, lines)
         )
 
-    def _tails(self, key: tuple, paths: dict[str, Optional[Path]], lines: int) -> dict[str, str]:
+    def _tails(self, key: tuple, paths: dict[str, Path | None], lines: int) -> dict[str, str]:
         """The last ``lines`` of each log; with follow off, what was read last for the same task,
         attempt and length stays (frozen), so the text does not move while it is being read."""
         if self.follow.value or self._frozen is None or self._frozen[0] != key:
@@ -152,8 +152,8 @@ def _error(text: str) -> str:
     return f"<span class='hsm-error' style='color:#b00'>{esc(text)}</span>"
 
 
-def _facts(tid: str, info: dict, history: pd.DataFrame, shown: Optional[int],
-           stdout: Optional[Path]) -> list[tuple[str, Any]]:
+def _facts(tid: str, info: dict, history: pd.DataFrame, shown: int | None,
+           stdout: Path | None) -> list[tuple[str, Any]]:
     """The key/value rows at the top.  For an earlier attempt, its own job id, source and how it
     ended come from the history (the task's row only knows the latest attempt)."""
     latest = info["attempt"] or 0
@@ -172,7 +172,7 @@ def _facts(tid: str, info: dict, history: pd.DataFrame, shown: Optional[int],
             ("job id", job_ids.iloc[-1] if len(job_ids) else None), ("this attempt", ended), ("folder", folder)]
 
 
-def _log_files(paths: dict[str, Optional[Path]]) -> str:
+def _log_files(paths: dict[str, Path | None]) -> str:
     """Where the attempt's logs are, as text to copy (one click selects a whole path).  Slurm's
     own file is listed only when it exists (it does only for Slurm jobs)."""
     rows = [(STREAMS[s], p) for s, p in paths.items() if p is not None and (s != "slurm" or p.exists())]
@@ -183,7 +183,7 @@ def _log_files(paths: dict[str, Optional[Path]]) -> str:
     return f"<b>log files</b><table class='hsm-log-paths'>{cells}</table>"
 
 
-def _metrics_table(steps: pd.DataFrame, shown: Optional[int]) -> str:
+def _metrics_table(steps: pd.DataFrame, shown: int | None) -> str:
     """The last value each metric was logged with (``log_metrics(step=...)``) in the shown attempt,
     and its step; nothing when the attempt logged none."""
     if shown:

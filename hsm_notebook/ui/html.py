@@ -6,7 +6,8 @@ Everything here is a pure function of its arguments, so it is tested without wid
 from __future__ import annotations
 
 import html
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import pandas as pd
 
@@ -76,7 +77,7 @@ def table(df: pd.DataFrame, css_class: str, state_column: str | None = "state", 
             value = row[cols.index(state_column)]
             attr = f" data-state='{esc(value)}'"
         cells = "".join(f"<td{_attrs(css, title)}>{inner}</td>" for css, title, inner in
-                        (_cell(c, v, state_column, max_cell) for c, v in zip(cols, row)))
+                        (_cell(c, v, state_column, max_cell) for c, v in zip(cols, row, strict=False)))
         body.append(f"<tr{attr}>{cells}</tr>")
     return f"<table class='{css_class}'><tr>{head}</tr>{''.join(body)}</table>"
 
@@ -106,7 +107,7 @@ def grid_rows(df: pd.DataFrame, state_column: str | None = "state", max_cell: in
     rows = []
     for i, row in enumerate(df.itertuples(index=False)):
         state = f" data-state='{esc(row[cols.index(state_column)])}'" if state_column in cols else ""
-        cells = (_cell(c, v, state_column, max_cell) for c, v in zip(cols, row))
+        cells = (_cell(c, v, state_column, max_cell) for c, v in zip(cols, row, strict=False))
         rows.append("".join(f"<div{_attrs(f'hsm-cell {css}'.strip(), title)} data-row='{i}'{state}>{inner}</div>"
                             for css, title, inner in cells))
     return head, rows

@@ -5,16 +5,16 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
-from ..core.config import SweepFile
-from ..core.errors import HsmError
 from ..core.launch import launch_options
+from ..core.model.errors import HsmError
+from ..core.spec.config import SweepFile
 from .panel import SweepPanel
 from .recent import open_sweep
 
 
-def open_panel(arg: str = "") -> Optional[SweepPanel]:
+def open_panel(arg: str = "") -> SweepPanel | None:
     """``""`` -> an empty panel listing the recent sweeps (each with Open); a sweep directory ->
     that sweep (the live one if this kernel already drives it; resumed if it was launched before,
     else shown with Launch, see :func:`~hsm_notebook.ui.recent.open_sweep`);
@@ -42,7 +42,7 @@ def open_panel(arg: str = "") -> Optional[SweepPanel]:
 
 
 def register(ipython: Any) -> None:
-    def hsm(line: str) -> Optional[SweepPanel]:
+    def hsm(line: str) -> SweepPanel | None:
         """%hsm [sweep.yaml | sweep directory]: open the sweep panel."""
         try:
             return open_panel(line)

@@ -12,15 +12,16 @@ from __future__ import annotations
 import html
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
 
 import ipywidgets as w
 
-from ..core.errors import HsmError
-from ..core.source import ComputeSource
-from ..core.state import RERUNNABLE, JobState
-from ..core.sweep import Sweep
+from ..core.base.source import ComputeSource
+from ..core.model.errors import HsmError
+from ..core.model.state import RERUNNABLE, JobState
+from ..core.sweep import Sweep, sources_health
 from ..sources import LocalComputeSource
 from .detail_view import DetailView
 from .html import CSS
@@ -41,12 +42,12 @@ class SweepPanel:
 
     def __init__(
         self,
-        sweep: Optional[Sweep] = None,
+        sweep: Sweep | None = None,
         *,
-        sources: Optional[Sequence[ComputeSource]] = None,
+        sources: Sequence[ComputeSource] | None = None,
         refresh_interval: float = 0.5,
         directory: str | Path | None = None,
-        options: Optional[Mapping[str, Any]] = None,
+        options: Mapping[str, Any] | None = None,
     ):
         self.sweep = sweep
         self.directory = directory
@@ -59,7 +60,7 @@ class SweepPanel:
         self._results_version: Any = None
         self._stop = threading.Event()
         self.refreshes = 0
-        self._shown_error: Optional[BaseException] = None
+        self._shown_error: BaseException | None = None
 
         self.header = w.HTML()
         self.message = w.HTML()
@@ -107,7 +108,7 @@ class SweepPanel:
         self._thread.start()
 
     @classmethod
-    def attach(cls, directory: str | Path, sources: Optional[Sequence[ComputeSource]] = None, **kwargs: Any) -> "SweepPanel":
+    def attach(cls, directory: str | Path, sources: Sequence[ComputeSource] | None = None, **kwargs: Any) -> SweepPanel:
         """The panel of an existing sweep directory, resumed (after a kernel restart)."""
         return cls(Sweep.attach(directory, sources), **kwargs)
 
@@ -142,7 +143,7 @@ class SweepPanel:
                      "(%hsm alone lists recent sweeps)")
         return "\n".join(lines)
 
-    def show_recent(self, roots: Optional[Sequence[Any]] = None) -> None:
+    def show_recent(self, roots: Sequence[Any] | None = None) -> None:
         """List recent sweeps above the tabs; Open binds this panel to the chosen one (resumed)."""
         from .recent import RecentSweeps, open_sweep
 
@@ -178,8 +179,9 @@ class SweepPanel:
             if self.directory is not None:
                 options["directory"] = self.directory
             self._bind(Sweep(**options))
-        pending = self.sweep.counts().get(JobState.PENDING, 0)
-        self.sweep.start()
+        sweep = self._need_sweep()
+        pending = sweep.counts().get(JobState.PENDING, 0)
+        sweep.start()
         self.tabs.selected_index = 2
         self.say(f"Launched {pending} tasks.")
 
@@ -196,20 +198,16 @@ class SweepPanel:
         self.say("Missing, failed, cancelled and lost tasks are queued again.")
 
     def check_health(self) -> None:
-        from ..core import _loop
-
-        async def check(source: ComputeSource) -> dict:
-            try:
-                return await source.health_check()
-            except Exception as exc:  # noqa: BLE001 - shown as the source's health
-                return {"status": "unhealthy", "reason": f"{type(exc).__name__}: {exc}"}
-
-        def done(name: str, future) -> None:
-            self.sources_view.health[name] = future.result()
-            self.sources_view.render()
+        """Ask each source in the form for its health, each in its own thread (a slow host holds up
+        neither the panel nor the others); each answer is shown as it arrives."""
+        def ask(source: ComputeSource) -> None:
+            def show() -> None:
+                self.sources_view.health.update(sources_health([source]))
+                self.sources_view.render()
+            self._guarded(show)
 
         for source in self.sources_view.sources:
-            _loop.spawn(check(source)).add_done_callback(lambda f, n=source.name: done(n, f))
+            threading.Thread(target=ask, args=(source,), name=f"hsm-health-{source.name}", daemon=True).start()
 
     # -- plumbing -------------------------------------------------------------------------
     def _need_sweep(self) -> Sweep:
@@ -219,7 +217,7 @@ class SweepPanel:
 
     def _bind(self, sweep: Sweep) -> None:
         self.sweep = sweep
-        self.editor.show_space(sweep._record.get("space", {}), sweep.template.command, sweep.objective)
+        self.editor.show_space(sweep.record.get("space", {}), sweep.template.command, sweep.objective)
         self.sources_view.lock()
         about = sweep.metadata.get("description")
         self.header.value = (f"<b>Sweep {html.escape(sweep.id)}</b> · <code>{html.escape(str(sweep.directory))}</code>"
@@ -296,7 +294,7 @@ class SweepPanel:
                 self.results_view.show(sweep)
             if self.tabs.selected_index == 3:
                 self._show_detail()
-            if self.tabs.selected_index == 0 and sweep._manager is not None:
+            if self.tabs.selected_index == 0 and sweep.started:
                 self.sources_view.render_stats(sweep.sources_status())
             self.refreshes += 1
             self._update_buttons()

@@ -8,26 +8,19 @@ values of a good row, and shows the task count or the first problem under the fo
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import ipywidgets as w
 import yaml
 
-from ..core.config import SweepFile, parse_command
-from ..core.errors import ConfigError, HsmError
-from ..core.records import objective as check_objective
-from ..core.space import ParameterSpace
+from ..core.model.errors import ConfigError, HsmError
+from ..core.spec.config import SweepFile, parse_command
+from ..core.spec.config import objective as check_objective
+from ..core.spec.space import ParameterSpace
 from .html import esc
 from .results_view import assumed_minimize
-from .values import (  # noqa: F401 - parse_values re-exported
-    KINDS,
-    RowCheck,
-    check_rows,
-    parse_values,
-    preview,
-    rows_to_space,
-    words,
-)
+from .values import KINDS, RowCheck, check_rows, preview, rows_to_space, words
 
 
 def _mark(widget: w.Widget, bad: bool) -> None:
@@ -105,7 +98,7 @@ class ParamsEditor:
             widget.observe(lambda _: self.changed(), "value")
         self.rows.append(row)
         self.notes.append(note)
-        self.rows_box.children = [w.HBox([*r, n]) for r, n in zip(self.rows, self.notes)]
+        self.rows_box.children = [w.HBox([*r, n]) for r, n in zip(self.rows, self.notes, strict=False)]
         self.changed()
 
     def _show_mode(self) -> None:
@@ -199,7 +192,8 @@ class ParamsEditor:
         self._on_change()
 
     def _show_row_checks(self) -> None:
-        for (name, values, kind), note, check in zip(self.rows, self.notes, check_rows(self._row_texts())):
+        checks = check_rows(self._row_texts())
+        for (name, values, kind), note, check in zip(self.rows, self.notes, checks, strict=False):
             _mark(name, check.bad == "name")
             _mark(values, check.bad == "values")
             note.value = _note(check, kind.value)
@@ -222,7 +216,8 @@ class ParamsEditor:
             objective, problem = None, words(exc)
         _mark(self.objective_metric, problem is not None)
         if problem:
-            self.objective_note.value = f"<span class='hsm-error hsm-row-error' style='color:#b00'>⚠ {esc(problem)}</span>"
+            self.objective_note.value = (f"<span class='hsm-error hsm-row-error' style='color:#b00'>"
+                                         f"⚠ {esc(problem)}</span>")
         elif objective:
             (metric, direction), = objective.items()
             better = "lower" if direction == "min" else "higher"

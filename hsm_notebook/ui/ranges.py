@@ -13,7 +13,7 @@ import operator
 import re
 from typing import Any
 
-from ..core.errors import ConfigError
+from ..core.model.errors import ConfigError
 
 #: an unquoted ``name(`` (``np.``/``numpy.`` allowed): a range function, or a typo to refuse
 CALL = re.compile(r"^(?:(?:np|numpy)\s*\.\s*)?([A-Za-z_]\w*)\s*\(")
@@ -63,7 +63,7 @@ def _call_args(node: ast.Call, form: _Form, text: str, field: str) -> dict[str, 
         raise ConfigError(f"{text} is not a valid {form_name(text)}: it takes at most {len(names)} values "
                           f"({', '.join(names)}); e.g. {_EXAMPLES[form_name(text)]}", field)
     args: dict[str, Any] = dict(defaults)
-    for key, arg in zip(names, node.args):
+    for key, arg in zip(names, node.args, strict=False):
         args[key] = _number(arg)
     for kw in node.keywords:
         if form_name(text) == "range" and node.keywords:  # Python's range takes no keywords

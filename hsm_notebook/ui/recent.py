@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import ipywidgets as w
 
-from ..core.records import recent_sweeps
-from ..core.state import JobState
+from ..core.ledger.records import recent_sweeps
+from ..core.model.state import JobState
 from ..core.sweep import Sweep
 from .html import esc
 
@@ -23,7 +24,7 @@ def open_sweep(folder: Any) -> Sweep:
     return sweep
 
 
-def _when(stamp: Optional[float]) -> str:
+def _when(stamp: float | None) -> str:
     if not stamp:
         return ""
     delta = dt.datetime.now() - dt.datetime.fromtimestamp(stamp)
@@ -52,7 +53,7 @@ def describe(entry: dict[str, Any]) -> str:
 class RecentSweeps:
     """A list of the recent sweep folders; ``on_open(folder)`` is called by a row's Open button."""
 
-    def __init__(self, on_open: Callable[[Any], None], roots: Optional[Sequence[Any]] = None, limit: int = 10):
+    def __init__(self, on_open: Callable[[Any], None], roots: Sequence[Any] | None = None, limit: int = 10):
         self.entries = recent_sweeps(roots, limit)
         rows = []
         for entry in self.entries:

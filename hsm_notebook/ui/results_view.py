@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import re
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import ipywidgets as w
 import pandas as pd
 
-from ..core import steps
-from ..core.steps import best_so_far
+from ..core.ledger import steps
+from ..core.ledger.steps import best_so_far
 from . import svg
 from .html import duration, esc, grid_rows, table
 
@@ -90,7 +91,7 @@ class ResultsView:
             self.table.add_class(css)
         self.page = 0
         self.sweep: Any = None
-        self._grid: Optional[pd.DataFrame] = None  # every task + final metrics, read when a task changed
+        self._grid: pd.DataFrame | None = None  # every task + final metrics, read when a task changed
         self._grid_version: Any = None
         self._final: list[str] = []  # final metric names (numeric columns of results())
         self._step_names: set[str] = set()  # intermediate metric names seen so far
@@ -189,14 +190,14 @@ class ResultsView:
         self._page_ids = task_ids
         if self.head.value != head:
             self.head.value = head
-        for button, row, markup, tid in zip(self.openers, self.rows, rows, task_ids):
+        for button, row, markup, tid in zip(self.openers, self.rows, rows, task_ids, strict=False):
             if row.value != markup:
                 row.value = markup
             button.tooltip = f"open {tid} in Job detail"
         template = f"28px repeat({columns}, auto)"
         if self.table.layout.grid_template_columns != template:
             self.table.layout.grid_template_columns = template
-        children = (self.head, *(x for pair in zip(self.openers, self.rows) for x in pair))
+        children = (self.head, *(x for pair in zip(self.openers, self.rows, strict=False) for x in pair))
         if self.table.children != children:
             self.table.children = children
 
@@ -206,7 +207,7 @@ class ResultsView:
         if self._header_columns != labels:
             self._header_columns = labels
             buttons = []
-            for column, label in zip(columns, labels):
+            for column, label in zip(columns, labels, strict=False):
                 button = w.Button(description=label, layout=w.Layout(width="auto"), tooltip=f"sort by {column}")
                 button.on_click(lambda _, c=column: self.click_header(c))
                 buttons.append(button)
@@ -265,7 +266,7 @@ class ResultsView:
         self._draw_table(grid[shown], minimize)
 
     @staticmethod
-    def _options(widget: w.Dropdown, options: list[str], preferred: Optional[str] = None) -> None:
+    def _options(widget: w.Dropdown, options: list[str], preferred: str | None = None) -> None:
         if list(widget.options) != options:
             current = widget.value
             widget.options = options
@@ -286,7 +287,7 @@ class ResultsView:
         final = [c for c in extra if pd.api.types.is_numeric_dtype(status[c]) and c not in sweep.param_names]
         return status, final
 
-    def _draw_curves(self, sweep: Any, grid: pd.DataFrame, metric: Optional[str], minimize: bool) -> None:
+    def _draw_curves(self, sweep: Any, grid: pd.DataFrame, metric: str | None, minimize: bool) -> None:
         if not metric:
             self.note.value = "<i>Curves and results appear as tasks report metrics (log_metrics).</i>"
             self.curves.value = ""
@@ -327,14 +328,14 @@ class ResultsView:
             return ""
         start = grid["submit_time"].min()
         minutes = (done["end_time"] - start).dt.total_seconds() / 60
-        line = best_so_far(zip(minutes, done[metric]), minimize)
+        line = best_so_far(zip(minutes, done[metric], strict=False), minimize)
         line.append((float(minutes.max()), line[-1][1]))  # flat to the latest result
         better = "lower" if minimize else "higher"
         why = "assumed" if why.startswith("assumed") else why
         return svg.chart([(f"best {metric} so far ({better} is better: {why})", line)],
                          x_label="minutes since the first submission", y_label=f"best {metric}", log_x=False)
 
-    def _draw_scatter(self, grid: pd.DataFrame, metric: Optional[str]) -> None:
+    def _draw_scatter(self, grid: pd.DataFrame, metric: str | None) -> None:
         param = self.param.value
         if not metric or not param or metric not in grid.columns:
             self.scatter.value = ""
@@ -344,10 +345,10 @@ class ResultsView:
             means = data.groupby(data[param].astype(str))[metric].mean() if not data.empty else pd.Series(dtype=float)
             self.scatter.value = table(means.rename(f"mean {metric}").reset_index(), "hsm-means", state_column=None)
             return
-        self.scatter.value = svg.chart([(f"{metric} by {param}", list(zip(data[param], data[metric])))],
+        self.scatter.value = svg.chart([(f"{metric} by {param}", list(zip(data[param], data[metric], strict=False)))],
                                        x_label=param, y_label=metric, scatter=True)
 
-    def _draw_parallel(self, grid: pd.DataFrame, varying: list[str], metric: Optional[str], minimize: bool) -> None:
+    def _draw_parallel(self, grid: pd.DataFrame, varying: list[str], metric: str | None, minimize: bool) -> None:
         """The varying parameters against the metric, one line per finished task (the best on top)."""
         if not metric or metric not in grid.columns or not varying:
             self.parallel.value = ""
@@ -368,7 +369,8 @@ class ResultsView:
         self.page = min(self.page, pages - 1)
         page = grid.iloc[self.page * PAGE_SIZE:(self.page + 1) * PAGE_SIZE]
         if "duration" in page.columns:
-            page = page.assign(duration=[duration(d.total_seconds()) if pd.notna(d) else None for d in page["duration"]])
+            shown = [duration(d.total_seconds()) if pd.notna(d) else None for d in page["duration"]]
+            page = page.assign(duration=shown)
         self.note_table = (f"<b>{len(grid):,}</b> tasks, <b>{int((grid['state'] == 'COMPLETED').sum()):,}</b> "
                            "completed")
         self.page_label.value = f"{self.note_table} · page {self.page + 1} of {pages}"

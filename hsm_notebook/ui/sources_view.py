@@ -6,14 +6,17 @@ Each source type is a small *form* class registered in ``FORMS``; adding a type
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import fields
 from pathlib import Path
-from typing import Callable, Dict, List, Type
+from typing import Any
 
 import ipywidgets as w
 
-from ..core.environment import Environment
-from ..core.errors import ConfigError
-from ..core.source import ComputeSource
+from ..core.base.source import ComputeSource
+from ..core.model.errors import ConfigError
+from ..core.spec.environment import Environment
+from ..core.spec.options import JobOptions
 from ..sources import LocalComputeSource
 from .html import esc
 
@@ -47,6 +50,61 @@ class EnvironmentFields:
                            modules=self.modules.value, pre_script=(pre,) if pre.strip() else ())
 
 
+class OptionFields:
+    """Widgets for some of the shared job options (``core.options.JobOptions``), made from the
+    dataclass's own field metadata (label, hint, kind): every form asks for an option the same way,
+    and ``values()`` gives the constructor keywords.  ``defaults`` pre-fills a field for one form."""
+
+    def __init__(self, names: Sequence[str], defaults: Mapping[str, str] | None = None) -> None:
+        meta = {f.name: f.metadata for f in fields(JobOptions)}
+        self.fields: dict[str, Any] = {}
+        for name in names:
+            m = meta[name]
+            if m["kind"] == "environment":
+                self.fields[name] = EnvironmentFields()
+            else:
+                self.fields[name] = w.Text(value=(defaults or {}).get(name, ""), placeholder=m["hint"],
+                                           description=m["label"])
+
+    def __getitem__(self, name: str) -> Any:
+        return self.fields[name]
+
+    @property
+    def widgets(self) -> list[w.Widget]:
+        out: list[w.Widget] = []
+        for field in self.fields.values():
+            out += field.widgets if isinstance(field, EnvironmentFields) else [field]
+        return out
+
+    def values(self) -> dict[str, Any]:
+        """The options filled in, as constructor keywords (a field left empty is left out)."""
+        meta = {f.name: f.metadata for f in fields(JobOptions)}
+        out: dict[str, Any] = {}
+        for name, field in self.fields.items():
+            kind = meta[name]["kind"]
+            if kind == "environment":
+                out[name] = field.build()
+                continue
+            text = field.value.strip()
+            if not text:
+                continue
+            if kind == "ints":
+                try:
+                    out[name] = [int(g) for g in text.replace(" ", "").split(",") if g]
+                except ValueError:
+                    raise ConfigError(f"must be GPU numbers separated by commas, got {field.value!r}", name) from None
+            elif kind == "words":
+                out[name] = [t for t in text.replace(",", " ").split() if t]
+            elif kind == "env":
+                pairs = [line.split("=", 1) for line in text.splitlines() if line.strip()]
+                if any(len(p) != 2 for p in pairs):
+                    raise ConfigError(f"must be NAME=value lines, got {field.value!r}", name)
+                out[name] = {k.strip(): v for k, v in pairs}
+            else:
+                out[name] = text
+        return out
+
+
 class LocalForm(SourceForm):
     kind = "this machine"
 
@@ -55,28 +113,21 @@ class LocalForm(SourceForm):
 
         self.name = w.Text(value="local", description="Name")
         self.slots = w.BoundedIntText(value=os.cpu_count() or 1, min=1, max=4096, description="Slots")
-        self.gpus = w.Text(value="", placeholder="e.g. 0, 1 (optional)", description="GPUs")
-        self.environment = EnvironmentFields()
-        self.widget = w.VBox([self.name, self.slots, self.gpus, *self.environment.widgets])
+        self.options = OptionFields(("gpus", "environment"))
+        self.gpus, self.environment = self.options["gpus"], self.options["environment"]
+        self.widget = w.VBox([self.name, self.slots, *self.options.widgets])
 
     def build(self) -> ComputeSource:
-        gpus = None
-        if self.gpus.value.strip():
-            try:
-                gpus = [int(g) for g in self.gpus.value.replace(" ", "").split(",") if g]
-            except ValueError:
-                raise ConfigError(f"must be GPU numbers separated by commas, got {self.gpus.value!r}", "gpus") from None
-        return LocalComputeSource(self.name.value.strip(), int(self.slots.value), gpus=gpus,
-                                  environment=self.environment.build())
+        return LocalComputeSource(self.name.value.strip(), int(self.slots.value), **self.options.values())
 
 
-def ssh_config_hosts(path: Path = Path("~/.ssh/config")) -> List[str]:
+def ssh_config_hosts(path: Path = Path("~/.ssh/config")) -> list[str]:
     """Host aliases from an OpenSSH config (patterns with * or ? left out)."""
     try:
         text = path.expanduser().read_text()
     except OSError:
         return []
-    hosts: List[str] = []
+    hosts: list[str] = []
     for line in text.splitlines():
         words = line.strip().split()
         if len(words) > 1 and words[0].lower() == "host":
@@ -96,11 +147,11 @@ class SSHForm(SourceForm):
         self.key = w.Text(placeholder="~/.ssh/id_ed25519 (optional: agent/config)", description="Key")
         self.known_hosts = w.Text(placeholder="~/.ssh/known_hosts", description="Known hosts")
         self.slots = w.BoundedIntText(value=1, min=1, max=4096, description="Slots")
-        self.python = w.Text(value="python3", description="Python")
+        self.options = OptionFields(("python", "environment"), defaults={"python": "python3"})
+        self.python, self.environment = self.options["python"], self.options["environment"]
         self.trust = w.Checkbox(value=False, description="trust a host seen for the first time")
-        self.environment = EnvironmentFields()
         self.widget = w.VBox([self.host, self.name, self.user, self.port, self.key, self.known_hosts,
-                              self.slots, self.python, *self.environment.widgets, self.trust])
+                              self.slots, *self.options.widgets, self.trust])
 
     def build(self) -> ComputeSource:
         from ..sources import SSHComputeSource
@@ -113,9 +164,10 @@ class SSHForm(SourceForm):
             raise ConfigError(f"must be a number, got {port!r}", "port")
         return SSHComputeSource(
             host, self.name.value.strip() or None, int(self.slots.value), port=int(port) if port else None,
-            username=self.user.value.strip() or None, client_keys=[self.key.value.strip()] if self.key.value.strip() else None,
+            username=self.user.value.strip() or None,
+            client_keys=[self.key.value.strip()] if self.key.value.strip() else None,
             known_hosts=self.known_hosts.value.strip() or None, trust_new_host=self.trust.value,
-            python=self.python.value.strip() or "python3", environment=self.environment.build())
+            **self.options.values())
 
 
 class SlurmForm(SourceForm):
@@ -130,12 +182,13 @@ class SlurmForm(SourceForm):
         self.gpus = w.Text(placeholder="e.g. 1", description="GPUs")
         self.account = w.Text(placeholder="(optional)", description="Account")
         self.slots = w.BoundedIntText(value=500, min=1, max=100000, description="Submit at once")
-        self.environment = EnvironmentFields()
+        self.options = OptionFields(("environment",))
+        self.environment = self.options["environment"]
         self.widget = w.VBox([self.name, self.partition, self.walltime, self.cpus, self.mem, self.gpus,
-                              self.account, self.slots, *self.environment.widgets])
+                              self.account, self.slots, *self.options.widgets])
 
     def build(self) -> ComputeSource:
-        from ..core.state import ResourceSpec
+        from ..core.model.state import ResourceSpec
         from ..sources import SlurmComputeSource
 
         def number(text: str, field: str):
@@ -151,17 +204,17 @@ class SlurmForm(SourceForm):
                             partition=self.partition.value.strip() or None,
                             account=self.account.value.strip() or None)
         return SlurmComputeSource(self.name.value.strip() or "slurm", int(self.slots.value), resources=spec,
-                                  environment=self.environment.build())
+                                  **self.options.values())
 
 
 #: Source types offered in the panel, by label: one small form class per type.
-FORMS: Dict[str, Type[SourceForm]] = {LocalForm.kind: LocalForm, SSHForm.kind: SSHForm, SlurmForm.kind: SlurmForm}
+FORMS: dict[str, type[SourceForm]] = {LocalForm.kind: LocalForm, SSHForm.kind: SSHForm, SlurmForm.kind: SlurmForm}
 
 
 class SourcesView:
     """The chosen sources with their health; add and remove them before launch."""
 
-    def __init__(self, sources: List[ComputeSource], report: Callable[[Exception], None]):
+    def __init__(self, sources: list[ComputeSource], report: Callable[[Exception], None]):
         self.sources = list(sources)
         self._report = report
         self.health: dict[str, dict] = {}
@@ -225,7 +278,8 @@ class SourcesView:
                 "per_minute", "avg_duration_s"]
         from .html import table
 
-        self.list_html.value = table(stats[[c for c in cols if c in stats.columns]], "hsm-source-stats", state_column=None)
+        shown = stats[[c for c in cols if c in stats.columns]]
+        self.list_html.value = table(shown, "hsm-source-stats", state_column=None)
         names = list(stats["source"])
         if list(self.control.options) != names:
             self.control.options = names

@@ -12,11 +12,11 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from typing import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import ipywidgets as w
 
-from ..core.state import JobState
+from ..core.model.state import JobState
 from .html import BAR_ORDER, duration, esc, legend, state_bar, table
 
 PAGE_SIZE = 25
@@ -172,7 +172,7 @@ def timing_sentence(elapsed: float | None, estimator: EtaEstimator | None, unend
 def source_rows(by_source: Mapping[str | None, Mapping[str, int]], names: Iterable[str], total: int) -> str:
     """One row per source: its tasks as a state bar drawn against the *whole* sweep's
     ``total`` (5 of 20 tasks fill a quarter), every source listed even before it has any."""
-    order = list(dict.fromkeys([*names, *sorted(k for k in by_source if k is not None)]))
+    order: list[str | None] = list(dict.fromkeys([*names, *sorted(k for k in by_source if k is not None)]))
     if None in by_source:
         order.append(None)
     rows = []

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import html
 import math
-from typing import Iterable, Optional, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any, cast
 
 MAX_POINTS = 120
 WIDTH, HEIGHT = 560, 240
@@ -46,7 +47,7 @@ def _scale(lo: float, hi: float, log: bool) -> tuple[float, float]:
 
 
 def chart(series: Iterable[tuple[str, Sequence[Point]]], *, x_label: str = "", y_label: str = "",
-          scatter: bool = False, log_x: Optional[bool] = None, title: str = "") -> str:
+          scatter: bool = False, log_x: bool | None = None, title: str = "") -> str:
     """An SVG line (or scatter) chart of named series of ``(x, y)`` points.  ``log_x=None`` picks
     a log x axis when every x is positive and they span more than 50x (fixed per call's data)."""
     data = [(name, thin([(float(x), float(y)) for x, y in pts if math.isfinite(x) and math.isfinite(y)]))
@@ -80,7 +81,8 @@ def chart(series: Iterable[tuple[str, Sequence[Point]]], *, x_label: str = "", y
     for i in range(5):  # x ticks
         t = x0 + (x1 - x0) * i / 4
         v = 10 ** t if log_x else t
-        parts.append(f'<text x="{left + w * i / 4:.1f}" y="{HEIGHT - bottom + 12}" text-anchor="middle">{_fmt(v)}</text>')
+        parts.append(f'<text x="{left + w * i / 4:.1f}" y="{HEIGHT - bottom + 12}" '
+                     f'text-anchor="middle">{_fmt(v)}</text>')
     parts.append(f'<text x="{left + w / 2}" y="{HEIGHT - 3}" text-anchor="middle">{html.escape(x_label)}'
                  f'{" (log)" if log_x else ""}</text>')
     parts.append(f'<text x="10" y="{top + h / 2}" text-anchor="middle" transform="rotate(-90 10 {top + h / 2})">'
@@ -120,13 +122,14 @@ def parallel(axes: Sequence[str], rows: Sequence[Sequence[object]], scores: Sequ
         return ""
     left, right, top, bottom = 30, 30, 18, 20
     w, h = WIDTH - left - right, HEIGHT - top - bottom
-    positions = []
+    positions: list[dict[Any, float]] = []
     for k in range(len(axes)):
         column = [rows[i][k] for i in order]
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in column):
-            lo, hi = min(column), max(column)
+            numbers = cast(list[float], column)
+            lo, hi = min(numbers), max(numbers)
             span = (hi - lo) or 1.0
-            positions.append({v: (v - lo) / span for v in column})
+            positions.append({v: (v - lo) / span for v in numbers})
         else:
             labels = sorted({str(v) for v in column})
             spread = {label: (j + 0.5) / len(labels) for j, label in enumerate(labels)}
@@ -134,7 +137,7 @@ def parallel(axes: Sequence[str], rows: Sequence[Sequence[object]], scores: Sequ
     xs = [left + w * k / (len(axes) - 1) for k in range(len(axes))]
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="hsm-parallel" width="{WIDTH}" height="{HEIGHT}" '
              f'viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="10">']
-    for x, name in zip(xs, axes):
+    for x, name in zip(xs, axes, strict=False):
         parts.append(f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{top + h}" stroke="#999"/>'
                      f'<text x="{x:.1f}" y="{top - 5}" text-anchor="middle">{html.escape(str(name))}</text>')
     n = len(order)

@@ -6,14 +6,15 @@ row it belongs to.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 
-from ..core.config import load_yaml
-from ..core.errors import ConfigError
-from ..core.space import ParameterSpace
+from ..core.model.errors import ConfigError
+from ..core.spec.config import load_yaml
+from ..core.spec.space import ParameterSpace
 from .ranges import CALL, call_problem, parse_call
 
 KINDS = ("grid", "paired A", "paired B", "paired C", "fixed")
@@ -31,7 +32,8 @@ def _scalar(text: str) -> Any:
         value = load_yaml(text)
     except yaml.YAMLError:
         return text
-    return text if isinstance(value, (dict, list)) or value is None and text.lower() not in ("null", "none", "~") else value
+    keep_text = isinstance(value, (dict, list)) or value is None and text.lower() not in ("null", "none", "~")
+    return text if keep_text else value
 
 
 def _opens_quote(text: str, i: int) -> bool:
@@ -211,7 +213,7 @@ def _check_row(name: str, text: str, kind: str) -> RowCheck:
 def _given_twice(names: list[str], checks: list[RowCheck]) -> list[RowCheck]:
     first: dict[str, int] = {}
     out = []
-    for i, (name, check) in enumerate(zip(names, checks)):
+    for i, (name, check) in enumerate(zip(names, checks, strict=False)):
         if name and name in first and not check.error:
             check = replace(check, error=f"parameter given twice (also in row {first[name] + 1}); keep one row",
                             bad="name")
@@ -226,7 +228,7 @@ def _unequal_pairs(names: list[str], kinds: list[str], checks: list[RowCheck]) -
     out = list(checks)
     for kind in {k for k in kinds if k.startswith("paired")}:
         rows = [i for i, c in enumerate(checks) if kinds[i] == kind and c.values is not None and not c.error]
-        lengths = {names[i]: len(checks[i].values) for i in rows}
+        lengths = {names[i]: len(checks[i].values or ()) for i in rows}
         if len(set(lengths.values())) > 1:
             sizes = ", ".join(f"{n} has {k}" for n, k in lengths.items())
             for i in rows:
@@ -250,14 +252,14 @@ def rows_to_space(rows: Sequence[tuple[str, str, str]]) -> ParameterSpace:
     grid: dict[str, Any] = {}
     fixed: dict[str, Any] = {}
     groups: dict[str, dict[str, Any]] = {}
-    for i, ((name, _, kind), check) in enumerate(zip(rows, check_rows(rows))):
+    for i, ((name, _, kind), check) in enumerate(zip(rows, check_rows(rows), strict=False)):
         name = (name or "").strip()
         if check.error:
             raise ConfigError(check.error, name or f"row {i + 1}")
         if check.blank:
             continue
         if kind == "fixed":
-            fixed[name] = check.values[0]
+            fixed[name] = (check.values or [None])[0]
         elif kind == "grid":
             grid[name] = check.values
         else:

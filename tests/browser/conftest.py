@@ -23,9 +23,10 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -192,7 +193,7 @@ class JupyterServer:
                     self.api("DELETE", f"/api/kernels/{kernel['id']}", timeout=15)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def jupyter_server() -> Iterator[JupyterServer]:
     _require_jupyter("jupyter")
     _require_jupyter("jupyterlab")
@@ -277,8 +278,10 @@ def voila_server() -> Iterator[VoilaServer]:
 # ----------------------------------------------------------------------------- browser
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Any]:
+    """Package-scoped: Playwright's sync API keeps an event loop running in the main thread while it
+    is open, which would break every later test that calls ``asyncio.run``."""
     if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
         pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium "
                     "(apt-get install chromium); never `playwright install`.", pytrace=False)

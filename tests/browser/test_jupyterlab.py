@@ -30,10 +30,10 @@ def test_launch_button_runs_sweep_to_completion(jupyter_server, page, blocked_re
     launch = page.locator(".widget-button.hsm-launch")
     try:
         launch.wait_for(state="visible", timeout=20_000)
-    except Exception:
+    except Exception as exc:
         png, html = save_diagnostics(page, "lab-no-launch")
         raise AssertionError(f"no visible .widget-button.hsm-launch after Run All; outputs="
-                             f"{output_texts(page)!r}; screenshot {png}, HTML {html}")
+                             f"{output_texts(page)!r}; screenshot {png}, HTML {html}") from exc
     before_click = panel_state(page)
     launch.click()
 

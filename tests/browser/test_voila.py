@@ -13,9 +13,9 @@ def test_voila_launch_runs_sweep_to_completion(voila_server, page):
     launch = page.locator(".widget-button.hsm-launch")
     try:
         launch.wait_for(state="visible", timeout=60_000)
-    except Exception:
+    except Exception as exc:
         png, html = save_diagnostics(page, "voila-no-launch")
-        raise AssertionError(f"Voila did not show .hsm-launch; screenshot {png}, HTML {html}")
+        raise AssertionError(f"Voila did not show .hsm-launch; screenshot {png}, HTML {html}") from exc
     t_visible = time.monotonic() - t0
     launch.click()
     state = wait_for_panel_finished(page, "voila", expected_total="6", timeout=60)

@@ -8,41 +8,8 @@ import json
 import pytest
 
 from hsm_notebook import ComputeSource, ConfigError
-from hsm_notebook.core import registry
-
-
-class UserSource(ComputeSource):
-    """A source as a user writes it: its own constructor arguments, recorded by ``describe()``."""
-
-    source_type = "user"
-
-    def __init__(self, name: str = "mine", max_parallel_jobs: int = 2, *, flavour: str = "plain"):
-        super().__init__(name, "user", max_parallel_jobs)
-        self.flavour = flavour
-
-    def describe(self):
-        return {**super().describe(), "flavour": self.flavour}
-
-    async def setup(self, sweep_dir, sweep_id):
-        return True
-
-    async def submit_job(self, params, job_name, sweep_id, wandb_group=None):
-        return job_name
-
-    async def get_job_status(self, job_id):
-        return "COMPLETED"
-
-    async def cancel_job(self, job_id):
-        return False
-
-    async def collect_results(self, job_ids=None):
-        return True
-
-    async def health_check(self):
-        return {"status": "healthy"}
-
-    async def cleanup(self):
-        return None
+from hsm_notebook.core.base import registry
+from tests.sources import UserSource
 
 
 def round_trip(source: ComputeSource) -> ComputeSource:
@@ -66,7 +33,7 @@ def test_every_builtin_source_round_trips(make_source, workdir):
 def test_a_records_class_path_names_the_class():
     record = UserSource("u", flavour="spicy").describe()
     assert record["type"] == "user"
-    assert record["class"] == f"{__name__}:UserSource"
+    assert record["class"] == f"{UserSource.__module__}:UserSource"
     rebuilt = round_trip(UserSource("u", 3, flavour="spicy"))
     assert (rebuilt.name, rebuilt.max_parallel_jobs, rebuilt.flavour) == ("u", 3, "spicy")
 
@@ -100,7 +67,8 @@ def test_a_builtin_record_without_a_class_path_is_rebuilt_by_type():
 
 @pytest.mark.parametrize("record, why", [
     ({"type": "gone", "class": "no_such_module_hsm:Gone", "name": "g", "max_parallel_jobs": 1}, "cannot be imported"),
-    ({"type": "user", "class": f"{__name__}:UserSource", "name": "u", "max_parallel_jobs": 1, "colour": "red"},
+    ({"type": "user", "class": f"{UserSource.__module__}:UserSource", "name": "u", "max_parallel_jobs": 1,
+      "colour": "red"},
      "unexpected keyword argument 'colour'"),
     ({"type": "gone", "class": "json:dumps", "name": "j", "max_parallel_jobs": 1}, "not a ComputeSource"),
 ])

@@ -11,7 +11,7 @@ import pytest
 
 from hsm_notebook import ConfigError, JobState
 from hsm_notebook.core._loop import run_sync
-from hsm_notebook.core.source import read_outcome
+from hsm_notebook.core.base.source import read_outcome
 
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "LOST")
 

@@ -23,7 +23,7 @@ Session hosts are shared: a test that injects a fault into one of them must undo
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 

@@ -622,7 +622,7 @@ class SlurmCluster:
         if errors:
             raise RuntimeError(f"teardown of Slurm test cluster {self.dir}: " + "; ".join(errors))
 
-    def __enter__(self) -> "SlurmCluster":
+    def __enter__(self) -> SlurmCluster:
         return self
 
     def __exit__(self, *exc) -> None:

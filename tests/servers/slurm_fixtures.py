@@ -20,7 +20,7 @@ hint; nothing is skipped.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 

@@ -36,9 +36,9 @@ import string
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from .proc import _alive, _signal, _wait_gone
 
@@ -597,7 +597,7 @@ class SSHServer:
         if errors:
             raise RuntimeError("; ".join(errors))
 
-    def __enter__(self) -> "SSHServer":
+    def __enter__(self) -> SSHServer:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -9,6 +9,8 @@ import re
 import time
 from pathlib import Path
 
+from tests.helpers import until
+
 from .slurm import SlurmCluster, _alive, start_cluster
 
 # Loads the fixtures if tests/conftest.py does not (a no-op once it lists them).
@@ -117,9 +119,8 @@ def test_stop_and_start_slurmd(slurm: SlurmCluster, tmp_path: Path):
     out = _outdir(tmp_path)
     job = c.sbatch("-o", f"{out}/slurm-%j.out", "--wrap", "sleep 300")
     c.wait_job(job, states={"RUNNING"})
-    time.sleep(0.2)
-    running = c.job_pids()  # slurmstepd, slurm_script, sleep
-    assert len(running) >= 2
+    until(lambda: len(c.job_pids()) >= 2, 30, "the job's processes (slurmstepd, slurm_script, sleep)")
+    running = c.job_pids()
     t0 = time.monotonic()
     c.stop_slurmd()
     assert not c.slurmd_running()
@@ -154,9 +155,8 @@ def test_close_cleans_up(tmp_path: Path):
     try:
         job = c.sbatch("-o", "/dev/null", "--wrap", "sleep 300")
         c.wait_job(job, states={"RUNNING"})
-        time.sleep(0.2)
+        until(c.job_pids, 30, "the job's processes")
         procs = c.job_pids()
-        assert procs, "no job processes found"
         daemons = [c.munged_pid, c.slurmctld_pid, c.slurmd_pid]
         c.stop_slurmd()  # the hard case: slurmstepd and the job outlive slurmd
         assert all(_alive(p) for p in procs)
