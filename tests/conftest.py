@@ -3,10 +3,13 @@ by the fixtures that need them; a missing server fails the test loudly."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -79,3 +82,21 @@ def sweeps():
         if sweep.running:
             sweep.cancel()
             sweep.wait(timeout=60)
+
+
+@pytest.fixture()
+def notebook_module(tmp_path: Path) -> Iterator[tuple[Any, Path]]:
+    """A ``helpers.py`` next to the "notebook" (a folder on sys.path, as the kernel's cwd is), imported
+    here; and a project folder holding ANOTHER ``helpers.py`` the jobs run in (``workdir=``)."""
+    notebook, project = tmp_path / "nb", tmp_path / "project"
+    notebook.mkdir()
+    project.mkdir()
+    (notebook / "helpers.py").write_text("FACTOR = 10\n\ndef score(x):\n    return x * FACTOR\n")
+    (project / "helpers.py").write_text("def score(x):\n    return -1\n")
+    sys.path.insert(0, str(notebook))
+    sys.modules.pop("helpers", None)
+    try:
+        yield importlib.import_module("helpers"), project
+    finally:
+        sys.path.remove(str(notebook))
+        sys.modules.pop("helpers", None)

@@ -4,12 +4,10 @@ has a documented place, and an environment without hsm_notebook still runs the f
 
 from __future__ import annotations
 
-import importlib
 import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,24 +24,6 @@ def _run(fn: Any, workdir: Path, grid: dict[str, list[Any]] | None = None, sourc
 
 
 # -- item 1: the kernel's module is the one that runs ----------------------------------------------
-@pytest.fixture()
-def notebook_module(tmp_path: Path) -> Iterator[tuple[Any, Path]]:
-    """A ``helpers.py`` next to the "notebook" (a folder on sys.path, as the kernel's cwd is), imported
-    here; and a project folder holding ANOTHER ``helpers.py`` the jobs run in (``workdir=``)."""
-    notebook, project = tmp_path / "nb", tmp_path / "project"
-    notebook.mkdir()
-    project.mkdir()
-    (notebook / "helpers.py").write_text("FACTOR = 10\n\ndef score(x):\n    return x * FACTOR\n")
-    (project / "helpers.py").write_text("def score(x):\n    return -1\n")
-    sys.path.insert(0, str(notebook))
-    sys.modules.pop("helpers", None)
-    try:
-        yield importlib.import_module("helpers"), project
-    finally:
-        sys.path.remove(str(notebook))
-        sys.modules.pop("helpers", None)
-
-
 def test_a_notebook_module_runs_as_the_kernel_imported_it_not_the_workdirs(notebook_module):
     helpers, project = notebook_module
     score = helpers.score

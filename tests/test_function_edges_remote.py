@@ -4,11 +4,8 @@ without hsm_notebook runs the function."""
 
 from __future__ import annotations
 
-import importlib
 import subprocess
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,23 +14,6 @@ from hsm_notebook import ParameterSpace, SlurmComputeSource, Sweep
 from tests.contract.conftest import ssh_source
 
 pytestmark = pytest.mark.slurm  # the SSH test adds its own marker
-
-
-@pytest.fixture()
-def notebook_module(tmp_path: Path) -> Iterator[tuple[Any, Path]]:
-    """``helpers.py`` next to the "notebook" (on sys.path), and a project holding another one."""
-    notebook, project = tmp_path / "nb", tmp_path / "project"
-    notebook.mkdir()
-    project.mkdir()
-    (notebook / "helpers.py").write_text("def score(x):\n    return x * 10\n")
-    (project / "helpers.py").write_text("def score(x):\n    return -1\n")
-    sys.path.insert(0, str(notebook))
-    sys.modules.pop("helpers", None)
-    try:
-        yield importlib.import_module("helpers"), project
-    finally:
-        sys.path.remove(str(notebook))
-        sys.modules.pop("helpers", None)
 
 
 def _slurm(cluster: Any, name: str, **kwargs: Any) -> SlurmComputeSource:
