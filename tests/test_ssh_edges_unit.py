@@ -16,7 +16,7 @@ from hsm_notebook import (
 from hsm_notebook.core.engine.gate import Gate
 from hsm_notebook.core.engine.retry import unreachable
 from hsm_notebook.core.model.errors import CommandTimeout, NotConnected, SubmitError
-from hsm_notebook.core.spec.job import PRODUCT_FILES
+from hsm_notebook.core.spec.jobpaths import NAMES
 from hsm_notebook.sources.collect import check_patterns, product_file, wanted
 from tests.sources import FakeLyingHealthSource, FakeUnreachableSource
 
@@ -53,11 +53,11 @@ def test_collect_grammar(pattern, path, fetched):
     assert wanted("job", path, check_patterns([pattern])) is fetched
 
 
-@pytest.mark.parametrize("path", [*PRODUCT_FILES, "run1/stdout.log", "run12/metrics.jsonl"])
+@pytest.mark.parametrize("path", [*NAMES.product, "run1/stdout.log", "run12/metrics.jsonl"])
 def test_the_products_own_files_always_come_back(path):
     assert product_file(path) and wanted("job", path, [])
     assert not product_file("runx/stdout.log") and not product_file("sub/metrics.jsonl")
-    assert {"metrics.jsonl", "result.pkl", "slurm.out", "exit_code", "stdout.log"} <= set(PRODUCT_FILES)
+    assert {"metrics.jsonl", "result.pkl", "slurm.out", "exit_code", "stdout.log"} <= set(NAMES.product)
 
 
 def test_what_cannot_be_contacted_spends_no_attempt():

@@ -26,6 +26,7 @@ from . import _loop
 from .base.source import ComputeSource
 from .engine.dispatch import STRATEGIES
 from .engine.manager import DistributedJobManager
+from .engine.monitor import HEALTH_TIMEOUT, ask_health
 from .launch import launch_options
 from .ledger import sweepdir
 from .ledger.events import Event, EventBus
@@ -40,7 +41,7 @@ from .ledger.records import (
 )
 from .ledger.store import SweepStore
 from .ledger.views import SweepViews
-from .model.errors import ConfigError, HsmError, describe_error
+from .model.errors import ConfigError, HsmError
 from .model.files import default_sweeps_dir
 from .model.state import RERUNNABLE, JobState
 from .spec import functions
@@ -59,38 +60,9 @@ _NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
 #: live object instead of a lock error naming its own pid.
 _RUNNING_HERE: weakref.WeakValueDictionary[str, Sweep] = weakref.WeakValueDictionary()
 
-#: How long a health check asked for by hand (``check_health()``, the panel's button) may take
-#: before its source counts as unhealthy.
-HEALTH_TIMEOUT = 30.0
-
-
-def _health_answer(answer: object, timeout: float) -> dict[str, Any]:
-    """A source's answer to ``health_check()`` as ``{"status": word, "reason": ...}``: a dict as it
-    is, a bare word (the reference's ``"ok"``) wrapped, an error or a timeout as ``unhealthy``."""
-    if isinstance(answer, TimeoutError):
-        return {"status": "unhealthy", "reason": f"no answer to the health check in {timeout} s"}
-    if isinstance(answer, BaseException):
-        return {"status": "unhealthy", "reason": describe_error(answer)}
-    if isinstance(answer, Mapping):
-        return dict(answer)
-    return {"status": str(answer)}
-
-
-async def _sources_health(
-    sources: Sequence[ComputeSource], timeout: float = HEALTH_TIMEOUT,
-) -> dict[str, dict[str, Any]]:
-    """Ask each source for its health now, all at once, each within ``timeout`` s:
-    ``{source name: {"status": ..., "reason": ...}}``; a check that raises or does not answer in
-    time makes its source ``unhealthy``, with the reason in words."""
-    sources = list(sources)
-    answers = await asyncio.gather(*(asyncio.wait_for(s.health_check(), timeout) for s in sources),
-                                   return_exceptions=True)
-    return {s.name: _health_answer(a, timeout) for s, a in zip(sources, answers, strict=False)}
-
-
 #: ``sources_health(sources)`` blocks; ``await sources_health_async(sources)`` does not: the health
 #: of sources that may not be in a sweep yet (the panel's form).
-sources_health, sources_health_async = _loop.twins(_sources_health)
+sources_health, sources_health_async = _loop.twins(ask_health)
 
 
 class Sweep(SweepViews):
@@ -454,7 +426,7 @@ class Sweep(SweepViews):
         """Ask every source of the sweep for its health now, all at once:
         ``{source name: {"status": ..., "reason": ...}}`` (see :func:`sources_health`).  Only asks:
         a running sweep's monitor keeps its own checks and decisions."""
-        return await _sources_health(self.sources, timeout)
+        return await ask_health(self.sources, timeout)
 
     check_health, check_health_async = _loop.twins(_check_health)
 

@@ -19,11 +19,11 @@ from collections.abc import Mapping, Sequence
 
 from ..core.model.errors import ConfigError
 from ..core.model.state import ResourceSpec
-from ..core.spec.job import SCHEDULER_FILE
+from ..core.spec.jobpaths import NAMES
 from . import batch
 
 #: The file in each task folder that holds Slurm's own output for that task (time-limit kills, OOM).
-SLURM_OUT = SCHEDULER_FILE
+SLURM_OUT = NAMES.scheduler
 
 # Slurm's documented forms: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S; UNLIMITED/INFINITE; 0 = no limit
 _WALLTIME = re.compile(r"^(\d+-)?\d+(:\d+){0,2}$|^(?i:unlimited|infinite)$")

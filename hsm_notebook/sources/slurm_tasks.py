@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from ..core.model.state import JobState
-from ..core.spec.job import RUN_DIR_PREFIX
+from ..core.spec.jobpaths import NAMES
 from .slurm_login import TaskFiles
 
 #: Slurm job states -> JobState: the one table.  Failure states keep their Slurm name in the error.
@@ -136,7 +136,7 @@ class SchedulerTasks:
             notes.append(f"{self.scheduler}: {slurm_state}")
         requeues = self._requeues.get(job_id)
         if requeues:
-            runs = ", ".join(f"{RUN_DIR_PREFIX}{i}/" for i in range(1, requeues + 1))
+            runs = ", ".join(f"{NAMES.run_prefix}{i}/" for i in range(1, requeues + 1))
             notes.append(f"requeued by {self.scheduler} {requeues} time(s) (node failure, preemption or the job's own "
                          f"requeue); earlier runs' logs in {runs}")
         return "; ".join(n for n in notes if n)

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..model.errors import SubmitError
-from ..spec.job import GPUS_FILE
+from ..spec.jobpaths import NAMES
 
 
 class GpuPool:
@@ -40,7 +40,7 @@ class GpuPool:
         mine, self.free = self.free[: self.per_job], self.free[self.per_job:]
         self.pinned[job_id] = mine
         try:
-            (job_dir / GPUS_FILE).write_text(",".join(map(str, mine)) + "\n")
+            (job_dir / NAMES.gpus).write_text(",".join(map(str, mine)) + "\n")
         except OSError:
             self.release(job_id)
             raise
@@ -51,7 +51,7 @@ class GpuPool:
         if job_id in self.pinned or not self.enabled:
             return self.pinned.get(job_id, [])
         try:
-            recorded = [int(g) for g in (job_dir / GPUS_FILE).read_text().split(",") if g.strip()]
+            recorded = [int(g) for g in (job_dir / NAMES.gpus).read_text().split(",") if g.strip()]
         except (FileNotFoundError, ValueError):
             return []
         mine = [g for g in recorded if g in self.free]

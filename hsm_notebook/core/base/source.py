@@ -3,14 +3,12 @@
 The seven abstract coroutines are the reference API, unchanged, so users' own
 sources written for it plug in.  Everything else here is shared machinery that a
 subclass gets for free: slot bookkeeping, stats, the job contract (argv and
-environment for a job), where a job's files live, and reading a finished job's
-outcome (exit code, last stderr lines, metrics) from those files.
+environment for a job), where a job's files live; reading a finished job's outcome
+is ``outcome.py``, the reference's state words ``states.py``.
 """
 
 from __future__ import annotations
 
-import json
-import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -22,58 +20,14 @@ from ..model.errors import ConfigError, SourceError
 from ..model.state import ComputeSourceStats, JobInfo, JobOutcome, JobState
 from ..spec import jobpaths
 from ..spec.job import (
-    CANCEL_FILE,
-    EXIT_CODE_FILE,
-    METRICS_FILE,
-    PID_FILE,
-    STDERR_FILE,
     JobTemplate,
     reference_template,
-    tail,
 )
-from ..spec.jobpaths import JobPaths, exit_code_of
+from ..spec.jobpaths import JobPaths
 from ..spec.options import PYTHON_NAMES, JobOptions
 from . import registry
-
-_JOB_NAME = re.compile(r"^(?P<task>[0-9a-f]{12})-(?P<attempt>\d+)$")
-
-
-def split_job_name(job_name: str) -> tuple[str | None, int | None]:
-    """``"0123456789ab-2"`` -> ``("0123456789ab", 2)``; other names -> ``(None, None)``."""
-    m = _JOB_NAME.match(job_name)
-    return (m["task"], int(m["attempt"])) if m else (None, None)
-
-
-#: What a source may report for a job it was given, in the reference API's words and a few
-#: common others (case-insensitive).  "PENDING" from a source means waiting in *its* queue.
-#: "UNKNOWN" (or anything not listed) means: no answer for this job this round.
-SOURCE_STATES: dict[str, JobState] = {
-    "PENDING": JobState.QUEUED, "SUBMITTING": JobState.QUEUED, "SUBMITTED": JobState.QUEUED,
-    "QUEUED": JobState.QUEUED, "WAITING": JobState.QUEUED, "STARTING": JobState.QUEUED,
-    "RUNNING": JobState.RUNNING, "ACTIVE": JobState.RUNNING,
-    "COMPLETED": JobState.COMPLETED, "DONE": JobState.COMPLETED, "SUCCESS": JobState.COMPLETED,
-    "SUCCEEDED": JobState.COMPLETED, "FINISHED": JobState.COMPLETED,
-    "FAILED": JobState.FAILED, "ERROR": JobState.FAILED, "TIMEOUT": JobState.FAILED,
-    "CANCELLED": JobState.CANCELLED, "CANCELED": JobState.CANCELLED, "KILLED": JobState.CANCELLED,
-    "LOST": JobState.LOST,
-}
-
-
-def reported_state(value: Any) -> JobState | None:
-    """A source's answer about one of its jobs as a state, or None when it does not know
-    ("UNKNOWN", or a word nobody defined): the manager asks again next round."""
-    key = value.value if isinstance(value, JobState) else str(value).strip().upper()
-    return SOURCE_STATES.get(key)
-
-
-def to_state(value: Any) -> JobState:
-    """A ``JobState`` or the reference API's plain strings (case-insensitive); SourceError for
-    anything else."""
-    state = reported_state(value)
-    if state is None:
-        raise SourceError(f"unknown job state {value!r}; return a JobState or one of {sorted(SOURCE_STATES)}")
-    return state
-
+from .outcome import read_outcome
+from .states import SOURCE_STATES, reported_state, split_job_name, to_state  # noqa: F401 - the ABC's vocabulary
 
 #: Finished jobs a source driven by hand keeps in ``completed_jobs`` (the oldest go first).
 REFERENCE_KEEP = 1000
@@ -414,37 +368,6 @@ class ComputeSource(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}: {len(self.active_jobs)}/{self.max_parallel_jobs} jobs>"
-
-
-def read_outcome(job_dir: Path, state: JobState) -> JobOutcome:
-    """Exit code, error line and metrics from a job dir laid out by the job contract."""
-    exit_code = exit_code_of(JobPaths(job_dir))  # None: absent, or empty while being written
-    errors: list[str] = []
-    if state in (JobState.FAILED, JobState.LOST):
-        last = tail(job_dir / STDERR_FILE, 5).strip()
-        if exit_code is not None:
-            errors.append(f"exit code {exit_code}" + (f": {last.splitlines()[-1]}" if last else ""))
-        elif state == JobState.LOST:
-            errors.append("the job's process vanished without an exit code")
-    metrics = None
-    path = job_dir / METRICS_FILE
-    if path.exists():
-        try:
-            metrics = json.loads(path.read_text() or "null")
-            if not isinstance(metrics, dict):
-                errors.append(f"{METRICS_FILE} must hold a JSON object, found {type(metrics).__name__}")
-                metrics = None
-        except (ValueError, UnicodeDecodeError) as exc:
-            errors.append(f"{METRICS_FILE} is not valid JSON ({exc})")
-    timing = {}
-    for key, name in (("start_time", PID_FILE), ("end_time", EXIT_CODE_FILE)):
-        try:
-            timing[key] = (job_dir / name).stat().st_mtime
-        except FileNotFoundError:
-            pass
-    if (job_dir / CANCEL_FILE).exists() and state != JobState.COMPLETED:
-        state = JobState.CANCELLED
-    return JobOutcome(state, exit_code, "; ".join(errors) or None, metrics, **timing)
 
 
 def now() -> float:

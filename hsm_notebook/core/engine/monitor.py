@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Collection, Coroutine, Mapping
+from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -140,3 +140,33 @@ class HealthMonitor:
         for task in list(self._checking.values()):
             task.cancel()
         self._checking.clear()
+
+
+# -- asked by hand (check_health(), the panel's button): only asks, decides nothing ------------
+#: How long a health check asked for by hand (``check_health()``, the panel's button) may take
+#: before its source counts as unhealthy.
+HEALTH_TIMEOUT = 30.0
+
+
+def _answer(answer: object, timeout: float) -> dict[str, Any]:
+    """A source's answer to ``health_check()`` as ``{"status": word, "reason": ...}``: a dict as it
+    is, a bare word (the reference's ``"ok"``) wrapped, an error or a timeout as ``unhealthy``."""
+    if isinstance(answer, TimeoutError):
+        return {"status": "unhealthy", "reason": f"no answer to the health check in {timeout} s"}
+    if isinstance(answer, BaseException):
+        return {"status": "unhealthy", "reason": describe_error(answer)}
+    if isinstance(answer, Mapping):
+        return dict(answer)
+    return {"status": str(answer)}
+
+
+async def ask_health(
+    sources: Sequence[ComputeSource], timeout: float = HEALTH_TIMEOUT,
+) -> dict[str, dict[str, Any]]:
+    """Ask each source for its health now, all at once, each within ``timeout`` s:
+    ``{source name: {"status": ..., "reason": ...}}``; a check that raises or does not answer in
+    time makes its source ``unhealthy``, with the reason in words."""
+    sources = list(sources)
+    answers = await asyncio.gather(*(asyncio.wait_for(s.health_check(), timeout) for s in sources),
+                                   return_exceptions=True)
+    return {s.name: _answer(a, timeout) for s, a in zip(sources, answers, strict=False)}

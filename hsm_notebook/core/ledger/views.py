@@ -21,8 +21,8 @@ from ..base import registry
 from ..model.errors import ConfigError, HsmWarning
 from ..model.state import JobState
 from ..spec import functions
-from ..spec.job import SCHEDULER_FILE, STDERR_FILE, STDOUT_FILE, tail
-from ..spec.jobpaths import JobPaths
+from ..spec.job import tail
+from ..spec.jobpaths import NAMES, JobPaths
 from ..spec.space import ParameterSpace
 from . import steps
 from .frames import counts_by_source, ledger_version, results_frame, status_frame, status_page, task_history, time_span
@@ -191,7 +191,7 @@ class SweepViews:
 
     def log_path(self, task_id: str, stream: str = "stderr", attempt: int | None = None) -> Path | None:
         """Where a task's log is (its latest attempt's, or ``attempt``'s); None before it ran."""
-        files = {"stdout": STDOUT_FILE, "stderr": STDERR_FILE, "slurm": SCHEDULER_FILE}
+        files = {"stdout": NAMES.stdout, "stderr": NAMES.stderr, "slurm": NAMES.scheduler}
         if stream not in files:
             raise ConfigError(f"must be one of {sorted(files)}", "stream")
         info = self.task(task_id)

@@ -29,11 +29,11 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from ...runner import FUNCTION_FILE as FUNCTION_FILE  # the job side spells the three names
+from ...runner import RESULT_FILE as RESULT_FILE
+from ...runner import VERSION_FILE as VERSION_FILE
 from ..model.errors import ConfigError
 
-FUNCTION_FILE = "function.pkl"
-VERSION_FILE = "function.python"
-RESULT_FILE = "result.pkl"
 #: The job every task of a function sweep runs; the parameters follow as one JSON argument.
 RUNNER = ("python", "-m", "hsm_notebook.runner")
 
@@ -95,14 +95,6 @@ def pack(fn: Callable[..., Any], objective: Mapping[str, str] | None = None) -> 
     finally:
         for module in registered:
             cloudpickle.unregister_pickle_by_value(sys.modules[module])
-
-
-def unpack(loaded: Any) -> tuple[Callable[..., Any], dict[str, types.ModuleType], str]:
-    """``function.pkl`` as loaded: the function, the modules to put in ``sys.modules`` and the name
-    of a returned number.  A pickle written before these travelled is the bare function."""
-    if isinstance(loaded, dict) and loaded.get("hsm_function") == 1:
-        return loaded["fn"], dict(loaded.get("modules") or {}), str(loaded.get("number") or VALUE_COLUMN)
-    return loaded, {}, VALUE_COLUMN
 
 
 def _registered(cloudpickle: Any, name: str) -> bool:

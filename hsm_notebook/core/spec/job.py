@@ -24,21 +24,6 @@ from .overrides import hydra_value
 
 ARG_STYLES = ("hydra", "argparse", "none", "json")  # json: all parameters as one JSON argument (function sweeps)
 
-#: Files inside a job's directory (their one spelling is ``jobpaths.NAMES``; these names stay for
-#: the modules that import them).
-PARAMS_FILE = NAMES.params
-METRICS_FILE = NAMES.metrics
-STDOUT_FILE = NAMES.stdout
-STDERR_FILE = NAMES.stderr
-SCHEDULER_FILE = NAMES.scheduler
-EXIT_CODE_FILE = NAMES.exit_code
-PID_FILE = NAMES.pid
-CANCEL_FILE = NAMES.cancelled
-LAUNCH_FILE = NAMES.launch
-GPUS_FILE = NAMES.gpus
-SIGNALLED_FILE = NAMES.signalled
-PRODUCT_FILES = NAMES.product
-RUN_DIR_PREFIX = NAMES.run_prefix
 #: Signals the wrapper passes on to the program and notes in ``signalled``: TERM, INT, HUP and
 #: XCPU end a run (a cancel, a requeue, a time limit); USR1 and USR2 are checkpoint signals
 #: (Slurm's ``--signal=B:USR1@120``) after which a program may requeue itself.  A run that got
