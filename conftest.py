@@ -1,6 +1,6 @@
 """Markers for every collected test, so ``pytest -m unit`` runs without any server.
 
-A test is ``ssh`` / ``slurm`` / ``browser`` when it needs that server: by a marker of its own,
+A test is ``ssh`` / ``slurm`` / ``sge`` / ``browser`` when it needs that server: by a marker of its own,
 by the server fixtures it asks for, by the source kind it is parametrised with (the contract
 suite's ``make_source[ssh]``), or by the folder or module that starts the server itself.
 A test that needs no server but runs real jobs on this machine (it asks for the ``workdir``
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-SERVER_MARKS = ("ssh", "slurm", "browser")
-_FIXTURE_PREFIXES = {"ssh": ("ssh_host", "ssh_server"), "slurm": ("slurm",)}
+SERVER_MARKS = ("ssh", "slurm", "sge", "browser")
+_FIXTURE_PREFIXES = {"ssh": ("ssh_host", "ssh_server"), "slurm": ("slurm",), "sge": ("sge",)}
 #: modules that start a server themselves rather than through a fixture
 _MODULE_MARKS = {
     "test_sshd_fixture.py": ("ssh",),

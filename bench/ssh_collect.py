@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from hsm_notebook import SSHComputeSource  # noqa: E402
 from hsm_notebook.core._loop import run_sync  # noqa: E402
-from hsm_notebook.sources import ssh_jobs  # noqa: E402
+from hsm_notebook.sources import collect as collecting  # noqa: E402
 from tests.servers.sshd import SSHServer  # noqa: E402
 
 
@@ -97,12 +97,12 @@ def main() -> None:
                                  f"echo 0 > {big}/exit_code && echo 1 > {big}/pid && : > {big}/stderr.log && "
                                  f"echo '{{\"y\": 1}}' > {big}/metrics.json", timeout=300))
         # first, in a fresh process (so no earlier round's memory hides it): a disk slower than the network
-        real_copy = ssh_jobs.shutil.copyfileobj
-        ssh_jobs.shutil = SimpleNamespace(copyfileobj=slow_copy)
+        real_copy = collecting.shutil.copyfileobj
+        collecting.shutil = SimpleNamespace(copyfileobj=slow_copy)
         try:
             seconds, mb = collect(source, ["big"])
         finally:
-            ssh_jobs.shutil = shutil
+            collecting.shutil = shutil
         assert real_copy is shutil.copyfileobj
         print(f"{args.mb} MB job folder onto a slow disk (64 KiB writes, 1 ms each: ~{0.0625 / 0.001:.0f} MB/s): "
               f"{seconds:.2f} s, controller peak RSS growth {mb:.1f} MB (target < 50)\n")

@@ -16,6 +16,11 @@ _EXPORTS = {
     "ParameterSpace": "core.spec.space",
     "task_id": "core.spec.space",
     "Sweep": "core.sweep",
+    "SweepExecutor": "core.executor",
+    "Search": "core.spec.search",
+    "Float": "core.spec.search",
+    "Int": "core.spec.search",
+    "Categorical": "core.spec.search",
     "SweepFile": "core.spec.config",
     "JobState": "core.model.state",
     "JobInfo": "core.model.state",
@@ -34,6 +39,8 @@ _EXPORTS = {
     "SSHComputeSource": "sources.ssh",
     "RemoteJobManager": "sources.ssh_jobs",
     "SlurmComputeSource": "sources.slurm",
+    "SGEComputeSource": "sources.sge",
+    "PBSComputeSource": "sources.pbs",
     "ConnectError": "core.model.errors",
     "log_metrics": "metrics",
     "HsmError": "core.model.errors",
@@ -44,6 +51,7 @@ _EXPORTS = {
     "SubmitError": "core.model.errors",
     "CommandError": "core.model.errors",
     "SweepPanel": "ui.panel",  # ipywidgets is imported only when the panel is asked for
+    "compare": "ui.compare",  # sweeps' results in one frame with a ``sweep`` column (CompareView draws them)
 }
 
 __all__ = sorted(_EXPORTS)

@@ -39,7 +39,7 @@ def _report(sweep: Sweep, out=sys.stdout) -> int:
         results = sweep.results()
         print(f"\nResults ({len(results)} completed) in {sweep.directory}:", file=out)
         print(results.drop(columns=["task_id"]).to_string(index=False) if len(results) else "(none)", file=out)
-        failed = sweep.status().query("state != 'COMPLETED'")
+        failed = sweep.status().query("state not in ('COMPLETED', 'PRUNED')")  # a pruned trial ended as meant
         if len(failed):
             print(f"\n{len(failed)} task(s) did not complete:", file=out)
             print(failed[["task_id", "state", "exit_code", "error"]].to_string(index=False), file=out)
@@ -70,7 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             sweep = Sweep.from_yaml(sweep_file, sources, directory=getattr(args, "dir", None), reattach=False,
                                     project=False if getattr(args, "no_project", False) else None,
                                     **({"command": args.command} if getattr(args, "command", None) else {}))
-            print(f"Sweep {sweep.id}: {sweep.counts().get('PENDING', 0)} tasks from {sweep_file}")
+            search = sweep.search
+            what = (f"a search of {search.n_trials or 'up to ' + format(search.timeout, 'g') + ' s of'} trials"
+                    if search is not None else f"{sweep.counts().get('PENDING', 0)} tasks")
+            print(f"Sweep {sweep.id}: {what} from {sweep_file}")
             project = (sweep.record.get("origin") or {}).get("project")
             if project:
                 print(f"Project config {project['path']}: runs `{' '.join(sweep.template.command)}` in "

@@ -1,4 +1,4 @@
-"""Shared fixtures.  Servers (sshd, Slurm, JupyterLab) are started once per session
+"""Shared fixtures.  Servers (sshd, Slurm, Grid Engine, JupyterLab) are started once per session
 by the fixtures that need them; a missing server fails the test loudly."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-pytest_plugins = ["tests.servers.fixtures", "tests.servers.slurm_fixtures"]
+pytest_plugins = ["tests.servers.fixtures", "tests.servers.slurm_fixtures", "tests.servers.sge_fixtures"]
 
 #: A job script used across tests: writes metrics, can fail, sleep or append to a file.
 JOB = textwrap.dedent(

@@ -399,7 +399,10 @@ def test_the_panel_forms_set_the_environment_and_name_bad_fields():
         assert source.environment.to_dict() == {"conda_env": "myenv", "venv": "~/venvs/x",
                                                 "modules": ["cuda/12.1", "gcc"],
                                                 "pre_script": ["export A=1\nexport B=2"]}
-        env.modules.value = "cuda 12; rm"
+        form = view.form  # after an add the form is a fresh one (a free name), ready for another
+        if hasattr(form, "host"):
+            form.host.value = "example.invalid"
+        form.environment.modules.value = "cuda 12; rm"
         form.name.value = "another"
         view.add_button.click()
         assert isinstance(errors[-1], ConfigError) and errors[-1].field == "environment.modules"

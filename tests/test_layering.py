@@ -24,7 +24,7 @@ LAYERS = [
     ("ledger", ("hsm_notebook.core.ledger",)),
     ("engine", ("hsm_notebook.core.engine",)),
     ("sweep", ("hsm_notebook.core.sweep", "hsm_notebook.core.launch", "hsm_notebook.core")),
-    ("sources", ("hsm_notebook.sources",)),
+    ("sources", ("hsm_notebook.sources", "hsm_notebook.search")),
     ("front", ("hsm_notebook.ui", "hsm_notebook.cli", "hsm_notebook.__main__", "hsm_notebook")),
 ]
 #: Sources build on the ABC and its toolkit, never on the ledger or the engine.
@@ -174,8 +174,8 @@ def test_a_local_sweep_does_not_import_asyncssh(workdir):
     assert out.stdout.strip() == "[]", out.stdout
 
 
-def test_the_results_view_draws_without_a_plotting_library(monkeypatch, workdir):
-    """Charts are SVG text: no matplotlib (nor any plotting library) is imported to draw them."""
+def test_the_results_view_draws_with_plotly_and_without_matplotlib(monkeypatch, workdir):
+    """Charts are Plotly FigureWidgets (issue 22): matplotlib is not imported to draw them."""
     from hsm_notebook import ParameterSpace, Sweep
     from hsm_notebook.ui.results_view import ResultsView
 
@@ -183,7 +183,9 @@ def test_the_results_view_draws_without_a_plotting_library(monkeypatch, workdir)
     sweep = Sweep(ParameterSpace(grid={"x": [1, 2, 3]}), ["python", "job.py"], workdir=workdir, poll_interval=0.1).run()
     view = ResultsView()
     view.show(sweep)
-    assert view.scatter.value.startswith("<svg") and "3</b> completed" in view.page_label.value
+    view.view.value = "slice"
+    assert type(view.chart.widget).__name__ == "FigureWidget" and "3</b> completed" in view.page_label.value
+    assert [len(t["x"]) for t in view.chart.traces] == [3]
 
 
 def test_the_package_needs_no_plotting_library():

@@ -56,14 +56,15 @@ def test_launch_from_the_form_runs_a_real_sweep(workdir, panels, tmp_path):
     _until(lambda: "hsm-done'>10<" in panel.status_view.summary.value and panel.cancel_button.disabled)
     assert panel.status_view.progress.value == 10 and panel.status_view.progress.max == 10
     assert "COMPLETED 5" in panel.status_view.summary.value and "FAILED 5" in panel.status_view.summary.value
-    assert panel.status_view.table.value.count("data-state='COMPLETED'") == 5
+    grid = panel.status_view.grid
+    assert [r.value.count("data-state='COMPLETED'") > 0 for r in grid.rows].count(True) == 5
     assert not panel.retry_button.disabled and panel.launch_button.disabled and panel.cancel_button.disabled
-    # filter by state, sort by a parameter
+    # filter by state, sort by a parameter (a click on its header, again for the other way)
     panel.status_view.state_filter.value = "FAILED"
-    assert panel.status_view.table.value.count("data-state='FAILED'") == 5
+    assert len(grid.rows) == 5 and all("data-state='FAILED'" in r.value for r in grid.rows)
     assert "data-state='COMPLETED'" not in panel.status_view.table.value
-    panel.status_view.sort.value = "x"
-    panel.status_view.descending.value = True
+    grid.headers[grid.columns.index("x")].click()
+    grid.headers[grid.columns.index("x")].click()
     assert list(panel.status_view.rows["x"]) == [5, 4, 3, 2, 1]
     # job detail of a failed task
     failed = panel.status_view.rows["task_id"].iloc[0]
@@ -85,7 +86,9 @@ def test_launch_from_the_form_runs_a_real_sweep(workdir, panels, tmp_path):
     view.openers[0].click()  # the first row: x=5
     assert panel.tabs.selected_index == 3 and panel.detail_view.task.value == view._page_ids[0]
     assert panel.results_view.metric.value == "score" and panel.results_view.param.value == "x"
-    assert panel.results_view.scatter.value.startswith("<svg")
+    view.view.value = "slice"  # the metric against each parameter, one point per completed task
+    assert [len(t["x"]) for t in view.chart.traces] == [5, 5]  # x and exit, each against the score
+    assert view.chart.layout["xaxis"]["title"]["text"] == "x"
 
 
 def test_cancel_and_retry_buttons(workdir, panels):
@@ -287,15 +290,23 @@ def test_results_show_live_curves_and_follow_the_objective(workdir, panels):
     sweep.start()
     panel.tabs.selected_index = 4
     view = panel.results_view
-    _until(lambda: sweep.counts().get("COMPLETED") == 3 and "(running)" in view.note.value
-           and view.best_line.value.count("<circle") >= 1, timeout=60, what="three done and the running curve drawn")
+
+    def roles() -> dict[str, str]:
+        return {t["name"]: t["legendgroup"] for t in view.curves.traces if t["uid"].startswith("curve-")}
+
+    _until(lambda: sweep.counts().get("COMPLETED") == 3 and roles().get("x=9") == "running",
+           timeout=60, what="three done and the running curve drawn")
     assert view.metric.value == "accuracy" and view.direction.value is False  # higher is better
-    assert view.curves.value.startswith("<svg") and view.curves.value.count("<polyline") >= 2
-    assert view.best_line.value.startswith("<svg") and "best accuracy so far" in view.best_line.value
+    assert roles() == {"x=9": "running", "x=5": "best", "x=3": "best", "x=1": "best"}  # legends name parameters
+    _until(lambda: [t["uid"] for t in view.chart.traces] == ["history-completed", "history-best"],
+           what="the accuracy of each ended task and the best so far")
+    assert view.chart.layout["title"]["text"].startswith("accuracy over time, best so far (higher is better")
+    assert list(next(t for t in view.chart.traces if t["uid"] == "history-best")["y"])[-1] == 0.5  # x=5's
     # the first row after the header: the best finished task (accuracy 0.5, x=5)
     _until(lambda: ">0.5<" in view.rows[0].value, what="the best task first")
-    assert len(view.curves.value) < 20_000  # a few KB, not a PNG
-    _until(lambda: view.parallel.value.count("<polyline") == 3, what="x against accuracy, a line per finished task")
+    view.view.value = "parallel"
+    _until(lambda: len(view.chart.traces[0]["dimensions"][0]["values"]) == 3,
+           what="x against accuracy, a line per finished task")
     sweep.cancel()
     sweep.wait(timeout=30)
 

@@ -167,8 +167,8 @@ def test_without_an_objective_results_say_which_direction_they_assumed_and_let_i
     # never "the three worst are the best" without a word: the direction is named as assumed
     assert "assumed" in note and "no objective" in note, note
     assert view.direction.value is False and "higher is better" in note  # an accuracy: higher is better
-    until(lambda: "higher is better: assumed" in html.unescape(view.best_line.value), 30,
-          "the best-so-far line says it")
+    until(lambda: "higher is better: assumed" in view.chart.layout["title"]["text"], 30,
+          "the best-so-far chart says it")
     until(lambda: _first_row_acc(panel) == "0.5", 30, "the highest first")
     view.direction.value = True  # the user flips it
     until(lambda: _first_row_acc(panel) == "0.1", 30, "the lowest first once flipped")

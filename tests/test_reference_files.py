@@ -143,7 +143,7 @@ def test_what_each_format_carries():
     ("sweep:\n  grid: {a: [1]}\n  costs: 1\n", "sweep", "unknown keys ['costs']"),
     ("command: python t.py\nscript: t.py\nsweep:\n  grid: {a: [1]}\n", "script", "not both"),
     ("parameters:\n  lr: {distribution: log_uniform, min: 0.1, max: 1}\n", "parameters.lr", "distributions"),
-    ("parameters:\n  lr: {values: [1]}\nmethod: bayes\n", "strategy", "'bayes' search is not supported"),
+    ("parameters:\n  lr: {values: [1]}\nmethod: bayes\n", "run_cap", "needs a budget"),
     ("resumable: {enabled: true}\nsweep:\n  grid: {a: [1]}\n", "resumable", "not supported"),
     ("defaults: 3\nsweep:\n  grid: {a: [1]}\n", "defaults", "Hydra defaults list"),
 ])

@@ -13,6 +13,7 @@ from .model.errors import ConfigError
 from .spec.config import SweepFile
 from .spec.environment import Environment
 from .spec.project import ProjectConfig, find_project
+from .spec.search import Search
 
 
 def resolve_project(spec: SweepFile, project: ProjectConfig | str | Path | bool | None) -> ProjectConfig | None:
@@ -36,7 +37,9 @@ def launch_options(
 ) -> dict[str, Any]:
     """Keyword arguments of ``Sweep(...)`` for ``spec``; ``kwargs`` (any ``Sweep`` argument,
     ``command`` included) win over what the file and the project say.  ``need_command=False``
-    (a form to fill in) gives ``command=None`` rather than an error when nothing names one."""
+    (a form to fill in) gives ``command=None`` rather than an error when nothing names one.
+    ``space`` is the file's grid or its search (``spec.plan``); a search needs an objective
+    (the file's ``metric:`` or ``objective:``, or ``objective=``)."""
     config = resolve_project(spec, project)
     command = kwargs.pop("command", None) or spec.command
     if command is None and config is not None:
@@ -56,7 +59,7 @@ def launch_options(
         if spec.environment and getattr(source, "environment", None) == Environment():
             source.environment = spec.environment
     options: dict[str, Any] = {
-        "space": spec.space, "command": command, "sources": sources, "name": spec.name,
+        "space": spec.plan, "command": command, "sources": sources, "name": spec.name,
         "arg_style": spec.arg_style, "env": {**(config.env if config else {}), **spec.env},
         "wandb_group": spec.wandb_group, "metadata": spec.metadata, "reference_args": config is not None,
         "objective": spec.objective,
@@ -68,4 +71,7 @@ def launch_options(
     elif spec.path is not None:
         options["workdir"] = spec.path.parent
     options.update(kwargs)
+    if isinstance(options["space"], Search) and not options.get("objective"):
+        raise ConfigError("a search needs a metric to optimize: add metric: {name: val_loss, goal: minimize} (or "
+                          "objective: {val_loss: min}) to the file, or pass objective=", "metric")
     return options

@@ -15,6 +15,7 @@ import contextlib
 import copy
 import datetime as dt
 import re
+import sys
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -22,15 +23,18 @@ from typing import Any
 
 import pandas as pd
 
+from .._lazy import load
 from . import _loop
+from . import progress as progress_line
 from .base.source import ComputeSource
 from .engine.dispatch import STRATEGIES
 from .engine.manager import DistributedJobManager
 from .engine.monitor import HEALTH_TIMEOUT, ask_health
 from .launch import launch_options
-from .ledger import sweepdir
+from .ledger import notes, sweepdir
 from .ledger.events import Event, EventBus
 from .ledger.records import (
+    SPACE_DIFFERS,
     check_sources,
     code_digest,
     differences,
@@ -50,6 +54,7 @@ from .spec.config import objective as check_objective
 from .spec.job import JobTemplate
 from .spec.policy import RetryPolicy
 from .spec.project import ProjectConfig
+from .spec.search import SEARCH_FILE, Search
 from .spec.space import ParameterSpace
 
 #: A sweep's name becomes part of its folder's name: no path separators, no hidden folder, no "..".
@@ -80,7 +85,7 @@ class Sweep(SweepViews):
 
     def __init__(
         self,
-        space: ParameterSpace,
+        space: ParameterSpace | Search,
         command: Sequence[str] | str | Callable[..., Any],
         sources: Sequence[ComputeSource] | None = None,
         *,
@@ -104,9 +109,16 @@ class Sweep(SweepViews):
         origin: Mapping[str, Any] | None = None,
         objective: Mapping[str, str] | str | None = None,
         reattach: bool = True,
+        extend: bool = False,
     ):
+        search = space if isinstance(space, Search) else None
+        if search is not None:
+            search.check_objective(check_objective(objective))
+            space = ParameterSpace(fixed=search.fixed) if search.fixed else ParameterSpace(grid={})
+            if retry is None:  # a trial is one attempt: its job gone, it is told FAIL and the sampler goes on
+                retry = RetryPolicy(max_attempts=1)
         if not isinstance(space, ParameterSpace):
-            raise ConfigError(f"must be a ParameterSpace, got {type(space).__name__}", "space")
+            raise ConfigError(f"must be a ParameterSpace or a Search, got {type(space).__name__}", "space")
         if name is not None and not (isinstance(name, str) and _NAME.fullmatch(name) and ".." not in name):
             raise ConfigError(f"must be 1 to 100 letters, digits, '.', '_' or '-' (no '/', no '..', not starting "
                               f"with '.'), got {name!r}: it names the sweep's folder under the sweeps directory",
@@ -137,22 +149,40 @@ class Sweep(SweepViews):
             "retry": retry_policy(retry).to_dict(), "health_interval": health_interval, "max_failures": max_failures,
             "unknown_timeout": unknown_timeout, "stall_timeout": stall_timeout, "git": git_state(workdir),
             "metadata": dict(metadata or {}), "origin": dict(origin or {}), "objective": check_objective(objective),
-            "function": function,
+            "function": function, "search": search.to_dict() if search is not None else None,
         }
+        if search is not None:
+            files[SEARCH_FILE] = search.dumps()
         if strategy not in STRATEGIES:
             raise ConfigError(f"must be one of {STRATEGIES}, got {strategy!r}", "strategy")
         if earlier:  # the cell that made this named sweep runs again (Run All after a restart)
-            self._reattach(earlier[0], record, sources)
+            self._reattach(earlier[0], record, sources, space if extend and search is None else None)
             return
-        store = SweepStore.create(directory, record, space.with_ids(), requires, files)
+        tasks = [] if search is not None else space.json_rows()  # a search's tasks are its trials, asked as it runs
+        report = progress_line.creation(name or sweep_id, len(space)) if search is None else None
+        store = SweepStore.create(directory, record, tasks, requires, files, report,
+                                  product=search is None and space.plain)
         self._init(store, sources, record)
 
-    def _reattach(self, folder: Path, record: Mapping[str, Any], sources: list[ComputeSource]) -> None:
+    def _reattach(self, folder: Path, record: Mapping[str, Any], sources: list[ComputeSource],
+                  extend: ParameterSpace | None = None) -> None:
         """Become the existing sweep in ``folder`` when it was made from the same arguments; refuse,
-        naming what differs, when it was not.  Not started: ``start()``/``run()`` resume it."""
+        naming what differs, when it was not.  Not started: ``start()``/``run()`` resume it.  With
+        ``extend`` (a space) only the space may differ: its new combinations join the sweep."""
         store = SweepStore.open(folder)
         stored = store.record()
         differs = differences(stored, record)
+        if extend is not None and differs == [SPACE_DIFFERS]:
+            self._init(store, sources, stored)
+            self.extend(extend)
+            return
+        if differs == [SPACE_DIFFERS] and not stored.get("search"):
+            raise ConfigError(
+                f"a sweep named {record['name']!r} already exists in {folder}, and its space differs from what is "
+                f"asked now; to add the new "
+                f"combinations to it (the earlier results stay, only new tasks run): Sweep(..., extend=True) or "
+                f"sweep.extend(space); to run this as a new sweep give it a new name= (or directory=); to go on "
+                f"with the existing one as it is: Sweep.attach({str(folder)!r})", "name")
         if differs:
             raise ConfigError(
                 f"a sweep named {record['name']!r} already exists in {folder}, and {' and '.join(differs)} "
@@ -174,6 +204,7 @@ class Sweep(SweepViews):
         self._manager: DistributedJobManager | None = None
         self._future: concurrent.futures.Future | None = None
         self._param_names: list[str] | None = None
+        self._study: Any = None
         self.bus = EventBus()
 
     # -- other ways in ---------------------------------------------------------------------
@@ -266,10 +297,82 @@ class Sweep(SweepViews):
             unknown_timeout=self._record.get("unknown_timeout", 120.0),
             stall_timeout=self._record.get("stall_timeout", 600.0),
             events=self.bus,
+            searcher=self._searcher(),
+            search=self._record.get("search"),
+            objective=self._record.get("objective"),
         )
         self._future = _loop.spawn(self._drive(self._manager))
         _RUNNING_HERE[str(self.directory)] = self
         return self
+
+    # -- more combinations ------------------------------------------------------------------
+    async def _extend(self, space: ParameterSpace) -> int:
+        """Add the combinations of ``space`` this sweep does not hold yet (the same task id is the same
+        combination: it keeps its result); returns how many were added.  They run with this sweep's
+        command, environment and sources, so the earlier results stand beside them: a running sweep
+        takes them at once, an ended one with ``start()``/``run()``.  The sweep's recorded space
+        becomes ``space`` (the earlier ones are kept under ``extended``)."""
+        if not isinstance(space, ParameterSpace):
+            raise ConfigError(f"must be a ParameterSpace, got {type(space).__name__}", "space")
+        if self._record.get("search"):
+            raise ConfigError("a search asks for its own trials: extend its budget with a new search instead",
+                              "space")
+        self.template.check(space.values())
+        running = self.running and self._manager is not None
+        if not running:
+            self.store.acquire()  # before any write: refused (another live controller), it changes nothing
+        try:
+            added = self.store.add_tasks(space.with_ids(), "added by extend()")
+            earlier = [*self._record.get("extended", []), self._record["space"]]
+            self._record.update(space=space.to_dict(), extended=earlier)
+            self.store.update_record(space=self._record["space"], extended=earlier)
+            self._param_names = None
+        finally:
+            if not running:
+                self.store.close()
+                self.store.release()
+        if running and added:
+            self._manager.requeue()  # type: ignore[union-attr]
+        return added
+
+    extend, extend_async = _loop.twins(_extend)
+
+    # -- a search ------------------------------------------------------------------------
+    @property
+    def search(self) -> Search | None:
+        """The search this sweep runs (None for a grid or sample sweep)."""
+        if not self._record.get("search"):
+            return None
+        return Search.loads((self.directory / SEARCH_FILE).read_bytes())
+
+    def _searcher(self) -> Any:
+        search = self.search
+        if search is None:
+            return None
+        make = search.searcher or load("hsm_notebook.search.study:OptunaSearch")
+        return make(search, self.directory, self.id, self._record.get("objective") or {})
+
+    @property
+    def study(self) -> Any:
+        """The search's live ``optuna.Study`` (read from the sweep folder's ``study.log``, which
+        ``optuna.load_study(study_name=sweep.id, storage=sweep.study_storage)`` opens too)."""
+        if not self._record.get("search"):
+            raise ConfigError("not a search: Sweep(Search(...), ...) makes one; a grid sweep's results are "
+                              "results()", "study")
+        if self._study is None:
+            self._study = load("hsm_notebook.search.study:load_study")(self.directory, self.id, self.search)
+        return self._study
+
+    @property
+    def study_storage(self) -> Any:
+        """The study's storage (an ``optuna.storages.JournalStorage`` over :attr:`study_file`), for
+        ``optuna.load_study(study_name=sweep.id, storage=sweep.study_storage)``."""
+        return load("hsm_notebook.search.study:storage")(self.directory)
+
+    @property
+    def study_file(self) -> Path:
+        """The study's journal file: ``optuna-dashboard <file>`` shows it, live."""
+        return self.directory / load("hsm_notebook.search.study:STUDY_FILE")
 
     async def _drive(self, manager: DistributedJobManager) -> None:
         try:
@@ -278,15 +381,28 @@ class Sweep(SweepViews):
             self.store.close()
             self.store.release()
 
-    def wait(self, timeout: float | None = None) -> Sweep:
-        """Block until the sweep's tasks have all ended; re-raises what stopped the manager."""
+    def wait(self, timeout: float | None = None, *, progress: bool | None = None) -> Sweep:
+        """Block until the sweep's tasks have all ended; re-raises what stopped the manager.
+
+        ``progress``: a text line (counts, rate, best so far) rewritten in place while it waits; by
+        default shown in a terminal or a notebook, not when output goes elsewhere; False: quiet."""
         _loop.refuse_in_loop("sweep.wait()")
-        if self._future is not None:
+        future = self._future
+        if future is None:
+            return self
+
+        def wait(seconds: float | None) -> None:
             try:
-                self._future.result(timeout)
+                future.result(seconds)
             except concurrent.futures.TimeoutError:
                 raise TimeoutError(f"sweep {self.id} still running after {timeout} s; "
                                    "it goes on in the background") from None
+
+        if future.done() or not progress_line.wanted(progress, sys.stderr):
+            wait(timeout)
+        else:
+            line = progress_line.ProgressLine(self.store, self._record.get("name") or self.id, self.objective)
+            progress_line.wait_with_line(wait, line, timeout)
         return self
 
     async def wait_async(self) -> Sweep:
@@ -296,9 +412,9 @@ class Sweep(SweepViews):
             await asyncio.shield(asyncio.wrap_future(self._future))
         return self
 
-    def run(self) -> Sweep:
-        """``start()`` then ``wait()``."""
-        return self.start().wait()
+    def run(self, *, progress: bool | None = None) -> Sweep:
+        """``start()`` then ``wait()`` (with its progress line unless ``progress=False``)."""
+        return self.start().wait(progress=progress)
 
     async def run_async(self) -> Sweep:
         """``await sweep.run_async()``: start, then wait."""
@@ -452,4 +568,23 @@ class Sweep(SweepViews):
         total = sum(counts.values())
         parts = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
         return f"<Sweep {self.id}: {total} tasks ({parts}) in {self.directory}>"
+
+    # -- notes and tags (read with task(id)["note"], notes(), tags) ----------------------------------
+    def note(self, task_id: str, text: str) -> Sweep:
+        """Keep ``text`` as the note of task ``task_id`` in the ledger (shown in Job detail and the
+        status table, exported with the results); empty text removes it.  Works while the sweep
+        runs, here or in another process: a note is its own short write."""
+        notes.write_note(self.directory, task_id, text)
+        return self
+
+    def tag(self, *words: str) -> Sweep:
+        """Tag the sweep (``sweep.tag("baseline", "lr-scan")``): tags are shown in ``%hsm``'s list of
+        sweeps, with the best value and the parameters that vary, to tell sweeps apart."""
+        notes.add_tags(self.directory, words)
+        return self
+
+    def untag(self, *words: str) -> Sweep:
+        """Take tags off the sweep."""
+        notes.remove_tags(self.directory, words)
+        return self
 

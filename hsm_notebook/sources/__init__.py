@@ -13,6 +13,8 @@ _EXPORTS = {
     "SSHComputeSource": "ssh",
     "RemoteJobManager": "ssh_jobs",
     "SlurmComputeSource": "slurm",
+    "SGEComputeSource": "sge",
+    "PBSComputeSource": "pbs",
 }
 
 __all__ = sorted(_EXPORTS)

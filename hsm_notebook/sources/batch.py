@@ -9,8 +9,9 @@ moment, the task folders (``run.sh`` per job, a manifest per chunk) on this mach
 login node over SSH (``slurm_login``), the tasks' environment and interpreter checked once at
 setup, exit-code files deciding over the scheduler's word (``SchedulerTasks``).
 
-Job ids are ``<array id>_<index>``; task ``i`` of an array runs the ``run.sh`` of the job on line
-``i + 1`` of its chunk's manifest, under the same wrapper as every other source.
+Job ids are ``<array id>_<index>`` (a scheduler may name them its own way: :meth:`task_id`); task
+``i`` of an array runs the ``run.sh`` of the job on line ``i + 1 - first_task`` of its chunk's manifest,
+under the same wrapper as every other source.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import posixpath
+import re
 import shlex
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ..core.base import registry
 from ..core.base.batching import Batcher
 from ..core.base.prepare import check_runner, prepare_environment
 from ..core.base.shell import CommandResult
@@ -45,22 +48,66 @@ ID_FILE = NAMES.scheduler_id
 
 
 def array_script(directives: Sequence[str], manifest: str, tasks_dir: str, job_id: str, index: str,
-                 before: Sequence[str] = ()) -> str:
+                 before: Sequence[str] = (), first: int = 0) -> str:
     """One array chunk's batch script: the scheduler's ``directives``, then task ``$index`` runs the
-    ``run.sh`` of the job named on line ``index + 1`` of ``manifest``.  ``job_id`` (a shell
-    expression, e.g. ``${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}``) is written to the task's
-    :data:`ID_FILE` first; ``before`` lines run once ``$job`` is known."""
+    ``run.sh`` of the job named on line ``index + 1 - first`` of ``manifest`` (``first``: the
+    scheduler's first task index).  ``job_id`` (a shell expression, e.g.
+    ``${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}``) is written to the task's :data:`ID_FILE` first;
+    ``before`` lines run once ``$job`` is known."""
     tasks = shlex.quote(tasks_dir)
+    line = f"${{{index}}}" if first == 1 else f"$(({index} + {1 - first}))"
     return "\n".join([
         "#!/bin/bash",
         *directives,
-        f'job=$(sed -n "$(({index} + 1))p" {shlex.quote(manifest)})',
+        f'job=$(sed -n "{line}p" {shlex.quote(manifest)})',
         *before,
         # before the wrapper claims the job: a controller re-adopting it finds its id here
         f'echo "{job_id}" > {tasks}/"$job"/{NAMES.scheduler_id}',
         f"exec /bin/sh {tasks}/\"$job\"/{NAMES.run_script}",
         "",
     ])
+
+
+# ``ResourceSpec`` means the same on every scheduler: its walltime and mem are written as Slurm
+# writes them (``90`` is 90 minutes, ``1-12:00`` a day and a half; ``4G``, ``500M``, a bare number in
+# MB), and read here for schedulers that count otherwise.
+_TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
+_MEMORY = re.compile(r"^(\d+)([KMGT])?B?$", re.I)
+_MIB = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 ** 2}
+
+
+def walltime_seconds(value: object, field: str = "walltime") -> int | None:
+    """``ResourceSpec.walltime`` in seconds (None: UNLIMITED); ConfigError names a bad value."""
+    text = str(value).strip() if isinstance(value, (str, int)) and not isinstance(value, bool) else ""
+    if text.lower() in ("unlimited", "infinite"):
+        return None
+    m = _TIME.match(text)
+    if not m:
+        raise ConfigError(f"{value!r} is not a time: use MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS "
+                          "(e.g. '90' for 90 minutes, '2:00:00', '1-00:00') or UNLIMITED", field)
+    days, a, b, c = (int(g) if g else None for g in m.groups())
+    assert a is not None
+    if days is None:  # M, M:S, H:M:S
+        h, mi, s = (0, a, b or 0) if c is None else (a, b or 0, c)
+    else:  # D-H, D-H:M, D-H:M:S
+        h, mi, s = a, b or 0, c or 0
+    return ((days or 0) * 24 * 3600) + h * 3600 + mi * 60 + s
+
+
+def hms(seconds: int) -> str:
+    """``seconds`` as ``H:MM:SS`` (hours may pass 24: what SGE and PBS read)."""
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def memory_mib(value: object, field: str = "mem") -> int:
+    """``ResourceSpec.mem`` in MiB, rounded up; ConfigError names a bad value."""
+    text = str(value).strip() if isinstance(value, (str, int)) and not isinstance(value, bool) else ""
+    m = _MEMORY.match(text)
+    if not m:
+        raise ConfigError(f"{value!r} is not a memory size: use a whole number with K, M, G or T (e.g. '500M', "
+                          "'4G'; megabytes without a unit)", field)
+    mib = int(m[1]) * _MIB[(m[2] or "M").upper()]
+    return max(1, -int(-mib // 1))
 
 
 def run_script(workdir: str, env: Mapping[str, str], argv: Sequence[str], job_dir: str, wrapper: str) -> str:
@@ -89,6 +136,12 @@ class BatchSchedulerSource(ComputeSource):
     purged_words: ClassVar[Sequence[str]] = ()
     #: The largest array until :meth:`probe` reads the cluster's own limit.
     default_array_size: ClassVar[int] = 1000
+    #: How the scheduler names an array's tasks (``<array><task_separator><index>``: Slurm's ``12_3``,
+    #: SGE's ``12.3``) and the index of its first task (SGE counts from 1); see :meth:`task_id`.
+    task_separator: ClassVar[str] = "_"
+    first_task: ClassVar[int] = 0
+    #: What follows the tasks' lives: a scheduler with ways of its own gives a subclass.
+    task_tracker: ClassVar[type[SchedulerTasks]] = SchedulerTasks
 
     def __init__(self, name: str, source_type: str, max_parallel_jobs: int, *,
                  resources: ResourceSpec | None = None, array: bool = True,
@@ -112,12 +165,34 @@ class BatchSchedulerSource(ComputeSource):
         self.gpus = list(range(self.resources.gpus)) if self.resources.gpus else None  # what a task may ask for
         self.commands: dict[str, int] = {self.submit_command: 0, self.status_command: 0, self.cancel_command: 0,
                                          "other": 0}
-        self.tasks = SchedulerTasks(self.states, self.scheduler, self.cancel_command)
+        self.tasks = self.task_tracker(self.states, self.scheduler, self.cancel_command)
         self._starts: Batcher[tuple[str, str], str] = Batcher(
             lambda jobs: self._submit_array(jobs), size=lambda: self.max_array_size if self.array else 1)
         # every cancel of this moment (and of submissions returning now) joins one cancel command
         self._cancels: Batcher[str, bool] = Batcher(self._cancel_batch, size=None, delay=0.05)
         self._batch = 0
+
+    def describe(self) -> dict[str, Any]:
+        """The job options, the resources (a record of their own), the array settings and the login
+        node's SSH source; a scheduler adds its own arguments (its commands' environment...)."""
+        r = dataclasses.asdict(self.resources)
+        r["modules"] = list(r["modules"])
+        r["extra"] = dict(r["extra"])
+        return {**super().describe(), "resources": r, "array": self.array, "array_throttle": self.array_throttle,
+                "poll_interval": self.poll_interval, "max_queued": self.max_queued,
+                "login": self.login.describe() if self.login else None}
+
+    @classmethod
+    def from_description(cls, description: Mapping[str, Any]) -> BatchSchedulerSource:
+        """Rebuild from ``describe()`` (``Sweep.attach``): the resources and the login node's SSH
+        source are records of their own."""
+        d = {k: v for k, v in description.items() if k not in registry.BOOKKEEPING}
+        r = dict(d.pop("resources", None) or {})
+        if d.get("login"):
+            d["login"] = registry.rebuild(d["login"])
+        r["modules"] = tuple(r.get("modules") or ())
+        r["extra"] = dict(r.get("extra") or {})
+        return cls(resources=ResourceSpec(**r), **d)
 
     # -- what a scheduler declares ---------------------------------------------------------
     def directives(self, spec: ResourceSpec) -> list[str]:
@@ -141,8 +216,23 @@ class BatchSchedulerSource(ComputeSource):
         raise NotImplementedError
 
     def parse_status(self, stdout: str) -> dict[str, tuple[str, str]]:
-        """``{"ARRAY_INDEX": (state word, pending reason)}``; ``"ARRAY_*"`` for a record of several tasks."""
+        """``{task id: (state word, pending reason)}``; the key ``task_id(ARRAY, "*")`` for a record that
+        stands for every task of the array not listed on its own."""
         raise NotImplementedError
+
+    def task_id(self, array: str, index: int | str) -> str:
+        """The id of task ``index`` of ``array``, as the scheduler's commands name it."""
+        return f"{array}{self.task_separator}{index}"
+
+    def array_of(self, job_id: str) -> str:
+        """The array a task id belongs to (the inverse of :meth:`task_id`)."""
+        return job_id.split(self.task_separator)[0]
+
+    async def vanished(self, job_ids: list[str]) -> dict[str, tuple[str, str]]:
+        """Tasks the scheduler lists no more that started and left no exit code (killed: a cancel, a
+        limit, a node): what the scheduler's records say of them, as status records.  None here: they
+        are LOST (or CANCELLED when this controller cancelled them)."""
+        return {}
 
     async def probe(self) -> None:
         """At setup, after the login side is ready: talk to the scheduler (read ``max_array_size``,
@@ -270,13 +360,13 @@ class BatchSchedulerSource(ComputeSource):
     async def _status(self, job_ids: list[str]) -> dict[str, tuple[str, str]]:
         """The scheduler's view of the arrays of ``job_ids``.  A failed status command raises (the
         manager asks again): an empty answer must never read as "all gone"."""
-        arrays = sorted({j.split("_")[0] for j in job_ids})
+        arrays = sorted({self.array_of(j) for j in job_ids})
         result = await self._run(self.status_command, self.status_argv(arrays), check=False)
         if result.exit_code != 0:
             message = " ".join((result.stderr or result.stdout).split())
             if not any(word in message for word in self.purged_words):
                 raise CommandError([self.status_command], result.exit_code, result.stdout, message, self.name)
-            return {}
+            # ids purged: what it printed of the others still counts
         return self.parse_status(result.stdout)
 
     async def poll(self, job_ids: list[str]) -> dict[str, JobState]:
@@ -285,11 +375,14 @@ class BatchSchedulerSource(ComputeSource):
         seen = await self._status(job_ids)
         listed: dict[str, tuple[str, str] | None] = {}
         for job_id in job_ids:
-            array = job_id.split("_")[0]
-            listed[job_id] = seen.get(job_id) or seen.get(f"{array}_*") or seen.get(array)
+            array = self.array_of(job_id)
+            listed[job_id] = seen.get(job_id) or seen.get(self.task_id(array, "*")) or seen.get(array)
         maybe = [j for j in job_ids if j in self.job_names and self.tasks.may_have_ended(j, listed[j])]
         files = await self.side.read_tasks({j: posixpath.join(self.tasks_dir, self.job_names[j]) for j in maybe},
                                            claim_ids={j for j in maybe if listed[j] is None})
+        gone = [j for j in maybe if listed[j] is None and j in files and files[j].code is None and not files[j].claimed]
+        if gone:
+            listed.update(await self.vanished(gone))
         states = {j: self.tasks.decide(j, listed[j], files.get(j)) for j in job_ids}
         stale = [j for j, state in states.items() if state.is_terminal and self.tasks.listed_as(listed[j])
                  == JobState.QUEUED]

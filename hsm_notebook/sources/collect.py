@@ -16,12 +16,10 @@ import re
 import shlex
 import shutil
 import tarfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import asyncssh
+from typing import Any, Protocol
 
 from ..core.model.errors import ConfigError, shorten
 from ..core.spec.jobpaths import NAMES
@@ -85,23 +83,77 @@ def wanted(name: str, path: str, patterns: Sequence[str] | None) -> bool:
     return selector(patterns)(path)
 
 
-def fetch_script(tasks_dir: str, names: Sequence[str], token: str) -> str:
-    """The remote side of a fetch (``sh -c``): which folders are missing; then the regular files of the
-    others, NUL-separated (newline-separated where tar cannot read NUL-separated names: "list nl"),
-    ended by ``TOKEN-end``; then it reads the chosen ones on stdin and sends them as one tar stream."""
+#: A listed file is repeated once per size it exceeds (bytes): the controller tells small transfers,
+#: which go through the persistent shell, from large ones, which get a shell of their own.
+SIZES = (1 << 16, 1 << 20, 8 << 20)
+#: A transfer of at least this many bytes (as far as :data:`SIZES` tell) goes over the bulk shell.
+BULK = 8 << 20
+
+
+def list_script(tasks_dir: str, names: Sequence[str], token: str, nul: bool) -> str:
+    """The first half of a fetch, run in the persistent shell: which folders are missing ("TOKEN gone
+    NAME", or "TOKEN root" for the tasks folder), "TOKEN data N", then the regular files of the N
+    others, NUL-separated (newline-separated where tar cannot read NUL-separated names), each
+    repeated once per size of :data:`SIZES` it exceeds (see :func:`parse_listing`)."""
     q = shlex.quote
+    end = "-print0" if nul else "-print"
+    sizes = " ".join(f"-size +{size}c {end}" for size in SIZES)
     return (f"t={token}; set --\n"
             f"if cd {q(tasks_dir)} 2>/dev/null; then for j in {' '.join(q(n) for n in names)}; do\n"
             f'  if [ -d "$j" ]; then set -- "$@" "$j"; else echo "$t gone $j"; fi; done\n'
             f'else echo "$t root"; fi\n'
-            f'echo "$t data $#"; [ $# -gt 0 ] || exit 0\n'
-            # GNU tar's posix format keeps sub-second mtimes (the job's start and end times); others fall back
-            f"f=; tar --format=posix -cf /dev/null /dev/null 2>/dev/null && f=--format=posix\n"
-            f"if tar --null -cf /dev/null -T /dev/null 2>/dev/null && find /dev/null -print0 >/dev/null 2>&1; then\n"
-            f'  echo "$t list nul"; find "$@" -type f -print0; printf "%s-end\\0" "$t"\n'
-            f'  exec tar $f --null -cf - -T -\n'
-            f'else echo "$t list nl"; find "$@" -type f -print; printf "%s-end\\n" "$t"\n'
-            f'  exec tar $f -cf - -T -; fi\n')
+            f'echo "$t data $#"; [ $# -eq 0 ] || find "$@" -type f {end} {sizes}')
+
+
+@dataclass
+class Listing:
+    """What :func:`list_script` printed: the missing folders (all of them: ``root``) and each file with
+    the size it is known to exceed."""
+
+    missing: set[str] = field(default_factory=set)
+    root: bool = False
+    files: list[tuple[str, int]] = field(default_factory=list)  # ("job/rel/path", at least this many bytes)
+
+
+def parse_listing(out: bytes, token: str, nul: bool) -> Listing:
+    """:func:`list_script`'s output read (a name holding a newline arrives in pieces where ``nul`` is False)."""
+    listing = Listing()
+    pos, head = 0, token.encode() + b" "
+    while (eol := out.find(b"\n", pos)) >= 0:
+        line, pos = out[pos:eol].strip(), eol + 1
+        if not line.startswith(head):
+            continue
+        kind, _, arg = line[len(head):].decode(errors="replace").partition(" ")
+        if kind == "gone":
+            listing.missing.add(arg)
+        elif kind == "root":
+            listing.root = True
+        elif kind == "data":
+            break
+    else:
+        return listing
+    entries = out[pos:].split(b"\0" if nul else b"\n")[:-1]  # each entry ends with its separator
+    i = 0
+    while i < len(entries):
+        repeats = 0
+        while i + repeats + 1 < len(entries) and entries[i + repeats + 1] == entries[i] and repeats < len(SIZES):
+            repeats += 1
+        listing.files.append((entries[i].decode("utf-8", errors="surrogateescape"),
+                              SIZES[repeats - 1] if repeats else 0))
+        i += repeats + 1
+    return listing
+
+
+def tar_script(tasks_dir: str, paths: Sequence[str], errors: str, *, nul: bool, posix: bool) -> str:
+    """The second half: the chosen files (``job/rel``) as one tar stream on stdout, tar's complaints in
+    the file ``errors`` (removed when it had none).  GNU tar's posix format keeps sub-second mtimes
+    (the job's start and end times); names travel as printf arguments, NUL-separated where tar reads them."""
+    q = shlex.quote
+    sep = "\\000" if nul else "\\n"
+    words = " ".join(q(p) for p in paths)
+    options = ("--format=posix " if posix else "") + ("--null " if nul else "")
+    return (f"cd {q(tasks_dir)} && printf '%s{sep}' {words} | tar {options}-cf - -T - 2>{q(errors)} && "
+            f"rm -f {q(errors)}")
 
 
 @dataclass
@@ -117,6 +169,13 @@ def left_note(files: Sequence[str], why: str) -> str:
     shown = ", ".join(repr(f) for f in files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
     return (f"{len(files)} file(s) of its remote folder did not come back: {shown}"
             + (f" ({why})" if why else "") + "; they stay on the remote")
+
+
+class ByteStream(Protocol):
+    """What :func:`pipe_to_thread` reads: ``read(n)`` returns ``b""`` at the end (an asyncssh reader, or
+    a command's output in a persistent shell)."""
+
+    async def read(self, n: int = -1) -> bytes: ...
 
 
 class _PipeOut(asyncio.Protocol):
@@ -138,11 +197,12 @@ class _PipeOut(asyncio.Protocol):
         self.ready.set()
 
 
-async def pipe_to_thread(stream: asyncssh.SSHReader, consume: Callable[..., Any], *args: Any) -> Any:
+async def pipe_to_thread(stream: ByteStream, consume: Callable[..., Any], *args: Any, ahead: int = 1 << 20) -> Any:
     """Feed ``stream`` to ``consume(read_fd, *args)`` running in a thread, through a pipe, reading the
-    stream only as fast as the thread takes it: at most about a channel window (2 MiB) and the
-    pipe's buffer are held here, whatever the size.  (asyncssh's own ``redirect_stdout`` to a pipe
-    kept reading ahead: a slow disk made it hold the whole stream.)"""
+    stream only as fast as the thread takes it: at most about a channel window (2 MiB), the pipe's
+    buffer and ``ahead`` bytes are held here, whatever the size.  (asyncssh's own ``redirect_stdout``
+    to a pipe kept reading ahead: a slow disk made it hold the whole stream.)  A small transfer over
+    the persistent shell reads further ahead, so the commands after it wait for the network, not the disk."""
     loop = asyncio.get_running_loop()
     read_fd, write_fd = os.pipe()
     if hasattr(fcntl, "F_SETPIPE_SZ"):
@@ -158,7 +218,7 @@ async def pipe_to_thread(stream: asyncssh.SSHReader, consume: Callable[..., Any]
         pipe.close()
         raise
     try:
-        transport.set_write_buffer_limits(high=1 << 20)
+        transport.set_write_buffer_limits(high=ahead)
         while not out.lost and (chunk := await stream.read(1 << 20)):
             transport.write(chunk)
             await out.ready.wait()
@@ -172,43 +232,128 @@ def extract(read_fd: int, by_name: dict[str, Path]) -> set[tuple[str, str]]:
     """Read a tar stream from ``read_fd`` and write each regular file of job ``<name>/...`` into that
     job's local folder as it arrives (never a whole file in memory).  Links, devices and paths
     leaving the folder are skipped."""
-    with os.fdopen(read_fd, "rb") as stream:
-        with tarfile.open(fileobj=stream, mode="r|", bufsize=1 << 16) as archive:
-            extracted = _extract_members(archive, by_name)
+    with os.fdopen(read_fd, "rb", buffering=1 << 16) as stream:
+        extracted = _extract_members(_members(stream), stream, by_name)
         while stream.read(1 << 16):  # tar's padding after the archive's end: read, so the writer never blocks
             pass
     return extracted
 
 
-def _extract_members(archive: tarfile.TarFile, by_name: dict[str, Path]) -> set[tuple[str, str]]:
+_BLOCK = 512
+_ZERO = bytes(_BLOCK)
+
+
+def _exact(stream: Any, n: int) -> bytes:
+    data = stream.read(n)
+    if len(data) != n:
+        raise tarfile.ReadError("unexpected end of the tar stream")
+    return data
+
+
+def _number(field: bytes) -> int:
+    if field[:1] and field[0] & 0x80:  # GNU base-256 (sizes over 8 GiB)
+        value = int.from_bytes(field[1:], "big")
+        return value - (1 << (8 * len(field) - 8)) if field[0] & 0x40 else value
+    text = field.split(b"\0", 1)[0].strip()
+    try:
+        return int(text, 8) if text else 0
+    except ValueError:
+        raise tarfile.ReadError(f"invalid number in a tar header: {text!r}") from None
+
+
+def _skip(stream: Any, size: int) -> None:
+    left = size + (-size % _BLOCK)
+    while left:
+        left -= len(_exact(stream, min(left, 1 << 20)))
+
+
+def _members(stream: Any) -> Iterator[tuple[str, bytes, int, float]]:
+    """The members of a tar stream (ustar, GNU and pax headers; what Python's tarfile reads, at a
+    fraction of its cost: a collection of many small folders is mostly headers): ``(name, type, size,
+    mtime)``; the caller reads or skips each member's data (``size`` bytes, then padding)."""
+    pax: dict[bytes, bytes] = {}
+    long_name: bytes | None = None
+    while True:
+        header = stream.read(_BLOCK)
+        if len(header) < _BLOCK or header == _ZERO:
+            return  # the end (two zero blocks; a stream cut short shows as missing files, or fails in _exact)
+        if sum(header[:148]) + 256 + sum(header[156:]) != _number(header[148:156]):
+            raise tarfile.ReadError("bad checksum in a tar header")
+        kind, size = header[156:157], _number(header[124:136])
+        if kind in (b"x", b"g", b"L", b"K"):
+            data = _exact(stream, size)
+            _exact(stream, -size % _BLOCK)
+            if kind == b"x":
+                pax.update(_pax_records(data))
+            elif kind == b"L":
+                long_name = data.split(b"\0", 1)[0]
+            continue
+        name = header[:100].split(b"\0", 1)[0]
+        if header[257:262] == b"ustar" and (prefix := header[345:500].split(b"\0", 1)[0]):
+            name = prefix + b"/" + name
+        name = pax.get(b"path", long_name or name)
+        size = int(pax[b"size"]) if b"size" in pax else size
+        mtime = float(pax[b"mtime"]) if b"mtime" in pax else float(_number(header[136:148]))
+        pax, long_name = {}, None
+        yield name.decode("utf-8", "surrogateescape"), kind, size, mtime
+
+
+def _pax_records(data: bytes) -> dict[bytes, bytes]:
+    records, pos = {}, 0
+    while pos < len(data):
+        space = data.find(b" ", pos)
+        if space < 0 or not data[pos:space].isdigit():
+            break
+        length = int(data[pos:space])
+        key, _, value = data[space + 1:pos + length - 1].partition(b"=")
+        records[key] = value
+        pos += length
+    return records
+
+
+class _Part:
+    """The next ``size`` bytes of a stream, as a file to copy from."""
+
+    def __init__(self, stream: Any, size: int):
+        self.stream, self.left = stream, size
+
+    def read(self, n: int = -1) -> bytes:
+        data = _exact(self.stream, self.left if n < 0 else min(n, self.left)) if self.left else b""
+        self.left -= len(data)
+        return data
+
+
+def _extract_members(members: Iterator[tuple[str, bytes, int, float]], stream: Any,
+                     by_name: dict[str, Path]) -> set[tuple[str, str]]:
     """A job's members come one after the other; its ``exit_code`` is written after the rest of its
     folder, so a local exit code always means a folder that came home whole (cleanup relies on it)."""
     made: set[Path] = set()
     extracted: set[tuple[str, str]] = set()  # (job, path in its folder) of every file written
     last: tuple[Path, bytes, float] | None = None  # the exit code of the job being extracted
-    for member in archive:
-        top, _, rest = member.name.partition("/")
+    for name, kind, size, mtime in members:
+        top, _, rest = name.partition("/")
         if last is not None and last[0].parent != by_name.get(top):
             _write(*last)
             last = None
         parts = rest.split("/")
-        if not rest or top not in by_name or not member.isfile() or ".." in parts or "" in parts:
+        if not rest or top not in by_name or kind not in (b"0", b"\0", b"7") or ".." in parts or "" in parts:
+            _skip(stream, size)
             continue
         target = by_name[top].joinpath(*parts)
         extracted.add((top, rest))
         if rest == NAMES.params and target.exists():
+            _skip(stream, size)
             continue  # written here at submission
         if target.parent not in made:
             target.parent.mkdir(parents=True, exist_ok=True)
             made.add(target.parent)
-        src = archive.extractfile(member)
-        assert src is not None
-        if rest == NAMES.exit_code and member.size < 4096:
-            last = (target, src.read(), member.mtime)
-            continue
-        with open(target, "wb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
-        os.utime(target, (member.mtime, member.mtime))
+        if rest == NAMES.exit_code and size < 4096:
+            last = (target, _exact(stream, size), mtime)
+        else:
+            with open(target, "wb") as dst:
+                shutil.copyfileobj(_Part(stream, size), dst, 1 << 20)
+            os.utime(target, (mtime, mtime))
+        _exact(stream, -size % _BLOCK)
     if last is not None:
         _write(*last)
     return extracted

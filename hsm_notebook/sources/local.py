@@ -26,11 +26,12 @@ from ..core.base.source import ComputeSource
 from ..core.model.errors import ConfigError
 from ..core.model.state import JobOutcome, JobState
 from ..core.spec.environment import job_argv
-from ..core.spec.functions import LIB_DIR, RUNNER_CHECK_CODE, pythonpath, write_job_side
+from ..core.spec.functions import LIB_DIR, RUNNER, RUNNER_CHECK_CODE, pythonpath, write_job_side
 from ..core.spec.job import JobTemplate, write_params
 from ..core.spec.jobpaths import JobPaths
 from ..core.spec.options import PYTHON_NAMES, JobOptions, with_options
 from .local_jobs import LocalJobManager, ProcessTable
+from .warm import ForkServer, unsuitable
 
 
 @with_options
@@ -45,6 +46,11 @@ class LocalComputeSource(ComputeSource):
     ``environment`` (an :class:`~hsm_notebook.core.spec.environment.Environment` or its dict) is set
     up before each job's command; setup checks once that it works.
 
+    ``warm`` (default True): a function sweep's tasks are forked from one warm interpreter that has
+    loaded the function and the modules it imports (``sources/warm.py``), each still its own process
+    and job (claim, files, exit code, cancel, re-adoption); ``warm=False`` starts each as a new
+    interpreter.  Where forking would change what a task sees, tasks start new interpreters anyway.
+
     Driven without a ``Sweep`` (the reference's style: ``setup``, ``submit_job``, ...), it runs
     ``command``, or ``python_path script_path``, in ``project_dir`` with the parameters as
     ``arg_style`` arguments (``key=value`` by default).
@@ -55,7 +61,7 @@ class LocalComputeSource(ComputeSource):
                    "script_path", "project_dir", "arg_style")
 
     def __init__(self, name: str = "local", max_parallel_jobs: int | None = None, *, cancel_grace: float = 5.0,
-                 **options: Any):
+                 warm: bool = True, **options: Any):
         opts = JobOptions.from_kwargs(type(self), self.job_options, options)
         slots = max_parallel_jobs if max_parallel_jobs is not None else (os.cpu_count() or 1)
         if opts.gpus is not None and isinstance(slots, int):
@@ -66,9 +72,32 @@ class LocalComputeSource(ComputeSource):
         self.jobs = LocalJobManager(cancel_grace)
         self.pool = GpuPool(self.gpus, self.gpus_per_job, name)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.warm = bool(warm)
+        self._server: ForkServer | None = None
+        self._warm_off: str | None = None
 
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "cancel_grace": self.jobs.cancel_grace}
+    def describe(self) -> dict[str, Any]:  # warm only when off: records made before it existed stay equal
+        return {**super().describe(), "cancel_grace": self.jobs.cancel_grace, **({} if self.warm else {"warm": False})}
+
+    @property
+    def fork_servers(self) -> list[int]:
+        """The pids of the fork servers that served this run (the last one may still serve)."""
+        return list(self._server.pids) if self._server is not None else []
+
+    @property
+    def warm_state(self) -> str:
+        """How this run's function tasks start: from the fork server (its pid and what it imported),
+        or as new interpreters, and why."""
+        server = self._server
+        if server is None:
+            return f"tasks start as new interpreters: {self._warm_off}" if self._warm_off else "not set up yet"
+        if server.off is not None:
+            return server.off
+        if server.ready is None:
+            return f"tasks forked from warm interpreters (pids {server.pids}); none serves now" if server.pids else \
+                "the fork server is loading the function"
+        return f"tasks fork from a warm interpreter (pid {server.ready['pid']}; imported: " \
+               f"{', '.join(server.ready['imported']) or 'nothing more'})"
 
     def default_python(self) -> str:
         """This kernel's interpreter."""
@@ -113,7 +142,25 @@ class LocalComputeSource(ComputeSource):
         JobPaths.tasks_dir(Path(sweep_dir)).mkdir(parents=True, exist_ok=True)
         await self._setup_environment(Path(sweep_dir))
         await self._check_python()
+        await self._start_warm(Path(sweep_dir))
         return True
+
+    async def _start_warm(self, sweep_dir: Path) -> None:
+        """This run's fork server, when the tasks are a function's and nothing forbids it."""
+        if self._server is not None:
+            await self._server.close()
+            self._server = None
+        template = self.template
+        self._warm_off = "warm=False" if not self.warm else unsuitable(
+            function=template is not None and template.python_version is not None and tuple(template.command) == RUNNER,
+            env_script=self._env_script, gpus=self.pool.enabled)
+        if self._warm_off is not None or template is None:
+            return
+        env = {**template.env, **self.env}
+        if self._lib:
+            env["PYTHONPATH"] = self._pythonpath()
+        self._server = ForkServer(self.name, self._argv0(["python"]), env, template.workdir, sweep_dir)
+        self._server.start()
 
     async def _check_python(self) -> None:
         """A function sweep run by another interpreter than this kernel's (``python=``, or one an
@@ -152,11 +199,18 @@ class LocalComputeSource(ComputeSource):
         argv, env = self.job_command(params, job_name, sweep_id, wandb_group, str(job_dir))
         if self._lib:  # the runner and cloudpickle, for a Python that may have neither
             env["PYTHONPATH"] = self._pythonpath()
+        workdir = self.template.workdir if self.template else None
+        if self._server is not None:
+            pid = await self._server.job(job_dir, argv[-1], env, workdir)
+            if pid is not None:
+                self.track(job_name, job_name, params, job_dir)
+                if self._loop is not None:
+                    self.jobs.watch(job_dir, self._loop, self.notify, pid=pid)
+                return job_name
         if self.pool.enabled:
             env.update(self.pool.env(self.pool.take(job_name, job_dir)))
         try:
-            self.jobs.start(job_dir, job_argv(self._env_script, self._argv0(argv)), env,
-                            self.template.workdir if self.template else None)
+            self.jobs.start(job_dir, job_argv(self._env_script, self._argv0(argv)), env, workdir)
         except BaseException:
             self.pool.release(job_name)
             raise
@@ -204,8 +258,10 @@ class LocalComputeSource(ComputeSource):
         return {
             "status": status, "reason": reason, "slots": self.max_parallel_jobs,
             "load_1m": load1, "cpus": os.cpu_count(),
-            "disk_free_gb": round(free_gb, 2), "gpus": self.gpus,
+            "disk_free_gb": round(free_gb, 2), "gpus": self.gpus, "warm": self.warm_state,
         }
 
     async def cleanup(self):
+        if self._server is not None:  # its jobs go on: they are sessions of their own
+            await self._server.close()
         return None

@@ -1,7 +1,9 @@
 """This machine's job processes: start each under the job wrapper in its own session, watch it
 end (a pidfd per job wakes the loop), read its state from its folder, stop it (TERM, then KILL
-after a grace period), and tell a live launcher from a reused pid after a restart.  The contract
-around them is ``LocalComputeSource`` (``local.py``).
+after a grace period), and tell a live launcher from a reused pid after a restart.  Jobs forked by a
+fork server (``warm.py``) are read the same way; their command line is the server's, so their
+``launch`` file ("PID STARTTIME") is what tells them alive.  The contract around them is
+``LocalComputeSource`` (``local.py``).
 """
 
 from __future__ import annotations
@@ -49,6 +51,19 @@ def _same_dir(arg: bytes, job_dir: str) -> bool:
         return True
     tail = os.fsencode("/" + os.path.basename(job_dir))
     return arg.endswith(tail) and os.path.realpath(os.fsdecode(arg)) == os.path.realpath(job_dir)
+
+
+def launched(job_dir: Path) -> int | None:
+    """The pid a forked job (``sources/warm.py``) recorded in its ``launch`` file ("PID STARTTIME"),
+    if that process still runs and started then (not a reused pid); None otherwise.  A forked job's
+    command line is its fork server's, so its job dir cannot be found there."""
+    try:
+        pid, start = JobPaths(job_dir).launch.read_text().split()
+        with open(f"/proc/{int(pid)}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except (OSError, ValueError):
+        return None
+    return int(pid) if fields[0] != b"Z" and fields[19].decode() == start else None
 
 
 class ProcessTable:
@@ -100,20 +115,25 @@ class LocalJobManager:
         self._procs[job_dir] = proc
         return proc.pid
 
-    def watch(self, job_dir: Path, loop: asyncio.AbstractEventLoop, on_exit) -> bool:
-        """Call ``on_exit()`` on the loop when the job's wrapper exits (Linux pidfd)."""
-        proc = self._procs.get(job_dir)
-        if proc is None or not hasattr(os, "pidfd_open"):
+    def watch(self, job_dir: Path, loop: asyncio.AbstractEventLoop, on_exit, pid: int | None = None) -> bool:
+        """Call ``on_exit()`` on the loop when the job's wrapper exits (Linux pidfd): the wrapper this
+        manager started, or the process ``pid`` (a job forked by a fork server)."""
+        proc = self._procs.get(job_dir) if pid is None else None
+        if (proc is None and pid is None) or not hasattr(os, "pidfd_open"):
             return False
         try:
-            fd = os.pidfd_open(proc.pid)
+            fd = os.pidfd_open(proc.pid if proc is not None else pid)  # type: ignore[arg-type]
+        except ProcessLookupError:  # ended (and reaped) already
+            loop.call_soon(on_exit)
+            return True
         except OSError:
             return False
 
         def ready() -> None:
             loop.remove_reader(fd)
             os.close(fd)
-            proc.poll()  # reap now: no zombie left behind
+            if proc is not None:
+                proc.poll()  # reap now: no zombie left behind
             on_exit()
 
         loop.add_reader(fd, ready)
@@ -149,7 +169,8 @@ class LocalJobManager:
             return JobState.RUNNING
         # a pid: is that process still the job's wrapper?  Empty: the wrapper claimed the job and is
         # writing its pid (or could not: a full disk, and then it ran nothing): is it still there?
-        alive = pid_alive(int(text), str(job_dir)) if text.isdigit() else self.find(job_dir, table) is not None
+        alive = ((pid_alive(int(text), str(job_dir)) or launched(job_dir) == int(text)) if text.isdigit()
+                 else self.find(job_dir, table) is not None)
         if alive:
             return JobState.RUNNING
         if exit_code_of(paths) is not None:  # finished between the two checks
@@ -160,11 +181,13 @@ class LocalJobManager:
 
     def find(self, job_dir: Path, table: ProcessTable | None = None) -> int | None:
         """The pid of a live process started for the job (its launcher or wrapper: the job dir is
-        one of its argv items; Popen returns only after exec), or None."""
+        one of its argv items; Popen returns only after exec; or a forked job, by its launch file),
+        or None."""
         proc = self._procs.get(job_dir)
         if proc is not None and proc.poll() is None:
             return proc.pid
-        return (table or ProcessTable()).find(str(job_dir))
+        found = (table or ProcessTable()).find(str(job_dir))
+        return found if found is not None else launched(job_dir)
 
     def started(self, job_dir: Path) -> bool:
         """Did the job start, or may it still (a launcher still starting)?  False only when it

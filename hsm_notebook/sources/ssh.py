@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import posixpath
 import shlex
@@ -28,7 +29,7 @@ from ..core.model.errors import ConfigError, NotConnected, SourceError, is_infra
 from ..core.model.state import JobOutcome, JobState
 from ..core.spec import jobpaths
 from ..core.spec.environment import expand_home, job_argv
-from ..core.spec.job import JobTemplate, write_params
+from ..core.spec.job import JobTemplate
 from ..core.spec.options import JobOptions, with_options
 from .ssh_connection import SSHConnection, SSHTarget
 from .ssh_jobs import RemoteJobManager, check_patterns
@@ -38,9 +39,12 @@ from .sync import DEFAULT_EXCLUDE
 log = logging.getLogger(__name__)
 
 
+#: Seconds a poll may answer from the ends the watcher pushed before it asks the host about every job again.
+FRESH = 1.0
 #: Codes of jobs that ended without an exit code (see ssh_jobs._POLL), with what is known of why.
 _GONE = {"L": "", "N": "the job never started on the remote (its launcher is gone); it was claimed so it never will",
-         "E": "the job's wrapper could not write its pid on the remote (is the disk full?) and ran nothing",
+         "E": "the job's folder or its pid file could not be written on the remote (is the disk full?); it ran "
+              "nothing",
          "G": "its remote folder is gone (was the host rebooted or the folder removed?)"}
 @with_options
 class SSHComputeSource(RemoteSideMixin, ComputeSource):
@@ -123,6 +127,9 @@ class SSHComputeSource(RemoteSideMixin, ComputeSource):
         self._gone: dict[str, str] = {}  # job id -> why its folder could not be collected
         self._left: dict[str, str] = {}  # job id -> the chosen files that did not come back, in words
         self._restoring = asyncio.Lock()
+        self.ended_pushed = {}
+        self._asked_at = -1e9  # when the host was last asked about every live job (monotonic)
+        self._last_raw: dict[str, tuple[str, int | None, bool]] = {}  # its answer for jobs not ended then
 
     def describe(self) -> dict[str, Any]:
         t = self.target
@@ -187,7 +194,9 @@ class SSHComputeSource(RemoteSideMixin, ComputeSource):
         facts = (await self.conn.run(
             "cd; echo \"home=$PWD\"; command -v setsid >/dev/null && echo setsid=yes; "
             "command -v rsync >/dev/null && echo rsync=yes; "
-            "command -v tar >/dev/null && echo tar=yes; "
+            "command -v tar >/dev/null && { echo tar=yes; tar --format=posix -cf /dev/null /dev/null 2>/dev/null && "
+            "echo tarposix=yes; tar --null -cf /dev/null -T /dev/null 2>/dev/null && "
+            "find /dev/null -print0 >/dev/null 2>&1 && echo tarnul=yes; }; "
             "command -v nvidia-smi >/dev/null && echo nvidia=yes; true")).stdout
         self.facts = dict(line.split("=", 1) for line in facts.splitlines() if "=" in line)
         home = self.facts.get("home", "")
@@ -209,23 +218,35 @@ class SSHComputeSource(RemoteSideMixin, ComputeSource):
         remote_dir = posixpath.join(self.jobs.tasks_dir, job_name)
         argv, env = self.job_command(params, job_name, sweep_id, wandb_group, remote_dir)
         local = self.job_dir(job_name)
-        local.mkdir(parents=True, exist_ok=True)
-        write_params(local, params)
         if self.pool.enabled:  # the pins are recorded with the attempt, for a controller that attaches
+            local.mkdir(parents=True, exist_ok=True)
             env.update(self.pool.env(self.pool.take(job_name, local)))
+        # params.json is written by the host, in the job's folder, and comes home with it: no file made
+        # here on the dispatch path (a busy disk held the loop for tens of ms)
+        item = (job_name, self._argv(argv), env, json.dumps(params, indent=1))  # as write_params writes it
         try:
-            await self._starts.submit((job_name, self._argv(argv), env))
+            answer = await self._starts.submit(item)  # written with this loop turn's other starts
+            if answer is not None:
+                try:
+                    await asyncio.shield(answer)  # the host's answer; the next batch did not wait for it
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - decided as a failed batch is (_start_failed)
+                    if self._start_failed(exc, [item]) is None:
+                        raise
         except BaseException:
             self.pool.release(job_name)
             raise
         self.track(job_name, job_name, params, local)
         return job_name
 
-    async def _start_batch(self, batch: list[StartItem]) -> list[None]:
-        """Submissions made in the same loop turn start with one remote command (see ``_start_failed``)."""
+    async def _start_batch(self, batch: list[StartItem]) -> list[asyncio.Future[None] | None]:
+        """Submissions made in the same loop turn start with one remote command, written at once (the
+        persistent shell pipelines it after what it runs); each submission waits for its answer apart,
+        so the next batch need not (see ``_start_failed``)."""
         assert self.jobs is not None
-        await self.jobs.start(batch)
-        return [None] * len(batch)
+        answer = self.jobs.begin(batch)
+        return [answer] * len(batch)
 
     def _start_failed(self, exc: BaseException, batch: list[StartItem]) -> list[None] | None:
         """If the connection fails once the command was sent, some jobs of the batch may have
@@ -256,7 +277,14 @@ class SSHComputeSource(RemoteSideMixin, ComputeSource):
         try:
             await self._ensure()
             assert self.jobs is not None
-            raw = await self.jobs.states(job_ids)
+            raw = self._from_pushed(job_ids)
+            if raw is None:
+                raw = await self.jobs.states(job_ids)
+                self._asked_at = time.monotonic()
+                self._last_raw = {j: answer for j, answer in raw.items() if answer[0] in ("Q", "R")}
+                for j in job_ids:  # answered by the host: what the watcher pushed of them is moot
+                    if j not in self._last_raw:
+                        self.ended_pushed.pop(j, None)
         except SourceError as exc:
             now = time.monotonic()
             self._unreachable_since = self._unreachable_since or now
@@ -284,6 +312,21 @@ class SSHComputeSource(RemoteSideMixin, ComputeSource):
                 self.pool.release(job_id)
             states[job_id] = state
         return states
+
+    def _from_pushed(self, job_ids: list[str]) -> dict[str, tuple[str, int | None, bool]] | None:
+        """A poll's answers without a remote command, when the watcher pushed the end of some of these
+        jobs and the host was asked about all of them less than ``FRESH`` seconds ago: the ended ones
+        from what it pushed (the exit code the wrapper wrote), the others as the host last said (a job
+        started since: queued).  None: ask the host (so a job that dies without its wrapper, or whose
+        event was missed, is found within ``FRESH`` seconds of a poll)."""
+        if not self.ended_pushed or time.monotonic() - self._asked_at >= FRESH:
+            return None
+        ended = {j: self.ended_pushed.pop(j) for j in job_ids if j in self.ended_pushed}
+        if not ended:
+            return None
+        raw = {j: self._last_raw.get(j, ("Q", None, False)) for j in job_ids}
+        raw.update({j: ("X", rc, cancelled) for j, (rc, cancelled) in ended.items()})
+        return raw
 
     async def _disk_note(self) -> str:
         """Why a wrapper may have died without writing its exit code: a full disk is the usual one."""
@@ -336,6 +379,8 @@ class SSHComputeSource(RemoteSideMixin, ComputeSource):
         got = await self.jobs.fetch(list(names.values()), [self.job_dir(n) for n in names.values()], self.collect)
         self._gone.update({job_id: got.gone[name] for job_id, name in names.items() if name in got.gone})
         self._left.update({job_id: got.left[name] for job_id, name in names.items() if name in got.left})
+        # jobs that ended while this batch travelled wait for the next look (at once if they were the last)
+        self.notify()
         return True
 
     async def health_check(self) -> dict[str, Any]:

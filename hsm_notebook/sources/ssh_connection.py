@@ -15,6 +15,7 @@ rsync (which must not be used then).  An rc file that ends the shell is named wi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import itertools
 import logging
@@ -22,11 +23,11 @@ import os
 import secrets
 import shlex
 import socket
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Literal, overload
 
 import asyncssh
 
@@ -69,17 +70,182 @@ class SSHTarget:
         return f"{user}{self.host}{port}"
 
 
+class ShellOutput:
+    """What one command of a persistent shell prints, read as it comes (binary: a tar stream may
+    travel this way): ``read(n)`` returns ``b""`` at the command's end, ``exit_code`` is then set.
+    Commands are pipelined: each is written at once and its output read after the outputs of those
+    written before it.  ``idle``: seconds without a byte before it is a timeout; ``deadline`` (loop
+    time): for the whole, waiting for the earlier outputs included."""
+
+    def __init__(self, conn: SSHConnection, shell: _Shell, end: bytes, prev: asyncio.Future[None] | None,
+                 mine: asyncio.Future[None], idle: float | None, deadline: float | None, script: str):
+        self.conn, self.shell, self.end, self.prev, self.mine = conn, shell, end, prev, mine
+        self.idle, self.deadline, self.script = idle, deadline, script
+        self.exit_code: int | None = None
+        self.done = False
+
+    def _wait(self) -> float | None:
+        if self.deadline is None:
+            return self.idle
+        left = max(0.0, self.deadline - asyncio.get_running_loop().time())
+        return left if self.idle is None else min(left, self.idle)
+
+    async def read(self, n: int = -1) -> bytes:
+        """At most ``n`` bytes (all there are with -1), ``b""`` once the command ended.  A lost
+        connection is a ConnectError, no byte for ``idle`` seconds a CommandTimeout (the shell is
+        closed then: its state is unknown)."""
+        try:
+            return await self._read(n)
+        except TimeoutError:  # before OSError: since Python 3.11 a timeout IS an OSError
+            await self.fail()
+            raise CommandTimeout([self.script], self.idle if self.deadline is None else None, self.conn.target.label,
+                                 self.conn.source) from None
+        except (_Ended, asyncssh.Error, OSError) as exc:
+            await self.fail()
+            why = "no exit status" if isinstance(exc, _Ended) and exc.status_missing else str(exc) or type(exc).__name__
+            raise ConnectError(f"connection to {self.conn.target.label} lost ({why})", self.conn.source) from None
+        except asyncio.CancelledError:
+            self.abandon()
+            raise
+
+    async def _read(self, n: int) -> bytes:
+        if self.prev is not None:  # the outputs written before this command's come first
+            if not self.prev.done():
+                await asyncio.wait_for(asyncio.shield(self.prev), self._wait())
+            self.prev = None
+        buf, end = self.shell.buf, self.end
+        while not self.done:
+            i = buf.find(end)
+            if i == 0:  # the end marker: its line holds the exit status
+                j = buf.find(b"\n", len(end))
+                if j < 0:
+                    await self.shell.fill(self._wait())
+                    continue
+                word = bytes(buf[len(end):j]).strip()
+                del buf[:j + 1]
+                self._finish()
+                if not word.lstrip(b"-").isdigit():
+                    raise _Ended(b"", status_missing=True)
+                self.exit_code = int(word)
+                return b""
+            # everything before the marker, or before what may be its beginning
+            ready = i if i > 0 else len(buf) - len(end) + 1
+            if ready > 0:
+                k = ready if n < 0 else min(n, ready)
+                data = bytes(buf[:k])
+                del buf[:k]
+                return data
+            await self.shell.fill(self._wait())
+        return b""
+
+    def _finish(self) -> None:
+        self.done = True
+        if not self.mine.done():
+            self.mine.set_result(None)  # the next command's output may be read
+
+    async def fail(self) -> None:
+        """Reading failed: the shell's state is unknown, so it is closed (the commands after this one
+        then fail as a lost connection)."""
+        await self.conn._drop(self.shell)
+        self._finish()
+
+    def abandon(self) -> None:
+        """Its reader is gone (cancelled): the output is read past in the background, so the commands
+        after it get theirs."""
+        if self.done:
+            return
+
+        async def skip() -> None:
+            self.deadline = asyncio.get_running_loop().time() + _SKIP_TIMEOUT
+            try:
+                while await self._read(1 << 20):
+                    pass
+            except Exception:  # noqa: BLE001 - the shell is closed: those after it fail as a lost connection
+                await self.fail()
+
+        task = asyncio.get_running_loop().create_task(skip())
+        self.shell.skipping.add(task)
+        task.add_done_callback(self.shell.skipping.discard)
+
+    async def readall(self) -> bytes:
+        chunks = []
+        while chunk := await self.read():
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _read_all_raw(self) -> bytes:
+        """As :meth:`readall`, with the raw errors (TimeoutError, _Ended, asyncssh's) for the caller."""
+        chunks = []
+        try:
+            while chunk := await self._read(-1):
+                chunks.append(chunk)
+        except asyncio.CancelledError:
+            self.abandon()
+            raise
+        return b"".join(chunks)
+
+
+#: Seconds the output of a command whose reader was cancelled may take to be read past.
+_SKIP_TIMEOUT = 600.0
+
+
+class _Ended(Exception):
+    """The shell's channel closed (EOF) before the command's end: what the shell printed until then."""
+
+    def __init__(self, partial: bytes, *, status_missing: bool = False):
+        super().__init__("the remote shell ended")
+        self.partial, self.status_missing = partial, status_missing
+
+
+class _Shell:
+    """One persistent ``/bin/sh`` on a channel of its own.  A command is written to its stdin and its
+    output read up to a marker line that carries its exit status (see :class:`ShellOutput`)."""
+
+    def __init__(self, proc: asyncssh.SSHClientProcess, token: str, name: str):
+        self.proc, self.token, self.name = proc, token, name
+        self.buf = bytearray()  # read from stdout, not yet consumed
+        self.counter = itertools.count()
+        self.tail: asyncio.Future[None] | None = None  # done once every output written so far is read
+        self.skipping: set[asyncio.Task[None]] = set()  # outputs read past (their readers were cancelled)
+
+    @property
+    def alive(self) -> bool:
+        return not self.proc.stdout.at_eof() and not self.proc.is_closing()
+
+    def send(self, conn: SSHConnection, script: str, *, raw: bool = False, stderr: str = "2>&1",
+             idle: float | None = None, deadline: float | None = None) -> ShellOutput:
+        """Write ``script`` (in braces, stdin from /dev/null, stderr as ``stderr`` says, unless ``raw``)
+        and the printf of its end marker; its output is read from the result."""
+        marker = f"__HSM_{self.token}{self.name}_{next(self.counter)}__"
+        # stdin from /dev/null: a command must never read the protocol's own input
+        body = script if raw else f"{{\n{script}\n}} </dev/null {stderr}"
+        self.proc.stdin.write(f"{body}\nprintf '\\n%s %d\\n' {marker} \"$?\"\n".encode("utf-8", "surrogateescape"))
+        prev, self.tail = self.tail, asyncio.get_running_loop().create_future()
+        return ShellOutput(conn, self, f"\n{marker} ".encode(), prev, self.tail, idle, deadline, script)
+
+    async def fill(self, timeout: float | None) -> None:
+        chunk = await asyncio.wait_for(self.proc.stdout.read(1 << 16), timeout)
+        if not chunk:
+            raise _Ended(bytes(self.buf))
+        self.buf += chunk
+
+    def close(self) -> None:
+        try:
+            self.proc.close()
+        except Exception:  # noqa: BLE001 - closing a dead channel
+            pass
+
+
 class SSHConnection:
     def __init__(self, target: SSHTarget, source: str):
         self.target, self.source = target, source
         self._conn: asyncssh.SSHClientConnection | None = None
-        self._proc: asyncssh.SSHClientProcess | None = None
+        self._shell: _Shell | None = None  # the persistent shell: every command
+        self._bulk: _Shell | None = None  # opened on first use, for transfers too big to hold up the first
         self._sftp: asyncssh.SFTPClient | None = None
-        self._lock = asyncio.Lock()
-        self._token = secrets.token_hex(4)
-        self._counter = itertools.count()
+        self._token = secrets.token_hex(8)
         self.channels_opened = 0
-        self.streams_opened = 0  # of channels_opened: one per bulk transfer (a collection batch)
+        self.streams_opened = 0  # of channels_opened: the shell for bulk transfers (at most one per connection)
         self.commands_run = 0
         #: False when the login shell's rc file prints to stdout: a channel that does not skip that
         #: output (rsync's ssh, Debian's external sftp-server) reads it as protocol.  rc_note says so.
@@ -87,9 +253,13 @@ class SSHConnection:
         self.rc_note: str | None = None
 
     @property
+    def _proc(self) -> asyncssh.SSHClientProcess | None:
+        """The persistent shell's channel (None when not connected)."""
+        return self._shell.proc if self._shell is not None else None
+
+    @property
     def alive(self) -> bool:
-        return (self._conn is not None and not self._conn.is_closed() and self._proc is not None
-                and not self._proc.stdout.at_eof() and not self._proc.is_closing())
+        return self._conn is not None and not self._conn.is_closed() and self._shell is not None and self._shell.alive
 
     # -- connecting ----------------------------------------------------------------------
     def _options(self) -> dict[str, Any]:
@@ -113,8 +283,7 @@ class SSHConnection:
         t = self.target
         try:
             self._conn = await self._open()
-            self._proc = await self._conn.create_process("exec /bin/sh", encoding="utf-8", errors="replace")
-            self.channels_opened += 1
+            self._shell = await self._open_shell("m")
             await self._start_shell()
         except asyncssh.PermissionDenied:
             raise ConnectError(
@@ -149,17 +318,20 @@ class SSHConnection:
                         check.key.get_fingerprint("sha256") if check.key else "?", check.files[0])
         raise AssertionError("unreachable")
 
+    async def _open_shell(self, name: str) -> _Shell:
+        """A channel running ``/bin/sh``: sshd starts it through the login shell, which reads its rc file
+        (Debian's bash reads ~/.bashrc for every command sshd runs): once per channel, so a source opens few."""
+        assert self._conn is not None
+        proc = await self._conn.create_process("exec /bin/sh", encoding=None)
+        self.channels_opened += 1
+        return _Shell(proc, self._token, name)
+
     async def _start_shell(self) -> None:
         """The first exchange with the new shell: skip what the login shell's rc file printed (on stdout
         it is noted, as it would corrupt SFTP and rsync; on stderr, which start_process uses, dropped)."""
-        assert self._proc is not None
+        assert self._shell is not None
         t = self.target
-        mark = f"__HSM_{self._token}_err__"
-        _, printed = await self._exchange(f"printf '%s\\n' {mark} >&2", t.connect_timeout, raw=True, first=True)
-        try:
-            await asyncio.wait_for(self._proc.stderr.readuntil(f"{mark}\n"), t.connect_timeout)
-        except (TimeoutError, asyncio.IncompleteReadError, asyncssh.Error):
-            pass  # start_process's reader may see a stray line: a spurious wake-up at worst
+        printed = await self._skip_rc(self._shell)
         noted = self.rc_note
         self.clean_channels, self.rc_note = not printed, None
         if printed:
@@ -171,18 +343,30 @@ class SSHConnection:
             if self.rc_note != noted:
                 log.warning("%s: %s", self.source, self.rc_note)
 
-    async def _shell_ended(self, printed: str) -> ConnectError:
+    async def _skip_rc(self, shell: _Shell) -> str:
+        """What the login shell printed on stdout before the shell's first command ran, read past; what
+        it printed on stderr is read past too."""
+        t = self.target
+        mark = f"__HSM_{self._token}_err__"
+        _, printed = await self._exchange(f"printf '%s\\n' {mark} >&2", t.connect_timeout, raw=True, first=True,
+                                          shell=shell)
+        try:
+            await asyncio.wait_for(shell.proc.stderr.readuntil(f"{mark}\n".encode()), t.connect_timeout)
+        except (TimeoutError, asyncio.IncompleteReadError, asyncssh.Error):
+            pass  # start_process's reader may see a stray line: a spurious wake-up at worst
+        return printed
+
+    async def _shell_ended(self, printed: str, shell: _Shell) -> ConnectError:
         """The shell's channel closed before its first command: the login shell's rc file ended it
         (`exit`, or a failing command under `set -e`), unless the connection itself dropped."""
-        proc, t = self._proc, self.target
+        proc, t = shell.proc, self.target
         said = printed
-        if proc is not None:
-            try:
-                await asyncio.wait_for(proc.wait_closed(), 2)
-                said += await asyncio.wait_for(proc.stderr.read(), 1)
-            except Exception:  # noqa: BLE001 - what it printed only adds detail to the message
-                pass
-        status = proc.exit_status if proc is not None else None
+        try:
+            await asyncio.wait_for(proc.wait_closed(), 2)
+            said += (await asyncio.wait_for(proc.stderr.read(), 1)).decode(errors="replace")
+        except Exception:  # noqa: BLE001 - what it printed only adds detail to the message
+            pass
+        status = proc.exit_status
         await self.close()
         if status is None:
             return ConnectError(f"connection to {t.label} lost while starting the remote shell", self.source)
@@ -194,13 +378,15 @@ class SSHConnection:
             + RC_FIX.format(rc="~/.bashrc (or your login shell's rc file)"), self.source)
 
     async def close(self) -> None:
-        for closer in (self._sftp, self._proc):
-            if closer is not None:
-                try:
-                    closer.close() if not hasattr(closer, "exit") else closer.exit()
-                except Exception:  # noqa: BLE001 - closing a dead channel
-                    pass
-        self._sftp = self._proc = None
+        for shell in (self._bulk, self._shell):
+            if shell is not None:
+                shell.close()
+        if self._sftp is not None:
+            try:
+                self._sftp.exit()
+            except Exception:  # noqa: BLE001 - closing a dead channel
+                pass
+        self._sftp = self._shell = self._bulk = None
         if self._conn is not None:
             self._conn.close()
             try:
@@ -209,76 +395,153 @@ class SSHConnection:
                 pass
             self._conn = None
 
+    async def _drop(self, shell: _Shell) -> None:
+        """A shell whose state is unknown now (a timeout, a lost channel): the bulk shell is closed
+        alone (the next transfer opens another), the persistent one with the connection."""
+        if shell is self._bulk:
+            shell.close()
+            self._bulk = None
+        elif shell is self._shell:
+            await self.close()
+
     # -- commands ------------------------------------------------------------------------
     async def run(self, script: str, *, check: bool = True, timeout: float | None = 60.0) -> CommandResult:
         """Run ``script`` in the persistent remote shell (stderr merged into stdout)."""
-        if not self.alive:
-            raise NotConnected(f"not connected to {self.target.label}", self.source)
-        async with self._lock:
-            if not self.alive:  # dropped while this command waited for the shell
-                raise NotConnected(f"not connected to {self.target.label}", self.source)
-            try:
-                rc, out = await self._exchange(script, timeout)
-            except TimeoutError:
-                await self.close()  # the shell's state is unknown now
-                raise CommandTimeout([script], timeout, self.target.label, self.source) from None
-        self.commands_run += 1
-        result = CommandResult(script, rc, out)
+        rc, out = await self.run_bytes(script, timeout=timeout)
+        result = CommandResult(script, rc, out.decode("utf-8", errors="replace"))
         if check and rc != 0:
-            raise CommandError([script], rc, out, "", self.source)
+            raise CommandError([script], rc, result.stdout, "", self.source)
         return result
 
-    async def _exchange(self, script: str, timeout: float | None, *, raw: bool = False,
-                        first: bool = False) -> tuple[int | None, str]:
-        """Send ``script`` and read its output up to the marker.  ``raw``: as is, with the shell's own
-        stdin and stderr (else stdin from /dev/null, stderr into stdout); ``first``: the shell's first
-        command, whose channel closing means the login shell's rc file ended it."""
-        assert self._proc is not None
-        marker = f"__HSM_{self._token}_{next(self._counter)}__"
-        # stdin from /dev/null: a command must never read the protocol's own input
-        body = script if raw else f"{{\n{script}\n}} </dev/null 2>&1"
-        try:
-            self._proc.stdin.write(f"{body}\nprintf '\\n%s %d\\n' {marker} \"$?\"\n")
-        except (asyncssh.Error, OSError) as exc:  # BrokenPipeError: the channel closed under us
-            if first:
-                raise await self._shell_ended("") from None
-            await self.close()
-            raise ConnectError(f"connection to {self.target.label} lost: {exc}", self.source) from None
-        try:
-            data = await asyncio.wait_for(self._proc.stdout.readuntil(f"{marker} "), timeout)
-            rc = await asyncio.wait_for(self._proc.stdout.readline(), timeout)
-        except TimeoutError:
-            raise  # before OSError: since Python 3.11 a timeout IS an OSError, and no connection was lost
-        except (asyncio.IncompleteReadError, asyncssh.Error, OSError) as exc:
-            if first and isinstance(exc, asyncio.IncompleteReadError):
-                partial = exc.partial  # text: the shell's channel is opened with an encoding (typeshed says bytes)
-                raise await self._shell_ended(partial.decode(errors="replace") if isinstance(partial, bytes)
-                                              else str(partial)) from None
-            await self.close()
-            raise ConnectError(f"connection to {self.target.label} lost: {exc}", self.source) from None
-        if not rc.strip().lstrip("-").isdigit():
-            await self.close()
-            raise ConnectError(f"connection to {self.target.label} lost (no exit status)", self.source)
-        out = data[: -len(marker) - 1]
-        return int(rc), out[:-1] if out.endswith("\n") else out
-
-    async def start_process(self, command: str) -> SimpleNamespace:
-        """A long-lived remote command, started in the background of the persistent shell: no channel
-        and no login shell of its own.  Its output is read from the result's ``stdout`` (the shell
-        channel's stderr stream, which carries nothing else but shell errors); the shell ends it when
-        the connection closes.  The command must not read stdin; every such command shares that stream."""
+    async def run_bytes(self, script: str, *, timeout: float | None = 60.0) -> tuple[int | None, bytes]:
+        """``script`` in the persistent shell: its exit status and output as bytes (stderr merged)."""
         if not self.alive:
             raise NotConnected(f"not connected to {self.target.label}", self.source)
-        async with self._lock:
-            assert self._proc is not None
-            reader = self._proc.stderr
+        try:
+            rc, out = await self._exchange(script, timeout, text=False)
+        except TimeoutError:
+            await self.close()  # the shell's state is unknown now
+            raise CommandTimeout([script], timeout, self.target.label, self.source) from None
+        self.commands_run += 1
+        return rc, out
+
+    def begin(self, script: str, *, timeout: float | None = 60.0) -> asyncio.Task[CommandResult]:
+        """Write ``script`` to the persistent shell now (commands are pipelined: it need not wait for the
+        answers to those before it) and read its result in the returned task.  NotConnected if it could
+        not be written (nothing ran); the task raises ConnectError / CommandTimeout as ``run`` does."""
+        if not self.alive or self._shell is None:
+            raise NotConnected(f"not connected to {self.target.label}", self.source)
+        loop = asyncio.get_running_loop()
+        try:
+            out = self._shell.send(self, script, deadline=None if timeout is None else loop.time() + timeout)
+        except (asyncssh.Error, OSError) as exc:
+            raise NotConnected(f"not connected to {self.target.label}: {exc}", self.source) from None
+
+        async def result() -> CommandResult:
+            data = await out.readall()
+            self.commands_run += 1
+            return CommandResult(script, out.exit_code, data.decode("utf-8", errors="replace"))
+
+        return loop.create_task(result())
+
+    @overload
+    async def _exchange(self, script: str, timeout: float | None, *, raw: bool = ..., first: bool = ...,
+                        shell: _Shell | None = ..., text: Literal[True] = ...) -> tuple[int | None, str]: ...
+
+    @overload
+    async def _exchange(self, script: str, timeout: float | None, *, raw: bool = ..., first: bool = ...,
+                        shell: _Shell | None = ..., text: Literal[False]) -> tuple[int | None, bytes]: ...
+
+    async def _exchange(self, script: str, timeout: float | None, *, raw: bool = False, first: bool = False,
+                        shell: _Shell | None = None, text: bool = True) -> tuple[int | None, str | bytes]:
+        """Send ``script`` and read its output up to the marker (``timeout`` for the whole).  ``raw``: as
+        is, with the shell's own stdin and stderr (else stdin from /dev/null, stderr into stdout);
+        ``first``: the shell's first command, whose channel closing means the login shell's rc file
+        ended it.  A TimeoutError is left to the caller."""
+        shell = shell or self._shell
+        assert shell is not None
+        loop = asyncio.get_running_loop()
+        try:
+            out = shell.send(self, script, raw=raw, deadline=None if timeout is None else loop.time() + timeout)
+        except (asyncssh.Error, OSError) as exc:  # BrokenPipeError: the channel closed under us
+            if first:
+                raise await self._shell_ended("", shell) from None
+            await self._drop(shell)
+            raise ConnectError(f"connection to {self.target.label} lost: {exc}", self.source) from None
+        try:
+            data = await out._read_all_raw()
+        except TimeoutError:
+            out._finish()  # the caller closes the shell: those after it fail as a lost connection
+            raise  # before OSError: since Python 3.11 a timeout IS an OSError, and no connection was lost
+        except _Ended as exc:
+            if first and not exc.status_missing:
+                out._finish()
+                raise await self._shell_ended(exc.partial.decode(errors="replace"), shell) from None
+            await out.fail()
+            why = "no exit status" if exc.status_missing else "the remote shell ended"
+            raise ConnectError(f"connection to {self.target.label} lost ({why})", self.source) from None
+        except (asyncssh.Error, OSError) as exc:
+            await out.fail()
+            raise ConnectError(f"connection to {self.target.label} lost: {exc}", self.source) from None
+        return out.exit_code, data.decode("utf-8", errors="replace") if text else data
+
+    @contextlib.asynccontextmanager
+    async def stream(self, script: str, *, bulk: bool = False, idle: float = 120.0) -> AsyncIterator[ShellOutput]:
+        """``script``'s output as it comes, for a transfer (a tar stream): on the persistent shell, or with
+        ``bulk`` on a second shell opened for it on first use (and kept: its login shell's rc file runs
+        once), so a large transfer does not hold up polls and starts.  The script's stderr is discarded
+        unless it redirects it; it must not read stdin.  What the caller leaves unread is read past."""
+        if not self.alive:
+            raise NotConnected(f"not connected to {self.target.label}", self.source)
+        shell = await self._bulk_shell() if bulk else self._shell
+        assert shell is not None
+        try:
+            out = shell.send(self, script, stderr="2>/dev/null", idle=idle)
+        except (asyncssh.Error, OSError) as exc:
+            await self._drop(shell)
+            raise ConnectError(f"connection to {self.target.label} lost: {exc}", self.source) from None
+        self.commands_run += 1
+        try:
+            yield out
+            while await out.read(1 << 20):  # what the caller did not read: the next command starts after it
+                pass
+        except BaseException:
+            out.abandon()
+            raise
+
+    async def _bulk_shell(self) -> _Shell:
+        if self._bulk is None or not self._bulk.alive:
+            if self._conn is None or self._conn.is_closed():
+                raise NotConnected(f"not connected to {self.target.label}", self.source)
             try:
-                # the shell ends them when it ends (EOF: the connection closed), or they would linger
-                await self._exchange(f"{{ {command}\n}} >&2 2>/dev/null </dev/null &\n_hsm_bg=\"$_hsm_bg $!\"; "
-                                     "trap 'kill $_hsm_bg 2>/dev/null' EXIT", self.target.connect_timeout, raw=True)
-            except TimeoutError:
-                await self.close()
-                raise CommandTimeout([command], self.target.connect_timeout, self.target.label, self.source) from None
+                shell = await self._open_shell("b")
+                await self._skip_rc(shell)
+            except (TimeoutError, asyncssh.Error, OSError) as exc:
+                raise ConnectError(f"could not open a transfer channel to {self.target.label}: "
+                                   f"{type(exc).__name__} {exc}".strip(), self.source) from None
+            self.streams_opened += 1
+            self._bulk = shell
+        return self._bulk
+
+    async def start_process(self, *commands: str, prelude: str = "") -> SimpleNamespace:
+        """Long-lived remote commands, started in the background of the persistent shell (after the
+        shell code ``prelude``): no channel and no login shell of their own.  Their output is read from
+        the result's ``stdout`` (the shell channel's stderr stream, which carries nothing else but shell
+        errors); the shell ends them when the connection closes.  They must not read stdin; every such
+        command shares that stream."""
+        if not self.alive:
+            raise NotConnected(f"not connected to {self.target.label}", self.source)
+        assert self._shell is not None
+        reader = self._shell.proc.stderr
+        # the shell ends them when it ends (EOF: the connection closed), or they would linger
+        script = prelude + "".join(f"\n{{ {command}\n}} >&2 2>/dev/null </dev/null &\n_hsm_bg=\"$_hsm_bg $!\""
+                                   for command in commands) + "\ntrap 'kill $_hsm_bg 2>/dev/null' EXIT"
+        try:
+            await self._exchange(script, self.target.connect_timeout, raw=True)
+        except TimeoutError:
+            await self.close()
+            raise CommandTimeout(list(commands), self.target.connect_timeout, self.target.label,
+                                 self.source) from None
         return SimpleNamespace(stdout=reader)
 
     async def sftp(self) -> asyncssh.SFTPClient:
@@ -310,24 +573,6 @@ class SSHConnection:
         if "utf8_decode_errors" not in inspect.signature(start).parameters:  # older asyncssh
             del args[2]
         return await start(*args)
-
-    async def open_stream(self, script: str) -> asyncssh.SSHClientProcess:
-        """``script`` (run by ``/bin/sh``) on a channel of its own, for one bulk transfer that must not
-        hold up the persistent shell: binary output, read incrementally, closed by the caller.  What
-        the login shell's rc file prints comes before a marker and is skipped."""
-        if self._conn is None or self._conn.is_closed():
-            raise NotConnected(f"not connected to {self.target.label}", self.source)
-        mark = f"__HSM_{self._token}_stream__"
-        try:
-            proc = await self._conn.create_process(f"printf %s {mark}; exec /bin/sh -c {shlex.quote(script)}",
-                                                   encoding=None)
-            self.channels_opened += 1
-            self.streams_opened += 1
-            await asyncio.wait_for(proc.stdout.readuntil(mark.encode()), self.target.connect_timeout)
-        except (TimeoutError, asyncio.IncompleteReadError, asyncssh.Error, OSError) as exc:
-            raise ConnectError(f"could not open a transfer channel to {self.target.label}: "
-                               f"{type(exc).__name__} {exc}".strip(), self.source) from None
-        return proc
 
 
 def ssh_command(target: SSHTarget) -> list[str]:

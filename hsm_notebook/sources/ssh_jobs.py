@@ -33,13 +33,16 @@ from ..core.spec.jobpaths import (
     sh_read_exit_code,
 )
 from .collect import (
+    BULK,
     Fetched,
     check_patterns,
     extract,
-    fetch_script,
     left_note,
+    list_script,
+    parse_listing,
     pipe_to_thread,
     selector,
+    tar_script,
     tar_why,
     wanted,
 )
@@ -49,6 +52,9 @@ __all__ = ["RemoteJobManager", "Fetched", "check_patterns", "wanted"]  # the las
 
 log = logging.getLogger(__name__)
 
+#: Bytes of a small transfer over the persistent shell read ahead of the disk (see ``pipe_to_thread``).
+AHEAD = 32 << 20
+
 #: Per job: "<name> <code> [exit code]"; X=exited, R=running (or just started), L=its wrapper is gone
 #: without an exit code, Q=not started yet, its launcher still running (a slow start), N=never
 #: started: its launcher is gone and the job is claimed (pid file "never"), so it never will,
@@ -57,11 +63,18 @@ log = logging.getLogger(__name__)
 #: is not a process group leader) is checked with its start time against pid reuse.  Builtins
 #: only, except `mkdir` for a job whose folder was never made.  G=the tasks dir itself is gone (a
 #: reboot emptied the remote root); a line "@setup" says what setup made is missing (see ``needs_setup``).
+#: A job to start: (name, argv, extra environment[, the text of its params.json]).
+Start = tuple[str, Sequence[str], dict[str, str]] | tuple[str, Sequence[str], dict[str, str], str]
+#: A job's starter record in the tasks dir (``STARTER`` + its name): "PID STARTTIME" of the subshell
+#: that makes its folder and launches it (see ``RemoteJobManager.start_script``).
+STARTER = ".starting."
 # No `exit` in any script: they run inside the persistent shell, which must survive them (and
 # `set -C` is always undone).
 def poll_script(check: str, tasks: str, jobs: Sequence[str], names: JobFiles = NAMES) -> str:
     """The poll of ``jobs`` (job names) in the tasks dir ``tasks``, after the shell test ``check``;
-    every file name from ``names`` (see the codes above)."""
+    every file name from ``names`` (see the codes above).  A job not started yet has two launch records:
+    its batch's starter (``STARTER``, in the tasks dir), read first, then its own launcher (``launch``,
+    which the starter writes before it ends): alive, either means a slow start."""
     p = JobPaths.shell("j", names)
     pid, launch, cancelled = sh(p.pid), sh(p.launch), sh(p.cancelled)
     read_rc, each = sh_read_exit_code(p), " ".join(shlex.quote(j) for j in jobs)
@@ -75,15 +88,16 @@ def poll_script(check: str, tasks: str, jobs: Sequence[str], names: JobFiles = N
     if kill -0 "$p" 2>/dev/null && case "$st" in *") Z "*) false;; *) true;; esac; then echo "$j R$c"
     else {read_rc}
       if [ -n "$rc" ]; then echo "$j X $rc$c"; else echo "$j L$c"; fi; fi; fi
-  else l=""; s=""; st=""; a=""; [ -f {launch} ] && read l s < {launch}
+  else a=""; for f in "{STARTER}$j" {launch}; do l=""; s=""; st=""; [ -f "$f" ] && read l s < "$f"
     if [ -n "$l" ] && kill -0 "$l" 2>/dev/null; then a=y
       [ -r "/proc/$l/stat" ] && read st < "/proc/$l/stat" 2>/dev/null
       case "$st" in *") Z "*) a="";; *")"*) set -- ${{st##*) }}; [ -z "$s" ] || [ "${{20}}" = "$s" ] || a="";; esac; fi
+    [ -z "$a" ] || break; done
     if [ -n "$a" ]; then if [ -f {pid} ]; then echo "$j R$c"; else echo "$j Q$c"; fi
     elif [ -f {pid} ]; then {read_rc}
       if [ -n "$rc" ]; then echo "$j X $rc$c"; elif [ -s {pid} ]; then echo "$j R$c"; else echo "$j E$c"; fi
     else [ -d "$j" ] || mkdir -p "$j" 2>/dev/null
-      if {sh_claim(p)}; then echo "$j N$c"; else echo "$j R$c"; fi; fi
+      if {sh_claim(p)}; then echo "$j N$c"; elif [ -f {pid} ]; then echo "$j R$c"; else echo "$j E$c"; fi; fi
   fi
 done; else for j in {each}; do echo "$j G"; done; fi"""
 
@@ -111,6 +125,8 @@ class RemoteJobManager:
         self.conn, self.tasks_dir, self.workdir = conn, tasks_dir, workdir
         self.setsid, self.cancel_grace, self.pythonpath = setsid, cancel_grace, pythonpath
         self.tar = False  # set when the host has tar
+        self.tar_posix = False  # ... that writes the posix format (sub-second mtimes: GNU tar)
+        self.tar_nul = False  # ... that reads NUL-separated names (and find prints them)
         #: Set when a poll or a fetch found that what setup made is gone (the tasks dir, the project
         #: copy, the helper lib: a reboot emptied the remote root); the source sets it up again.
         self.needs_setup = False
@@ -120,32 +136,59 @@ class RemoteJobManager:
         """A job's folder and files on the host."""
         return JobPaths(PurePosixPath(self.tasks_dir) / check_job_name(job_name))
 
-    def start_script(self, jobs: Sequence[tuple[str, Sequence[str], dict[str, str]]]) -> str:
-        """One script that starts every job in ``jobs`` ((name, argv, env), ...) detached."""
-        paths = [self.paths(name) for name, _, _ in jobs]
+    def start_script(self, jobs: Sequence[Start]) -> str:
+        """One script that starts every job in ``jobs`` ((name, argv, env[, params.json text]), ...)
+        detached.  The shell only forks the batch's *starter* and records it per job (``STARTER``: its
+        pid and start time), so it answers at once and the next command need not wait for the
+        launches; the starter makes the jobs' folders (with params.json), launches each job and writes
+        its ``launch`` record, then ends (its jobs outlive it).  A poll tells a slow start (either
+        record alive) from a job that never started (both gone: claimed, see ``poll_script``); a
+        folder that cannot be made is "E" there."""
+        paths = [self.paths(job[0]) for job in jobs]
         dirs = [str(p.folder) for p in paths]
-        lines = [f"umask 077; if mkdir -p {' '.join(shlex.quote(d) for d in dirs)}; then "
-                 f"PYTHONPATH={shlex.quote(self.pythonpath)}${{PYTHONPATH:+:$PYTHONPATH}}; export PYTHONPATH"]
-        for d, p, (_, argv, env) in zip(dirs, paths, jobs, strict=True):
-            assigns = " ".join(f"{k}={shlex.quote(v)}" for k, v in {**env, "HSM_EVENTS": self.events}.items())
-            # the launcher's pid and start time go to `launch`, so a poll can tell a slow start from
-            # a job that never started; the subshell exits at once (no zombie for the persistent shell).
-            # The job's variables are set by `env` after setsid: a job's PATH never hides the launcher
-            # (setsid and env exec without forking, so the pid stays the wrapper's)
-            lines.append(f"(if cd {shlex.quote(self.workdir)}; then {self.setsid} env {assigns} /bin/sh -c "
-                         f"{shlex.quote(WRAPPER)} hsm-job {shlex.quote(d)} {join(argv)} >/dev/null 2>&1 </dev/null & "
-                         f"p=$!; st=''; read st 2>/dev/null < /proc/$p/stat; set -- ${{st##*) }}; "
-                         f"echo \"$p ${{20:-}}\" 2>/dev/null > {shlex.quote(str(p.launch))}; fi)")
+        q = shlex.quote
+        tasks = q(self.tasks_dir)
+        lines = [f"umask 077; [ -d {tasks} ] || mkdir -p {tasks}; if [ -d {tasks} ]; then (",
+                 f"PYTHONPATH={q(self.pythonpath)}${{PYTHONPATH:+:$PYTHONPATH}}; export PYTHONPATH",
+                 f"mkdir -p {' '.join(q(d) for d in dirs)} && cd {q(self.workdir)} || exit 1"]
+        for d, p, job in zip(dirs, paths, jobs, strict=True):
+            argv, env = job[1], job[2]
+            if len(job) > 3:
+                lines.append(f"printf %s {q(job[3])} > {q(str(p.params))}")
+            assigns = " ".join(f"{k}={q(v)}" for k, v in {**env, "HSM_EVENTS": self.events}.items())
+            # the launcher's pid and start time go to `launch`, so a poll can tell a slow start from a job
+            # that never started.  The job's variables are set by `env` after setsid: a job's PATH never
+            # hides the launcher (setsid and env exec without forking, so the pid stays the wrapper's)
+            lines.append(f"{self.setsid} env {assigns} /bin/sh -c {q(WRAPPER)} hsm-job {q(d)} {join(argv)} "
+                         f">/dev/null 2>&1 </dev/null & p=$!; st=''; read st 2>/dev/null < /proc/$p/stat; "
+                         f"set -- ${{st##*) }}; echo \"$p ${{20:-}}\" 2>/dev/null > {q(str(p.launch))}")
+        names = " ".join(q(job[0]) for job in jobs)
+        lines.append(f") >/dev/null 2>&1 </dev/null & p=$!; st=''; read st 2>/dev/null < /proc/$p/stat; "
+                     f"set -- ${{st##*) }}; s=\"$p ${{20:-}}\"; for j in {names}; do "
+                     f"echo \"$s\" 2>/dev/null > {tasks}/{STARTER}\"$j\"; done")
         lines.append("echo started; fi")
         return "\n".join(lines)
 
-    async def start(self, jobs: Sequence[tuple[str, Sequence[str], dict[str, str]]]) -> None:
+    async def start(self, jobs: Sequence[Start]) -> None:
         """Start every job of the batch with one remote command; SubmitError if the host refuses."""
-        result = await self.conn.run(self.start_script(jobs), check=False)
-        if result.exit_code != 0 or "started" not in result.stdout:
-            names = ", ".join(name for name, _, _ in jobs)
-            raise SubmitError(f"could not start {names} on {self.conn.target.label}: "
-                              f"{result.stdout.strip()[-300:] or f'exit code {result.exit_code}'}", self.conn.source)
+        await self.begin(jobs)
+
+    def begin(self, jobs: Sequence[Start]) -> asyncio.Future[None]:
+        """Write the start of the batch now (NotConnected if it cannot be: nothing ran); the returned
+        future holds the host's answer (SubmitError if it refused, ConnectError if it never came)."""
+        answer = self.conn.begin(self.start_script(jobs))
+
+        async def check() -> None:
+            result = await answer
+            if result.exit_code != 0 or "started" not in result.stdout:
+                names = ", ".join(job[0] for job in jobs)
+                raise SubmitError(f"could not start {names} on {self.conn.target.label}: "
+                                  f"{result.stdout.strip()[-300:] or f'exit code {result.exit_code}'}",
+                                  self.conn.source)
+
+        checked = asyncio.ensure_future(check())
+        checked.add_done_callback(lambda f: f.cancelled() or f.exception())  # told to the submissions
+        return checked
 
     async def states(self, job_names: Sequence[str]) -> dict[str, tuple[str, int | None, bool]]:
         """One remote command for all jobs: ``{name: (code, exit code, cancelled)}``."""
@@ -189,77 +232,46 @@ class RemoteJobManager:
         return await self._fetch_sftp(by_name, selector(patterns))
 
     async def _fetch_tar(self, by_name: dict[str, Path], want: Callable[[str], bool]) -> Fetched:
+        """Two commands in the persistent shell (no channel, no login shell): the listing, then the chosen
+        files as one tar stream, extracted as it arrives; a large one goes over the bulk shell."""
         token = secrets.token_hex(4)
-        proc = await self.conn.open_stream(fetch_script(self.tasks_dir, list(by_name), token))
-        lost = f"connection to {self.conn.target.label} lost while fetching"
+        rc, out = await self.conn.run_bytes(list_script(self.tasks_dir, list(by_name), token, self.tar_nul),
+                                            timeout=300)
+        if rc is None:
+            raise ConnectError(f"connection to {self.conn.target.label} lost while fetching", self.conn.source)
+        listing = parse_listing(out, token, self.tar_nul)
+        missing = set(by_name) if listing.root else listing.missing & set(by_name)
+        self.needs_setup = self.needs_setup or listing.root
         chosen: dict[str, list[str]] = {}
         unlisted: dict[str, list[str]] = {}  # names the newline-separated listing cannot carry
+        size, prev = 0, ""
+        for path, at_least in listing.files:
+            top, _, rel = path.partition("/")
+            if top in by_name and rel:
+                prev = top
+                if rel != NAMES.launch and want(rel):  # the launcher's pid on the host: nothing to keep here
+                    chosen.setdefault(top, []).append(rel)
+                    size += at_least
+            elif prev:  # newline-separated: the rest of a name that holds a newline
+                unlisted.setdefault(prev, []).append(path)
         extracted: set[tuple[str, str]] = set()
-        said = bytearray()
-        try:
-            missing: set[str] = set()
-            count = None
-            while count is None:  # the head: which folders are missing, then how many follow
-                line = (await proc.stdout.readline()).decode(errors="replace")
-                if not line:
-                    raise ConnectError(lost, self.conn.source)
-                word, _, rest = line.strip().partition(" ")
-                if word != token:
-                    continue
-                kind, _, arg = rest.partition(" ")
-                if kind == "gone" and arg in by_name:
-                    missing.add(arg)
-                elif kind == "root":
-                    self.needs_setup = True
-                    missing = set(by_name)
-                elif kind == "data":
-                    count = int(arg or 0)
-
-            async def drain_stderr() -> None:  # unread, it would fill the channel's window and stall stdout
-                try:
-                    while chunk := await proc.stderr.read(65536):
-                        said[:] = (said + chunk)[-2000:]
-                except (asyncssh.Error, OSError):
-                    pass  # the exit status tells
-
-            drain = asyncio.ensure_future(drain_stderr())
-            if count:
-                sep = b"\0" if (await proc.stdout.readline()).strip().endswith(b"nul") else b"\n"
-                end = f"{token}-end".encode() + sep
-                prev = ""
-                while (entry := await proc.stdout.readuntil(sep)) != end:
-                    path = entry[:-1].decode("utf-8", errors="surrogateescape")
-                    top, _, rel = path.partition("/")
-                    if top in by_name and rel:
-                        prev = top
-                        if want(rel):
-                            chosen.setdefault(top, []).append(rel)
-                    elif prev:  # newline-separated: the rest of a name that holds a newline
-                        unlisted.setdefault(prev, []).append(path)
-                selection = sep.join(f"{top}/{rel}".encode("utf-8", errors="surrogateescape")
-                                     for top, rels in chosen.items() for rel in rels)
-                proc.stdin.write(selection + sep if selection else b"")
-                proc.stdin.write_eof()
-                extracted = await pipe_to_thread(proc.stdout, extract, by_name)
-            await proc.wait_closed()
-            await drain
-            if proc.exit_status is None:
-                raise ConnectError(lost, self.conn.source)
-            if proc.exit_status != 0:  # e.g. a file that could not be read: the rest came; named below
-                log.debug("tar on %s: exit status %s: %s", self.conn.target.label, proc.exit_status,
-                          said.decode(errors="replace").strip())
-        except asyncio.IncompleteReadError:
-            raise ConnectError(lost, self.conn.source) from None
-        except asyncssh.Error as exc:
-            raise ConnectError(f"{lost}: {exc}", self.conn.source) from None
-        except tarfile.TarError as exc:
-            if proc.is_closing() and proc.exit_status is None:  # cut short: the connection dropped
-                raise ConnectError(lost, self.conn.source) from None
-            raise SourceError(f"the files of {', '.join(by_name)} came back damaged from {self.conn.target.label} "
-                              f"({exc}); they are fetched again", self.conn.source) from None
-        finally:
-            proc.close()
-        why = tar_why(said.decode(errors="replace"))
+        why = ""
+        if chosen:
+            errors = posixpath.join(posixpath.dirname(self.tasks_dir), f".hsm-tar-{token}.err")
+            script = tar_script(self.tasks_dir, [f"{top}/{rel}" for top, rels in chosen.items() for rel in rels],
+                                errors, nul=self.tar_nul, posix=self.tar_posix)
+            try:
+                async with self.conn.stream(script, bulk=size >= BULK) as stream:
+                    extracted = await pipe_to_thread(stream, extract, by_name, ahead=1 << 20 if size >= BULK else AHEAD)
+            except tarfile.TarError as exc:
+                raise SourceError(f"the files of {', '.join(by_name)} came back damaged from "
+                                  f"{self.conn.target.label} ({exc}); they are fetched again",
+                                  self.conn.source) from None
+            if stream.exit_code != 0:  # e.g. a file that could not be read: the rest came; named below
+                said = (await self.conn.run(f"cat {shlex.quote(errors)}; rm -f {shlex.quote(errors)}",
+                                            check=False)).stdout
+                log.debug("tar on %s: exit status %s: %s", self.conn.target.label, stream.exit_code, said.strip())
+                why = tar_why(said)
         left = {}
         for name in by_name:
             files = [rel for rel in chosen.get(name, []) if (name, rel) not in extracted]

@@ -21,7 +21,7 @@ from ..core.base.shell import CommandResult
 from ..core.model.errors import CommandTimeout, ConfigError, SourceError
 from ..core.spec.functions import FUNCTION_FILE, LIB_DIR, VERSION_FILE, job_side_files
 from ..core.spec.job import JobTemplate
-from ..core.spec.jobpaths import NAMES, JobFiles, JobPaths, read_exit_code, sh_read_exit_code
+from ..core.spec.jobpaths import NAMES, JobFiles, JobPaths, read_exit_code, sh, sh_read_exit_code
 from .ssh_connection import SSHConnection, SSHTarget
 from .ssh_jobs import RemoteJobManager
 from .sync import sync_project
@@ -33,8 +33,8 @@ else:
 
 log = logging.getLogger("hsm_notebook.sources.ssh")
 
-#: One job start for ``RemoteJobManager.start``: (job name, argv, extra environment).
-StartItem = tuple[str, list[str], dict[str, str]]
+#: One job start for ``RemoteJobManager.start``: (job name, argv, extra environment, params.json's text).
+StartItem = tuple[str, list[str], dict[str, str], str]
 
 #: SIGKILL the processes $q and all their descendants (found by their parent in /proc, shell builtins only).
 _KILL_TREE = ('a=; while [ -n "$q" ]; do n=; for f in /proc/[0-9]*/stat; do s=; read s < "$f" 2>/dev/null || continue; '
@@ -49,6 +49,19 @@ def exit_codes_script(tasks_dir: str, names: JobFiles = NAMES) -> str:
     return (f"( if cd {shlex.quote(tasks_dir)} 2>/dev/null; then for j in *; do "
             f'[ -d "$j" ] || continue; {sh_read_exit_code(JobPaths.shell("j", names))}; '
             'echo "$j ${rc:--}"; done; fi )')
+
+
+def _remove_script(folder: str, setsid: str) -> str:
+    """Remove ``folder``: moved aside at once and deleted in the background (deleting thousands of job
+    folders takes seconds of disk time that nobody should wait for), unless something in it may
+    resist (not the user's, or a folder the user may not write), which is removed now so that a
+    failure can be reported.  Prints "@later" when deleted in the background."""
+    q = shlex.quote
+    aside = q(posixpath.join(posixpath.dirname(folder), f".removing-{posixpath.basename(folder)}")) + '."$$"'
+    return (f'u=$(id -u); if [ -n "$(find {q(folder)} \\( ! -user "$u" -o -type d ! -perm -300 \\) -print 2>&1 '
+            f'| head -n 1)" ]; then rm -rf {q(folder)}\n'
+            f"elif mv {q(folder)} {aside}; then echo @later; ({setsid} rm -rf {aside} >/dev/null 2>&1 </dev/null &)\n"
+            f"else rm -rf {q(folder)}; fi")
 
 
 class RemoteSideMixin(_SourceBase):
@@ -71,9 +84,11 @@ class RemoteSideMixin(_SourceBase):
     events: str | None
     remote_cleanup: str | None
     _watcher: asyncio.Task[None] | None
+    #: Jobs (by name) whose end the watcher saw: (exit code, cancelled), until a poll reports them.
+    ended_pushed: dict[str, tuple[int, bool]]
     _restoring: asyncio.Lock
     _unreachable_since: float | None
-    _starts: Batcher[StartItem, None]
+    _starts: Batcher[StartItem, asyncio.Future[None] | None]
 
     def _command(self, argv: list[str]) -> list[str]:
         """The job's argv with the source's interpreter (see ``SSHComputeSource._command``)."""
@@ -107,6 +122,7 @@ class RemoteSideMixin(_SourceBase):
         self.jobs = RemoteJobManager(self.conn, tasks_dir, workdir, setsid,
                                      self.cancel_grace, lib)
         self.jobs.tar = self.facts.get("tar") == "yes"
+        self.jobs.tar_posix, self.jobs.tar_nul = self.facts.get("tarposix") == "yes", self.facts.get("tarnul") == "yes"
         self.events = posixpath.join(sweep_root, "events")
         await self._watch()
 
@@ -162,24 +178,44 @@ class RemoteSideMixin(_SourceBase):
                 "(pre_script, conda_env, modules)").replace("; it hung .", ".")
 
     async def _watch(self) -> None:
-        """One more channel per connection: ``tail -F`` of the events file the job wrappers append
-        to, so a finished job wakes the manager at once instead of at the next poll (by name: an
-        events file made again after a reboot emptied the remote root is followed too)."""
-        assert self.events is not None, "set by _prepare"
-        events = shlex.quote(self.events)
+        """No channel of its own: in the background of the persistent shell, ``tail -F`` of the events
+        file the job wrappers append to, read by a loop that adds each job's exit code (and whether it
+        was cancelled), so a finished job wakes the manager at once and its poll needs no command
+        (``_pushed``).  By name: an events file made again after a reboot emptied the remote root is
+        followed too.  Without ``mkfifo`` the bare wake-ups remain."""
+        assert self.events is not None and self.jobs is not None, "set by _prepare"
+        events, q = shlex.quote(self.events), shlex.quote
         await self.conn.run(f"touch {events}")
-        proc = await self.conn.start_process(f"exec tail -n 0 -F {events}")
+        p = JobPaths.shell("d")
+        loop = (f't={q(self.jobs.tasks_dir)}; [ -n "$_hsm_q" ] || exit 0; {{ rm -f "$_hsm_q"\n'
+                "  while IFS= read -r j; do case $j in ''|.*|*/*) continue;; esac; d=\"$t/$j\"\n"
+                f'    {sh_read_exit_code(p)}; c=""; [ -f {sh(p.cancelled)} ] && c=" C"\n'
+                '    printf \'@hsm-end %s %s%s\\n\' "$j" "${rc:--}" "$c"; done; } <"$_hsm_q"')
+        proc = await self.conn.start_process(
+            f'if [ -n "$_hsm_q" ]; then exec tail -n 0 -F {events} >"$_hsm_q"; else exec tail -n 0 -F {events}; fi',
+            loop, prelude=f'_hsm_q={q(self.events + ".fifo")}.$$; rm -f "$_hsm_q"; mkfifo "$_hsm_q" 2>/dev/null '
+                          '|| _hsm_q=')
         if self._watcher is not None:
             self._watcher.cancel()
 
         async def read() -> None:
             try:
-                while await proc.stdout.readline():
+                while line := await proc.stdout.readline():
+                    if line.startswith(b"@hsm-end "):
+                        self._pushed(line[9:].decode(errors="replace").split())
                     self.notify()
             except Exception:  # noqa: BLE001 - a dropped watcher only costs latency; polling goes on
                 pass
 
         self._watcher = asyncio.get_running_loop().create_task(read())
+
+    def _pushed(self, words: list[str]) -> None:
+        """A job's end as the watcher saw it: its exit code (the wrapper wrote it before the event) and
+        whether it was cancelled; kept for the next poll (bounded: a poll that misses it asks the host)."""
+        if len(words) >= 2 and (rc := read_exit_code(words[1])) is not None:
+            self.ended_pushed[words[0]] = (rc, words[2:3] == ["C"])
+            while len(self.ended_pushed) > 10000:
+                del self.ended_pushed[next(iter(self.ended_pushed))]
 
     async def _upload_helpers(self, template: JobTemplate) -> str:
         """Put ``hsm_notebook.metrics`` (stdlib only) on the remote, so jobs can ``log_metrics``
@@ -242,7 +278,6 @@ class RemoteSideMixin(_SourceBase):
             return f"kept {sweep_root}: jobs were still being started there"
         if not self.conn.alive:
             return self.remote_cleanup or f"kept {sweep_root}: {self.target.label} is not connected"
-        q = shlex.quote
         out = (await self.conn.run(exit_codes_script(self.jobs.tasks_dir))).stdout
         unfinished, failed, uncollected = [], [], []
         for line in out.splitlines():
@@ -261,10 +296,11 @@ class RemoteSideMixin(_SourceBase):
                if names]
         if why:
             return f"kept {sweep_root}: " + "; ".join(why)
-        result = await self.conn.run(f"rm -rf {q(sweep_root)}", check=False, timeout=600)
+        result = await self.conn.run(_remove_script(sweep_root, self.jobs.setsid), check=False, timeout=600)
         if result.exit_code != 0:
             return f"kept {sweep_root}: could not remove it: {result.stdout.strip()[-300:]}"
-        return f"removed {sweep_root} (every job there succeeded and was collected)"
+        later = "; its files are deleted in the background" if "@later" in result.stdout else ""
+        return f"removed {sweep_root} (every job there succeeded and was collected{later})"
 
     def _collected(self, job_name: str) -> bool:
         try:

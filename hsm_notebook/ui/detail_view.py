@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,18 @@ class DetailView:
                                  tooltip="keep showing the newest log lines; off: the shown lines stay as they are")
         self.body = w.HTML()
         self.body.add_class("hsm-detail")
-        self.widget = w.VBox([w.HBox([self.task, self.attempt, self.lines, self.follow]), self.body])
+        #: the task's note, kept in the sweep's ledger (``sweep.note``): loaded when another task is
+        #: shown, written by Save (a refresh never overwrites what is being typed)
+        self.note = w.Textarea(placeholder="a note about this task, kept with the sweep (e.g. 'diverged: lr too high')",
+                               rows=2, layout=w.Layout(width="640px"))
+        self.note.add_class("hsm-note-text")
+        self.save_note = w.Button(description="Save note", icon="save")
+        self.save_note.add_class("hsm-save-note")
+        self.note_state = w.HTML()
+        self.note_box = w.HBox([self.note, self.save_note, self.note_state], layout=w.Layout(display="none"))
+        self.save_note.on_click(lambda _: self._save_note())
+        self.widget = w.VBox([w.HBox([self.task, self.attempt, self.lines, self.follow]), self.note_box, self.body])
+        self._note_task: str | None = None  # the task whose note the box holds
         self.sweep: Any = None
         self._lock = threading.RLock()  # the refresh thread and the front end both draw
         self._adjusting = False  # True while this view sets the Attempt choices itself
@@ -75,6 +87,27 @@ class DetailView:
                 text = str(exc) if isinstance(exc, HsmError) else f"{type(exc).__name__}: {exc}"
                 self.body.value = _error(text)
 
+    def _save_note(self) -> None:
+        """Save: the box's text becomes the task's note in the ledger (empty: no note)."""
+        if self.sweep is None or self._note_task is None:
+            return
+        try:
+            self.sweep.note(self._note_task, self.note.value)
+        except Exception as exc:  # noqa: BLE001 - a UI boundary: said next to the button
+            text = str(exc) if isinstance(exc, HsmError) else f"{type(exc).__name__}: {exc}"
+            self.note_state.value = _error(text)
+            return
+        self.note_state.value = f"<span class='hsm-note-saved'>saved {time.strftime('%H:%M:%S')}</span>"
+
+    def _load_note(self, task_id: str | None, note: str | None) -> None:
+        """The box shows a task's note when another task is shown (not on each refresh)."""
+        if task_id == self._note_task:
+            return
+        self._note_task = task_id
+        self.note.value = note or ""
+        self.note_state.value = ""
+        self.note_box.layout.display = "" if task_id else "none"
+
     def _sync_attempts(self, task_id: str | None, count: int) -> None:
         """Offer "latest" then attempts 1..count; another task starts again at "latest", while the
         same task keeps the user's pick (as long as that attempt exists)."""
@@ -101,14 +134,17 @@ class DetailView:
         tid = self.task.value.strip()
         if not tid:
             self._sync_attempts(None, 0)
+            self._load_note(None, None)
             self.body.value = "<i>Pick a task to see its parameters, history and logs.</i>"
             return
         try:
             info = sweep.task(tid)
         except ConfigError as exc:
             self._sync_attempts(None, 0)
+            self._load_note(None, None)
             self.body.value = _error(str(exc))
             return
+        self._load_note(tid, info.get("note"))
         self._sync_attempts(tid, info["attempt"] or 0)
         chosen = self.attempt.value or None  # None: the latest
         shown = chosen or info["attempt"] or None  # the attempt whose files are shown
@@ -120,7 +156,7 @@ class DetailView:
             kv(_facts(tid, info, history, shown, paths["stdout"]))
             + f"<b>parameters</b><pre>{esc(json.dumps(info['params'], indent=1))}</pre>"
             + "<b>history</b>" + table(history.assign(time=history["time"].dt.strftime("%H:%M:%S")), "hsm-history")
-            + _metrics_table(sweep.metrics(task_id=tid), shown)
+            + _metrics_table(sweep.metrics(task_id=tid, params=False), shown)
             + _log_files(paths)
             + self._tail_html(tails, lines)
         )

@@ -6,20 +6,22 @@ Everything here is a pure function of its arguments, so it is tested without wid
 from __future__ import annotations
 
 import html
+import os
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 STATE_COLORS = {
     "PENDING": "#888", "SUBMITTING": "#c80", "QUEUED": "#a60", "RUNNING": "#06c",
-    "COMPLETED": "#080", "FAILED": "#c00", "CANCELLED": "#666", "LOST": "#c60",
+    "COMPLETED": "#080", "PRUNED": "#97c", "FAILED": "#c00", "CANCELLED": "#666", "LOST": "#c60",
 }
 
-#: Bar segments, left to right: what has ended first (good, then bad), then what is
-#: under way, then what waits.  On a bar PENDING is pale: "not started", never read as
-#: CANCELLED's dark grey.
-BAR_ORDER = ("COMPLETED", "FAILED", "CANCELLED", "LOST", "RUNNING", "QUEUED", "SUBMITTING", "PENDING")
+#: Bar segments, left to right: what has ended first (good, then stopped on purpose by a
+#: search's pruner, then bad), then what is under way, then what waits.  On a bar PENDING is
+#: pale: "not started", never read as CANCELLED's dark grey.
+BAR_ORDER = ("COMPLETED", "PRUNED", "FAILED", "CANCELLED", "LOST", "RUNNING", "QUEUED", "SUBMITTING", "PENDING")
 BAR_COLORS = {**STATE_COLORS, "PENDING": "#d4d4d4"}
 
 CSS = """<style>
@@ -28,6 +30,25 @@ CSS = """<style>
 .hsm-panel td.hsm-err { max-width: 420px; overflow: hidden; text-overflow: ellipsis; }
 .hsm-panel pre { font-size: 11px; max-height: 240px; overflow: auto; background: #f7f7f7; padding: 4px; }
 .hsm-panel .jupyter-widget-button, .hsm-panel .widget-button { width: auto; min-width: 72px; }
+.hsm-panel button.jupyter-button { width: auto !important; min-width: max-content; overflow: visible;
+  text-overflow: clip; }
+.hsm-panel .widget-toggle-buttons .widget-toggle-button { width: auto !important; padding: 0 10px; }
+.hsm-panel .widget-label { min-width: max-content; }
+.hsm-panel .hsm-grid { display: grid; align-items: stretch; font-size: 12px; overflow-x: auto; margin: 4px 0; }
+.hsm-panel .hsm-grid > .hsm-grid-row, .hsm-panel .hsm-grid > .hsm-grid-row > .widget-html-content {
+  display: contents !important; }
+.hsm-panel .hsm-grid .hsm-cell { padding: 1px 8px; border-bottom: 1px solid #ddd; white-space: nowrap;
+  line-height: 22px; }
+.hsm-panel .hsm-grid .hsm-th { font-weight: 600; border-bottom: 1px solid #999; }
+.hsm-panel .hsm-grid .hsm-err, .hsm-panel .hsm-grid .hsm-note { max-width: 360px; overflow: hidden;
+  text-overflow: ellipsis; }
+.hsm-panel .hsm-grid > button.hsm-sort { margin: 0 !important; height: auto !important; min-width: 0 !important;
+  padding: 1px 8px; font-weight: 600; text-align: left; background: #f3f3f3; border: none;
+  border-bottom: 1px solid #999; border-radius: 0; box-shadow: none; line-height: 22px; }
+.hsm-panel .hsm-grid > button.hsm-sort:hover { background: #e4ecf7; }
+.hsm-panel .hsm-grid > button.hsm-opener { margin: 0 !important; padding: 0 !important; min-width: 0 !important;
+  width: 28px !important; height: auto !important; min-height: 0 !important; line-height: 1 !important;
+  align-self: stretch; border: none; border-bottom: 1px solid #ddd; border-radius: 0; background: #fafafa; }
 .hsm-panel .hsm-bar { display: flex; height: 14px; background: #f0f0f0; border-radius: 3px; overflow: hidden; }
 .hsm-panel .hsm-seg { height: 100%; }
 .hsm-panel .hsm-legend { font-size: 11px; color: #444; margin-right: 10px; white-space: nowrap; }
@@ -44,6 +65,10 @@ def is_missing(value: Any) -> bool:
     """None, NaN, NaT and ``pd.NA``: how pandas spells an empty cell (never shown as text)."""
     if value is None:
         return True
+    if isinstance(value, (str, int)):  # the common cells first: a refresh draws hundreds (bool is an int)
+        return False
+    if isinstance(value, float):
+        return value != value
     if not pd.api.types.is_scalar(value):
         return False
     try:
@@ -86,9 +111,9 @@ def _cell(col: str, value: Any, state_column: str | None, max_cell: int) -> tupl
     """One cell: its CSS class ("" for none), its title (None for none) and its escaped inner HTML."""
     if col == state_column:
         return "", None, state_badge("" if is_missing(value) else str(value))
-    if col == "error":
+    if col in ("error", "note"):
         text = esc(value)
-        return "hsm-err", text, text[:max_cell]
+        return f"hsm-{'err' if col == 'error' else 'note'}", text, text[:max_cell]
     return "", None, esc(_short(value))
 
 
@@ -166,3 +191,25 @@ def duration(seconds: float | None) -> str:
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
     return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+def short_path(path: str | Path, cwd: str | Path | None = None) -> str:
+    """``path`` as a person reads it: relative to the working directory when it is inside it
+    (``sweeps/lr-scan-1f2e``), under ``~`` when it is in the home folder, else its last two parts
+    after ``…/`` (a long temporary folder).  The full path belongs in a tooltip beside it."""
+    full = Path(path).absolute()
+    here = Path(cwd).absolute() if cwd is not None else Path.cwd()
+    if full == here:
+        return "."
+    if full.is_relative_to(here):
+        return str(full.relative_to(here))
+    home = Path.home()
+    if full.is_relative_to(home) and home != Path("/"):
+        return "~" + os.sep + str(full.relative_to(home))
+    return str(full) if len(full.parts) <= 3 else "…" + os.sep + os.sep.join(full.parts[-2:])
+
+
+def path_html(path: str | Path, cwd: str | Path | None = None) -> str:
+    """``short_path`` in a ``code`` element whose tooltip is the full path."""
+    return (f"<code class='hsm-path' title='{esc(str(Path(path).absolute()))}'>"
+            f"{esc(short_path(path, cwd))}</code>")

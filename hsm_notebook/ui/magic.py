@@ -14,13 +14,15 @@ from .panel import SweepPanel
 from .recent import open_sweep
 
 
-def open_panel(arg: str = "") -> SweepPanel | None:
+def open_panel(arg: str = "") -> Any:
     """``""`` -> an empty panel listing the recent sweeps (each with Open); a sweep directory ->
     that sweep (the live one if this kernel already drives it; resumed if it was launched before,
     else shown with Launch, see :func:`~hsm_notebook.ui.recent.open_sweep`);
     a YAML file -> a panel filled from it (and from its reference project's ``.hsm/config.yaml``:
     command, sources, environment), ready to launch with every setting of the file."""
     words = shlex.split(arg)
+    if words[:1] == ["compare"]:
+        return compare_view(words[1:])
     if not words:
         panel = SweepPanel()
         panel.show_recent()
@@ -41,9 +43,19 @@ def open_panel(arg: str = "") -> SweepPanel | None:
     return panel
 
 
+def compare_view(folders: list[str]) -> Any:
+    """``%hsm compare a b ...``: the sweeps' results side by side (``CompareView``), by folder or name."""
+    from .compare import CompareView, compare
+
+    if len(folders) < 2:
+        raise HsmError("%hsm compare needs two or more sweeps: %hsm compare sweeps/<id> sweeps/<other id> "
+                       "(folders or names)")
+    return CompareView(compare(*folders))
+
+
 def register(ipython: Any) -> None:
-    def hsm(line: str) -> SweepPanel | None:
-        """%hsm [sweep.yaml | sweep directory]: open the sweep panel."""
+    def hsm(line: str) -> Any:
+        """%hsm [sweep.yaml | sweep directory]: open the sweep panel; %hsm compare a b: sweeps side by side."""
         try:
             return open_panel(line)
         except HsmError as exc:

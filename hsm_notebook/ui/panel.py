@@ -21,12 +21,15 @@ import ipywidgets as w
 from ..core.base.source import ComputeSource
 from ..core.model.errors import HsmError
 from ..core.model.state import RERUNNABLE, JobState
+from ..core.spec.search import Search
 from ..core.sweep import Sweep, sources_health
 from ..sources import LocalComputeSource
 from .detail_view import DetailView
-from .html import CSS
+from .html import CSS, path_html
 from .params_editor import ParamsEditor
 from .results_view import ResultsView
+from .search_form import describe
+from .search_view import SearchView
 from .sources_view import SourcesView
 from .status_view import StatusView
 
@@ -61,6 +64,7 @@ class SweepPanel:
         self._stop = threading.Event()
         self.refreshes = 0
         self._shown_error: BaseException | None = None
+        self._search = False  # the sweep shown is a search (its record says so; read once when bound)
 
         self.header = w.HTML()
         self.message = w.HTML()
@@ -80,22 +84,35 @@ class SweepPanel:
         sv.drain_button.on_click(lambda _: self._guarded(lambda: self._need_sweep().drain(sv.control.value)))
         sv.disable_button.on_click(lambda _: self._guarded(lambda: self._need_sweep().disable(sv.control.value)))
         sv.enable_button.on_click(lambda _: self._guarded(lambda: self._need_sweep().enable(sv.control.value)))
-        self.status_view = StatusView(on_query_change=lambda: self._guarded(self.refresh, True))
+        self.status_view = StatusView(on_query_change=lambda: self._guarded(self.refresh, True),
+                                      on_open=lambda task_id: self._guarded(self.open_task, task_id),
+                                      report=self.show_error)
+        self.status_view.export_button.on_click(lambda _: self._guarded(self.export))
         self.detail_view = DetailView()
         self.detail_view.task.observe(lambda _: self._guarded(self._show_detail), "value")
         self.detail_view.lines.observe(lambda _: self._guarded(self._show_detail), "value")
         self.results_view = ResultsView()
         self.results_view.on_open = lambda task_id: self._guarded(self.open_task, task_id)
+        self.search_view = SearchView()  # a search's history, importances, Pareto front (hidden for a grid)
 
         self.tabs = w.Tab(children=[
             w.VBox([self.sources_view.widget, self.health_button]), self.editor.widget,
-            self.status_view.widget, self.detail_view.widget, self.results_view.widget,
+            self.status_view.widget, self.detail_view.widget,
+            w.VBox([self.search_view.widget, self.results_view.widget]),
         ])
         for i, title in enumerate(TABS):
             self.tabs.set_title(i, title)
         self.tabs.observe(lambda _: self._guarded(self.refresh, True), "selected_index")
         buttons = w.HBox([self.launch_button, self.cancel_button, self.retry_button, self.complete_button])
-        self.widget = w.VBox([w.HTML(CSS), self.header, buttons, self.message, self.tabs])
+        #: the sweep's tags (``sweep.tag``), shown and edited beside its name once a sweep is bound
+        self.tags = w.TagsInput(value=[], allow_duplicates=False, placeholder="add a tag",
+                                tooltip="the sweep's tags (sweep.tag): shown in %hsm's list of sweeps",
+                                layout=w.Layout(display="none"))
+        self.tags.add_class("hsm-tags")
+        self.tags.observe(lambda change: self._guarded(self._tags_changed, change), "value")
+        self._showing_tags = False  # True while the panel itself sets the tags shown
+        self.widget = w.VBox([w.HTML(CSS), w.HBox([self.header, self.tags], layout=w.Layout(align_items="center")),
+                              buttons, self.message, self.tabs])
         self.widget.add_class("hsm-panel")
         if sweep is not None:
             self._bind(sweep)
@@ -128,7 +145,9 @@ class SweepPanel:
             return "hsm_notebook panel (no sweep launched)"
         counts = sweep.counts()
         total = sum(counts.values())
-        lines = [f"hsm_notebook sweep {sweep.id}: {total} tasks in {sweep.directory}",
+        tags = sweep.tags
+        lines = [f"hsm_notebook sweep {sweep.id}: {total} tasks in {sweep.directory}"
+                 + (f" (tags: {', '.join(tags)})" if tags else ""),
                  "  " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))]
         if sweep.objective:
             metric, minimize = sweep.objective
@@ -165,6 +184,7 @@ class SweepPanel:
     def close(self) -> None:
         """Stop refreshing and close the widgets (the sweep itself goes on)."""
         self._stop.set()
+        self.search_view.close()
         self.widget.close()
 
     # -- actions (each one call in the Python API) ----------------------------------------
@@ -172,8 +192,10 @@ class SweepPanel:
         if self.sweep is not None and self.sweep.running:
             self.say("Already running: the tasks are on their way (Status shows them).")
             return
+        made: Any = None
         if self.sweep is None:
-            options = {**self.options, "space": self.editor.check(), "command": self._command(),
+            made = self.editor.check()  # a ParameterSpace, or a Search (with its objective checked)
+            options = {**self.options, "space": made, "command": self._command(),
                        "sources": self.sources_view.sources, "objective": self.editor.objective()}
             options["workdir"] = self.editor.workdir.value.strip() or options.get("workdir")
             if self.directory is not None:
@@ -183,7 +205,11 @@ class SweepPanel:
         pending = sweep.counts().get(JobState.PENDING, 0)
         sweep.start()
         self.tabs.selected_index = 2
-        self.say(f"Launched {pending} tasks.")
+        if self._search:
+            what = describe(made) if isinstance(made, Search) else "the search"
+            self.say(f"Launched {what}: a trial starts whenever a slot frees; Results shows them as they end.")
+        else:
+            self.say(f"Launched {pending} tasks.")
 
     def cancel(self) -> None:
         n = self._need_sweep().cancel()
@@ -217,11 +243,15 @@ class SweepPanel:
 
     def _bind(self, sweep: Sweep) -> None:
         self.sweep = sweep
-        self.editor.show_space(sweep.record.get("space", {}), sweep.template.command, sweep.objective)
+        record = sweep.record
+        self._search = bool(record.get("search"))
+        self.editor.show_space(record.get("space", {}), sweep.template.command, sweep.objectives or None,
+                               search=record.get("search"))
         self.sources_view.lock()
         about = sweep.metadata.get("description")
-        self.header.value = (f"<b>Sweep {html.escape(sweep.id)}</b> · <code>{html.escape(str(sweep.directory))}</code>"
-                             + (f" · {html.escape(str(about))}" if about else ""))
+        self.header.value = (f"<b>Sweep {html.escape(sweep.id)}</b> · {path_html(sweep.directory)}"
+                             + (f" · {html.escape(str(about))}" if about else "") + " · tags:")
+        self._show_tags(sweep.tags)
         self.tabs.selected_index = 2
 
     def _button(self, label: str, icon: str, style: str, css: str, action) -> w.Button:
@@ -263,8 +293,13 @@ class SweepPanel:
             return
         counts = self.sweep.counts()
         running = self.sweep.running
-        self.launch_button.disabled = running or not counts.get(JobState.PENDING, 0)
-        self.launch_button.description = self.editor.launch_label(counts.get(JobState.PENDING, 0))
+        if self._search:  # its trials are asked for as it runs: Launch resumes a search not over yet
+            self.launch_button.disabled = running or self.sweep.done
+            self.launch_button.description = ("Launch" if running or self.sweep.done else
+                                              "Resume search" if self.sweep.launched else "Launch search")
+        else:
+            self.launch_button.disabled = running or not counts.get(JobState.PENDING, 0)
+            self.launch_button.description = self.editor.launch_label(counts.get(JobState.PENDING, 0))
         self.cancel_button.disabled = not running
         self.retry_button.disabled = not (counts.get(JobState.FAILED, 0) + counts.get(JobState.LOST, 0))
         self.complete_button.disabled = running or not sum(counts.get(s, 0) for s in RERUNNABLE)
@@ -281,16 +316,20 @@ class SweepPanel:
                 self._update_buttons()
             version = (self.sweep.store_version(), self.sweep.running)
             if not force and version == self._version:
+                if self._search and self.tabs.selected_index == 4 and self.search_view.stale and self._show_search():
+                    self.results_view.redraw()  # trials the study was told of after the ledger's last change
                 return
             self._version = version
             sweep = self.sweep
             names = list(sweep.param_names)
             self.status_view.set_choices([s.name for s in sweep.sources], names)
-            self.status_view.show(sweep)
+            self.status_view.show(sweep, search=self._search)
             if self.status_view.rows is not None and not self.status_view.rows.empty:
                 self.detail_view.set_choices(list(self.status_view.rows["task_id"]))
             if self.tabs.selected_index == 4 and (force or version[0] != self._results_version):
                 self._results_version = version[0]
+                if self._search:
+                    self._show_search()
                 self.results_view.show(sweep)
             if self.tabs.selected_index == 3:
                 self._show_detail()
@@ -298,6 +337,16 @@ class SweepPanel:
                 self.sources_view.render_stats(sweep.sources_status())
             self.refreshes += 1
             self._update_buttons()
+
+    def _show_search(self) -> bool:
+        """The search's part of Results (cheap unless trials ended since the last call); the prune
+        steps it read go to the curves.  True when those changed (the curves are to be redrawn)."""
+        self.search_view.show(self.sweep)
+        steps = self.search_view.prune_steps
+        if steps == self.results_view.prune_steps:
+            return False
+        self.results_view.prune_steps = steps
+        return True
 
     def _command(self) -> Any:
         """The form's command: a function of the notebook when its name is one (``train``), else a
@@ -312,8 +361,33 @@ class SweepPanel:
                                "define the function first (run its cell), or type a command such as 'python train.py'")
         return self.editor.command_argv()
 
+    def export(self) -> None:
+        """The Status tab's Export: ``sweep.export(path)`` to the path in its field."""
+        path = self._need_sweep().export(self.status_view.export_path.value.strip())
+        self.say(f"Wrote every task of the sweep to {path}.")
+
+    def _show_tags(self, tags: list[str]) -> None:
+        self._showing_tags = True
+        try:
+            self.tags.value = list(tags)
+            self.tags.layout.display = ""
+        finally:
+            self._showing_tags = False
+
+    def _tags_changed(self, change: Any) -> None:
+        """Tags typed or removed in the header: ``sweep.tag`` / ``sweep.untag`` (a word that is no tag
+        is refused in the message line and taken off again)."""
+        if self._showing_tags or self.sweep is None:
+            return
+        old, new = list(change["old"]), list(change["new"])
+        try:
+            self.sweep.untag(*[t for t in old if t not in new])
+            self.sweep.tag(*[t for t in new if t not in old])
+        finally:
+            self._show_tags(self.sweep.tags)
+
     def open_task(self, task_id: str) -> None:
-        """Show ``task_id`` in Job detail (a row clicked in Results)."""
+        """Show ``task_id`` in Job detail (a row opened in Status or Results)."""
         self.detail_view.task.value = task_id
         self.tabs.selected_index = 3
 

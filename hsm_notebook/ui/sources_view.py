@@ -1,7 +1,7 @@
 """The Sources section: which compute sources the sweep uses, their slots and health.
 
 Each source type is a small *form* class registered in ``FORMS``; adding a type
-(SSH, Slurm) is one new form, nothing else changes here.
+(SSH, Slurm, Grid Engine, PBS) is one new form, nothing else changes here.
 """
 
 from __future__ import annotations
@@ -207,8 +207,88 @@ class SlurmForm(SourceForm):
                                   **self.options.values())
 
 
+def free_name(name: str, taken: set[str]) -> str:
+    """``name``, or ``name-2``, ``name-3``, ... : the first not in ``taken``."""
+    if name not in taken:
+        return name
+    n = 2
+    while f"{name}-{n}" in taken:
+        n += 1
+    return f"{name}-{n}"
+
+
+def _whole(text: str, field: str) -> int | None:
+    text = text.strip()
+    if not text:
+        return None
+    if not text.isdigit():
+        raise ConfigError(f"must be a whole number, got {text!r}", field)
+    return int(text)
+
+
+class _QueueForm(SourceForm):
+    """A batch scheduler with queues (Grid Engine, PBS): the resources every task asks for."""
+
+    default_name = "?"
+
+    def __init__(self) -> None:
+        self.name = w.Text(value=self.default_name, description="Name")
+        self.queue = w.Text(placeholder="(the default queue)", description="Queue")
+        self.walltime = w.Text(placeholder="e.g. 02:00:00", description="Walltime")
+        self.cpus = w.Text(placeholder="e.g. 4", description="CPUs")
+        self.mem = w.Text(placeholder="e.g. 16G (the job's)", description="Memory")
+        self.gpus = w.Text(placeholder="e.g. 1", description="GPUs")
+        self.account = w.Text(placeholder="(optional)", description="Account")
+        self.slots = w.BoundedIntText(value=500, min=1, max=100000, description="Submit at once")
+        self.options = OptionFields(("environment",))
+        self.environment = self.options["environment"]
+        self.widget = w.VBox([self.name, *self.own(), self.queue, self.walltime, self.cpus, self.mem, self.gpus,
+                              self.account, self.slots, *self.options.widgets])
+
+    def own(self) -> list[w.Widget]:
+        return []
+
+    def spec(self):
+        from ..core.model.state import ResourceSpec
+
+        return ResourceSpec(walltime=self.walltime.value.strip() or None, cpus=_whole(self.cpus.value, "cpus"),
+                            mem=self.mem.value.strip() or None, gpus=_whole(self.gpus.value, "gpus"),
+                            partition=self.queue.value.strip() or None, account=self.account.value.strip() or None)
+
+
+class SGEForm(_QueueForm):
+    kind = "Grid Engine cluster"
+    default_name = "sge"
+
+    def own(self) -> list[w.Widget]:
+        self.pe = w.Text(value="smp", placeholder="the parallel environment for CPUs > 1", description="PE")
+        return [self.pe]
+
+    def build(self) -> ComputeSource:
+        from ..sources.sge import SGEComputeSource
+
+        return SGEComputeSource(self.name.value.strip() or "sge", int(self.slots.value), resources=self.spec(),
+                                pe=self.pe.value.strip() or "smp", **self.options.values())
+
+
+class PBSForm(_QueueForm):
+    kind = "PBS cluster"
+    default_name = "pbs"
+
+    def own(self) -> list[w.Widget]:
+        self.flavor = w.Dropdown(options=[("PBS Pro / OpenPBS", "pro"), ("Torque", "torque")], description="Flavor")
+        return [self.flavor]
+
+    def build(self) -> ComputeSource:
+        from ..sources.pbs import PBSComputeSource
+
+        return PBSComputeSource(self.name.value.strip() or "pbs", int(self.slots.value), flavor=self.flavor.value,
+                                resources=self.spec(), **self.options.values())
+
+
 #: Source types offered in the panel, by label: one small form class per type.
-FORMS: dict[str, type[SourceForm]] = {LocalForm.kind: LocalForm, SSHForm.kind: SSHForm, SlurmForm.kind: SlurmForm}
+FORMS: dict[str, type[SourceForm]] = {LocalForm.kind: LocalForm, SSHForm.kind: SSHForm, SlurmForm.kind: SlurmForm,
+                                      SGEForm.kind: SGEForm, PBSForm.kind: PBSForm}
 
 
 class SourcesView:
@@ -220,17 +300,26 @@ class SourcesView:
         self.health: dict[str, dict] = {}
         self.list_html = w.HTML()
         self.list_html.add_class("hsm-sources")
-        self.kind = w.Dropdown(options=list(FORMS), description="Add")
+        # Adding is a separate, closed-by-default form for a NEW source (its own title, a free name):
+        # open, it never reads as an editor of a row of the list above.
+        self.open_add = w.ToggleButton(value=False, description="Add a source…", icon="plus")
+        self.open_add.add_class("hsm-open-add")
+        self.kind = w.Dropdown(options=list(FORMS), description="Type")
         self.form_box = w.VBox()
-        self.add_button = w.Button(description="Add source", icon="plus")
+        self.add_button = w.Button(description="Add source", icon="plus", button_style="success",
+                                   layout=w.Layout(align_self="flex-start"))
+        self.add_form = w.VBox([w.HTML("<b>New source</b> (added to the list above)"), self.kind, self.form_box,
+                                self.add_button], layout=w.Layout(display="none", border="1px solid #ccc",
+                                                                  padding="4px", margin="4px 0"))
+        self.add_form.add_class("hsm-add-form")
+        self.open_add.observe(lambda change: self._show_add(bool(change["new"])), "value")
         self.remove = w.Dropdown(options=[], description="Remove")
         self.remove_button = w.Button(description="Remove", icon="trash")
         self.add_button.on_click(lambda _: self._guard(self._add))
         self.remove_button.on_click(lambda _: self._guard(self._remove))
         self.kind.observe(lambda _: self._new_form(), "value")
         self._new_form()
-        self.editor = w.VBox([w.HBox([self.kind, self.add_button]), self.form_box,
-                              w.HBox([self.remove, self.remove_button])])
+        self.editor = w.VBox([w.HBox([self.open_add, self.remove, self.remove_button]), self.add_form])
         self.control = w.Dropdown(options=[], description="Source")
         self.drain_button = w.Button(description="Drain", tooltip="no new tasks; running ones finish")
         self.disable_button = w.Button(description="Disable", tooltip="stop its tasks and run them elsewhere")
@@ -249,8 +338,18 @@ class SourcesView:
         except Exception as exc:  # noqa: BLE001 - the UI boundary: shown in the panel
             self._report(exc)
 
+    def _show_add(self, shown: bool) -> None:
+        self.add_form.layout.display = "" if shown else "none"
+        self.open_add.description = "Close the new source" if shown else "Add a source…"
+        self.open_add.icon = "minus" if shown else "plus"
+
     def _new_form(self) -> None:
+        """A fresh form of the chosen type; a default name already in the list becomes a free one."""
         self.form = FORMS[self.kind.value]()
+        name = getattr(self.form, "name", None)
+        taken = {s.name for s in self.sources}
+        if isinstance(name, w.Text) and name.value in taken:
+            name.value = free_name(name.value, taken)
         self.form_box.children = [self.form.widget]
 
     def _add(self) -> None:
@@ -259,6 +358,8 @@ class SourcesView:
             raise ConfigError(f"a source named {source.name!r} is already in the list; give another name", "name")
         self.sources.append(source)
         self.render()
+        self._new_form()  # ready for another, with a free name
+        self.open_add.value = False
 
     def _remove(self) -> None:
         self.sources = [s for s in self.sources if s.name != self.remove.value]

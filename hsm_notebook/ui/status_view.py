@@ -1,5 +1,6 @@
-"""The Status section: a bar split by state, rate and time left, per-source bars, and a
-paged, filterable table.
+"""The Status section: a bar split by state, rate and time left, per-source bars, and the task
+grid: one page of tasks, filtered by state, source and parameter values, sorted by a click on a
+column's header, each row with its opener, and an export of every task to CSV or Parquet.
 
 Everything is read from the ledger in SQL (``Sweep.page``, ``Sweep.counts_by_source``),
 so a refresh costs the same for 100 or 10,000 tasks: one GROUP BY and one page.  The only
@@ -10,19 +11,25 @@ thing kept between refreshes is the time-left estimator's memory of completion m
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import ipywidgets as w
+import pandas as pd
 
+from ..core.model.errors import ConfigError
 from ..core.model.state import JobState
-from .html import BAR_ORDER, duration, esc, legend, state_bar, table
+from .html import BAR_ORDER, duration, esc, grid_rows, legend, state_bar
+from .values import parse_values
 
 PAGE_SIZE = 25
 
 #: How ended tasks are named in the summary line, in the bar's order.
-_ENDED_WORDS = (("COMPLETED", "completed"), ("FAILED", "failed"), ("CANCELLED", "cancelled"), ("LOST", "lost"))
+_ENDED_WORDS = (("COMPLETED", "completed"), ("PRUNED", "pruned"), ("FAILED", "failed"), ("CANCELLED", "cancelled"),
+                ("LOST", "lost"))
 #: Not ended and not running: in our queue, being submitted, or in a source's queue.
 _WAITING = ("PENDING", "SUBMITTING", "QUEUED")
 
@@ -187,11 +194,154 @@ def source_rows(by_source: Mapping[str | None, Mapping[str, int]], names: Iterab
     return "<table>" + "".join(rows) + "</table>"
 
 
+#: ``name op value`` in a filter: the operator is the first of these found after the name.
+_CONDITION = re.compile(r"^\s*([^<>=!]+?)\s*(==|<=|>=|!=|=|<|>)\s*(.*?)\s*$", re.S)
+
+
+def parse_filter(text: str, names: Iterable[str] = ()) -> list[tuple[str, str, Any]]:
+    """What is typed in the grid's filter: conditions separated by commas, ``lr<1e-3, opt=adam``,
+    as ``[("lr", "<", 0.001), ("opt", "=", "adam")]`` (a value is read as in the Parameters form:
+    ``1e-3`` is a number, ``adam`` text, ``'1'`` the text 1).  ``names``, when given, are the columns
+    one may name; any other is refused in words with the names there are."""
+    known = list(names)
+    out: list[tuple[str, str, Any]] = []
+    for part in _split(text):
+        if not part:
+            continue
+        match = _CONDITION.match(part)
+        if not match or not match.group(3):
+            raise ConfigError(f"{part!r} is not a condition; write name, an operator (= != < <= > >=) and a value, "
+                              "e.g. lr<1e-3, opt=adam", "filter")
+        name, op, value_text = match.groups()
+        if known and name not in known:
+            raise ConfigError(f"no column {name!r}; filter on one of {', '.join(known)}", "filter")
+        values = parse_values(value_text, "filter")
+        if len(values) != 1:
+            raise ConfigError(f"{part!r} compares with {len(values)} values; give one (quote text with a comma)",
+                              "filter")
+        out.append((name, "=" if op == "==" else op, values[0]))
+    return out
+
+
+def _split(text: str) -> list[str]:
+    """``text`` cut at the commas outside brackets and quotes."""
+    parts, depth, quote, start = [], 0, "", 0
+    for i, ch in enumerate(text):
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(text[start:i].strip())
+            start = i + 1
+    parts.append(text[start:].strip())
+    return parts
+
+
+class TaskGrid:
+    """A page of tasks as one CSS grid: a header row whose cells are buttons (a click sorts by that
+    column, a second click turns the order round), then per row its opener (›, a click calls
+    ``on_open(task_id)``) followed by the row's cells, all items of the same grid.  A row's cells
+    are one HTML widget shown ``display: contents``, so they join the grid beside their opener:
+    an opener cannot drift from its row whatever the rows hold, and columns line up across rows.
+
+    Data-agnostic: ``show(page)`` draws a page a caller read and sorted (``Sweep.page`` sorts in
+    SQL; a frame sorted in pandas works the same); ``on_sort(column, ascending)`` asks the caller
+    for the page again.  Only changed values reach the front end.
+    """
+
+    def __init__(self, on_sort: Callable[[str, bool], None], on_open: Callable[[str], None],
+                 sort: str = "idx", ascending: bool = True, css: str = "hsm-task-grid"):
+        self.sort, self.ascending = sort, ascending
+        self.on_sort, self.on_open = on_sort, on_open
+        self.corner = w.HTML("<div class='hsm-cell hsm-th hsm-corner'></div>")
+        self.corner.add_class("hsm-grid-row")
+        self.headers: list[w.Button] = []
+        self.openers: list[w.Button] = []
+        self.rows: list[w.HTML] = []
+        self.columns: list[str] = []
+        self.task_ids: list[str] = []
+        self.widget = w.GridBox([self.corner], layout=w.Layout(grid_template_columns="28px"))
+        for name in ("hsm-grid", css):
+            self.widget.add_class(name)
+
+    # -- what a person does ----------------------------------------------------------------------
+    def click_header(self, column: str) -> None:
+        """Sort by ``column``; the sorted column clicked again turns the order round."""
+        if column == self.sort:
+            self.ascending = not self.ascending
+        else:
+            self.sort, self.ascending = column, True
+        self._label_headers()
+        self.on_sort(self.sort, self.ascending)
+
+    def open_row(self, row: int) -> None:
+        """Open the task of the page's ``row``-th row."""
+        self.on_open(self.task_ids[row])
+
+    # -- drawing --------------------------------------------------------------------------------
+    @property
+    def value(self) -> str:
+        """The grid's markup as the front end gets it (header labels, then the rows' cells)."""
+        return "".join(f"<div class='hsm-th'>{esc(b.description)}</div>" for b in self.headers) + "".join(
+            r.value for r in self.rows)
+
+    def show(self, page: pd.DataFrame) -> None:
+        """Draw ``page`` (one row per task, a ``task_id`` column for the openers)."""
+        columns = list(page.columns)
+        if columns != self.columns:
+            self.columns = columns
+            self._make_headers()
+        _, rows = grid_rows(page)
+        self.task_ids = list(page["task_id"]) if "task_id" in page.columns else [""] * len(rows)
+        while len(self.rows) < len(rows):
+            i = len(self.rows)
+            opener = w.Button(description="›", tooltip="open in Job detail")
+            opener.add_class("hsm-opener")
+            opener.on_click(lambda _, i=i: self.open_row(i))
+            row = w.HTML()
+            row.add_class("hsm-grid-row")
+            self.openers.append(opener)
+            self.rows.append(row)
+        del self.openers[len(rows):], self.rows[len(rows):]
+        for opener, row, markup, tid in zip(self.openers, self.rows, rows, self.task_ids, strict=False):
+            _set(row, "value", markup)
+            _set(opener, "tooltip", f"open {tid} in Job detail")
+        _set(self.widget.layout, "grid_template_columns", f"28px repeat({len(columns)}, auto)")
+        children = (self.corner, *self.headers, *(x for pair in zip(self.openers, self.rows, strict=False)
+                                                  for x in pair))
+        if self.widget.children != children:
+            self.widget.children = children
+
+    def _make_headers(self) -> None:
+        while len(self.headers) < len(self.columns):
+            button = w.Button(tooltip="")
+            button.add_class("hsm-sort")
+            i = len(self.headers)
+            button.on_click(lambda _, i=i: self.click_header(self.columns[i]))
+            self.headers.append(button)
+        del self.headers[len(self.columns):]
+        self._label_headers()
+
+    def _label_headers(self) -> None:
+        for button, column in zip(self.headers, self.columns, strict=False):
+            sorted_here = column == self.sort
+            label = column + ((" ▲" if self.ascending else " ▼") if sorted_here else "")
+            _set(button, "description", label)
+            _set(button, "tooltip", f"sorted by {column}, {'ascending' if self.ascending else 'descending'}: "
+                                    "click to turn round" if sorted_here else f"sort by {column}")
+
+
 class StatusView:
     """The Status tab.  ``show(sweep)`` redraws it from the ledger; widgets change only when
     their value does, so an unchanged refresh sends nothing to the front end."""
 
-    def __init__(self, on_query_change: Callable[[], None]):
+    def __init__(self, on_query_change: Callable[[], None], on_open: Callable[[str], None] = lambda task_id: None,
+                 report: Callable[[Exception], None] | None = None):
         self.bar = w.HTML()
         self.bar.add_class("hsm-state-bar")
         # Ended / total as numbers, for code and tests reading ``progress.value``; not shown
@@ -203,29 +353,49 @@ class StatusView:
         self.per_source = w.HTML()
         self.per_source.add_class("hsm-per-source")
         self.estimator = EtaEstimator()
+        fit = {"description_width": "initial"}
         self.state_filter = w.Dropdown(options=[("all states", "")] + [(s.value, s.value) for s in JobState],
-                                       description="State", layout=w.Layout(width="200px"))
-        self.source_filter = w.Dropdown(options=[("all sources", "")], description="Source",
-                                        layout=w.Layout(width="220px"))
-        self.sort = w.Dropdown(options=["idx"], value="idx", description="Sort by", layout=w.Layout(width="220px"))
-        self.descending = w.ToggleButton(value=False, description="desc", layout=w.Layout(width="60px"))
+                                       description="State", style=fit, layout=w.Layout(width="auto"))
+        self.source_filter = w.Dropdown(options=[("all sources", "")], description="Source", style=fit,
+                                        layout=w.Layout(width="auto"))
+        self.where = w.Text(placeholder="e.g. lr<1e-3, opt=adam", description="Where", style=fit,
+                            continuous_update=False, layout=w.Layout(width="320px"))
+        self.where.add_class("hsm-where")
+        self.export_path = w.Text(placeholder="results.csv or results.parquet", style=fit,
+                                  layout=w.Layout(width="240px"))
+        self.export_button = w.Button(description="Export", icon="download",
+                                      tooltip="write every task (parameters, final metrics, state, source, times) "
+                                              "to this file: CSV or Parquet, by its suffix")
+        self.export_button.add_class("hsm-export")
         self.prev = w.Button(description="◀", layout=w.Layout(width="40px"))
         self.next = w.Button(description="▶", layout=w.Layout(width="40px"))
         self.page_label = w.HTML()
-        self.table = w.HTML()
-        self.table.add_class("hsm-table-box")
+        self.grid = TaskGrid(on_sort=lambda column, ascending: self._query_changed(reset=True), on_open=on_open,
+                             css="hsm-status-table")
+        self.table = self.grid  # the grid's markup as ``table.value``, as before it was a grid
         self.page = 0
         self.page_size = PAGE_SIZE
         self.rows = None  # the DataFrame on screen
+        self.metric: str | None = None  # the metric whose latest value the grid shows
+        self._metric_names: set[str] = set()
+        self._metrics_read = 0  # the last steps row whose metric name was read
+        self._columns: list[str] = []  # what the filter may name
+        self._params: list[str] = []
+        self._report = report
+        self._filter_problem: str | None = None  # the filter's problem last reported (said once)
+        self._trials: dict[str, int] = {}  # a search's task id -> trial number, read when tasks were added
+        self._trials_read = -1  # how many tasks the sweep had when they were read
+        self._total = 0
         self._on_query_change = on_query_change
-        for widget in (self.state_filter, self.source_filter, self.sort, self.descending):
+        for widget in (self.state_filter, self.source_filter, self.where):
             widget.observe(lambda _: self._query_changed(reset=True), "value")
         self.prev.on_click(lambda _: self._turn(-1))
         self.next.on_click(lambda _: self._turn(+1))
         self.widget = w.VBox([
             self.bar, self.progress, self.summary, self.per_source,
-            w.HBox([self.state_filter, self.source_filter, self.sort, self.descending]),
-            self.table, w.HBox([self.prev, self.page_label, self.next]),
+            w.HBox([self.state_filter, self.source_filter, self.where, self.export_path, self.export_button],
+                   layout=w.Layout(flex_flow="row wrap")),
+            self.grid.widget, w.HBox([self.prev, self.page_label, self.next]),
         ])
 
     def _turn(self, step: int) -> None:
@@ -238,26 +408,47 @@ class StatusView:
         self._on_query_change()
 
     def query(self) -> dict:
+        """``Sweep.page``'s arguments for what the controls ask (a filter that cannot be read is a
+        ConfigError naming the ``filter`` field)."""
+        where = self._filter()
         return {"state": self.state_filter.value or None, "source": self.source_filter.value or None,
-                "sort": self.sort.value, "ascending": not self.descending.value,
-                "offset": self.page * self.page_size, "limit": self.page_size}
+                "where": where, "sort": self.grid.sort, "ascending": self.grid.ascending,
+                "offset": self.page * self.page_size, "limit": self.page_size, "metric": self.metric}
+
+    def _filter(self) -> list[tuple[str, str, Any]]:
+        """The filter's conditions; one that cannot be read is said once (or raised, without a
+        ``report``), its field marked, and the grid shown unfiltered meanwhile."""
+        try:
+            where = parse_filter(self.where.value, self._columns)
+        except ConfigError as exc:
+            self.where.add_class("hsm-bad")
+            if self._report is None:
+                raise
+            if str(exc) != self._filter_problem:
+                self._filter_problem = str(exc)
+                self._report(exc)
+            return []
+        self.where.remove_class("hsm-bad")
+        self._filter_problem = None
+        return where
 
     def set_choices(self, sources: list[str], params: list[str]) -> None:
         options = [("all sources", "")] + [(s, s) for s in sources]
         if list(self.source_filter.options) != options:
             self.source_filter.options = options
-        sorts = ["idx", "state", "source", "start_time", "end_time", "exit_code", *params]
-        if list(self.sort.options) != sorts:
-            self.sort.options = sorts
+        self._params = params
 
-    def show(self, sweep) -> None:
-        """Redraw progress, per-source bars and the current page from the ledger."""
+    def show(self, sweep, search: bool = False) -> None:
+        """Redraw progress, per-source bars and the current page from the ledger (of a search:
+        with each task's trial number)."""
         by_source = sweep.counts_by_source()
         totals = total_counts(by_source.values())
-        total = sum(totals.values())
+        total = self._total = sum(totals.values())
         self.show_progress(sweep, totals)
         _set(self.per_source, "value", source_rows(by_source, [s.name for s in sweep.sources], total))
-        self.show_page(sweep)
+        if not self.export_path.value:
+            self.export_path.value = f"{sweep.id}.csv"
+        self.show_page(sweep, search)
 
     def show_progress(self, sweep, totals: Mapping[str, int]) -> None:
         """The state bar, the summary sentence, elapsed time, rate and time left, the legend."""
@@ -279,21 +470,56 @@ class StatusView:
              f"<div class='hsm-lines'>{progress_sentence(totals)}<br><span class='hsm-timing'>{esc(timing)}</span>"
              f"<br>{legend(totals)}</div>")
 
-    def show_page(self, sweep) -> None:
-        """The table page the filters, sort and page buttons ask for."""
+    def _choose_metric(self, sweep) -> None:
+        """The metric shown beside each task's latest step: the objective's, else the first name (in
+        order) of those the tasks log as steps (read incrementally: new names only)."""
+        if sweep.objective:
+            self.metric = sweep.objective[0]
+            return
+        names, self._metrics_read = sweep.metric_names(self._metrics_read)
+        self._metric_names |= names
+        self.metric = min(self._metric_names) if self._metric_names else None
+
+    def show_page(self, sweep, search: bool = False) -> None:
+        """The grid page the filters, the sorted column and the page buttons ask for."""
+        self._choose_metric(sweep)
+        self._columns = ["task_id", *(["trial"] if search else []), "state", "source", "attempt", "exit_code",
+                         "duration_s", *(["step", self.metric] if self.metric else []), *self._params]
         page, matching = sweep.page(**self.query())
         pages = max(1, -(-matching // self.page_size))
         if self.page >= pages:
             self.page = pages - 1
             page, matching = sweep.page(**self.query())
+        if search or "trial" in page.columns:
+            page = self._with_trials(sweep, page)
+        if self.grid.sort not in page.columns and self.grid.sort != "idx":
+            self.grid.sort, self.grid.ascending = "idx", True  # its column is gone (a metric no longer shown)
         self.rows = page
-        _set(self.table, "value", table(page, "hsm-table"))
+        self.grid.show(page)
         _set(self.page_label, "value", f"page {self.page + 1}/{pages} · {matching:,} tasks")
         self.prev.disabled = self.page == 0
         self.next.disabled = self.page >= pages - 1
 
+    def _with_trials(self, sweep, page: pd.DataFrame) -> pd.DataFrame:
+        """A search's page with each task's trial number (Optuna's) right after its task id.  The
+        numbers come with the page when the ledger's page has them; else from ``status()``, read
+        again only when the sweep has more tasks than at the last reading (a trial's number never
+        changes), so the cost stays off the refreshes where nothing was added."""
+        if page.empty or "task_id" not in page.columns:
+            return page
+        if "trial" not in page.columns:
+            if any(t not in self._trials for t in page["task_id"]) and self._trials_read != self._total:
+                self._trials_read = self._total
+                status = sweep.status()
+                if "trial" in status.columns:
+                    self._trials = {tid: int(n) for tid, n in zip(status["task_id"], status["trial"], strict=False)
+                                    if not pd.isna(n)}
+            page = page.assign(trial=pd.array([self._trials.get(t) for t in page["task_id"]], dtype="Int64"))
+        first = ["task_id", "trial"]
+        return page[first + [c for c in page.columns if c not in first]]
 
-def _set(widget: w.Widget, name: str, value) -> None:
+
+def _set(widget: Any, name: str, value: Any) -> None:
     """Assign only on change: an unchanged value costs no message to the front end."""
     if getattr(widget, name) != value:
         setattr(widget, name, value)

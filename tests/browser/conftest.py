@@ -448,8 +448,9 @@ PANEL_STATE_JS = """() => {
     else if (bar.parentElement && bar.parentElement.getBoundingClientRect().width > 0)
       pct = 100 * bar.getBoundingClientRect().width / bar.parentElement.getBoundingClientRect().width;
   }
-  const rows = Array.from(document.querySelectorAll('table.hsm-table tr[data-state]'))
-    .map(r => r.getAttribute('data-state'));
+  // the Status grid's rows: each row's first cell carries the row's state
+  const rows = Array.from(document.querySelectorAll('.hsm-status-table .hsm-cell[data-row]:first-child'))
+    .map(c => c.getAttribute('data-state'));
   return {done: text('.hsm-summary .hsm-done'), total: text('.hsm-summary .hsm-total'),
           width, pct, rows, launch: !!document.querySelector('.hsm-launch')};
 }"""

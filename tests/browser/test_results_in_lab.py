@@ -1,5 +1,6 @@
 """The panel as a results tool in a real JupyterLab: a live curve appears while its job still
-runs, a column header sorts the grid, a row opens its Job detail, ``%hsm`` lists recent sweeps."""
+runs (highlighted, its legend naming its parameters), a column header sorts the grid, a row opens
+its Job detail, ``%hsm`` lists recent sweeps."""
 
 from __future__ import annotations
 
@@ -23,6 +24,14 @@ CELLS = [
 ]
 
 
+#: The running curve as Plotly drew it: the trace named x=9 in the legend group "running".
+_RUNNING_JS = """() => {
+  const gd = document.querySelector('.hsm-curves .js-plotly-plot');
+  const t = gd && gd.data && gd.data.find(t => t.name === 'x=9' && t.legendgroup === 'running');
+  return t ? {points: t.x.length, width: t.line.width} : null;
+}"""
+
+
 def _notebook(tmp_path) -> str:
     nb = {"cells": [{"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [], "source": c}
                     for c in CELLS],
@@ -36,10 +45,10 @@ def _notebook(tmp_path) -> str:
 def test_live_curves_sorting_row_detail_and_recent_sweeps(jupyter_server, page, tmp_path):
     run_all(page, jupyter_server.notebook_url(_notebook(tmp_path)))
     try:
-        # the x=9 task still runs (it sleeps 40 s after its 5 steps): its curve is drawn
-        page.locator(".hsm-curves svg polyline").first.wait_for(state="visible", timeout=30_000)
-        assert "running" in page.locator(".hsm-curves").first.inner_text() or \
-            page.locator(".hsm-curves svg title").count() >= 1
+        # the x=9 task still runs (it sleeps 40 s after its 5 steps): its curve is drawn, highlighted
+        page.wait_for_function(_RUNNING_JS, timeout=30_000)
+        curve = page.evaluate(_RUNNING_JS)
+        assert curve["points"] == 5 and curve["width"] > 2, curve
         header = page.locator(".hsm-results-header button", has_text="loss").first
         header.wait_for(state="visible", timeout=30_000)
         header.click()  # sorted by loss already (the objective): a click turns the order round

@@ -1,7 +1,7 @@
 """One fixture, every source: the contract suite runs against each kind in ``KINDS``.
 
 Each kind is a factory ``(name, max_parallel_jobs, **constructor_kwargs) -> ComputeSource``; kinds backed by a
-real server (sshd, Slurm) get it from a session fixture and fail loudly without it.
+real server (sshd, Slurm, Grid Engine) get it from a session fixture and fail loudly without it.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 
 from hsm_notebook import LocalComputeSource, SSHComputeSource
 
-KINDS = ["local", "ssh", "slurm"]
+KINDS = ["local", "ssh", "slurm", "sge"]
 
 
 def ssh_source(host, name="src", slots=4, **kwargs) -> SSHComputeSource:  # noqa: D401
@@ -35,4 +35,10 @@ def make_source(request):
         return lambda name="src", slots=4, **kw: SlurmComputeSource(name, slots, partition=cluster.partition,
                                                                     slurm_env=dict(cluster.env), poll_interval=0.3,
                                                                     **kw)
+    if kind == "sge":
+        from hsm_notebook import SGEComputeSource
+
+        cluster = request.getfixturevalue("sge_cluster")
+        return lambda name="src", slots=4, **kw: SGEComputeSource(name, slots, queue=cluster.queue,
+                                                                  sge_env=cluster.sge_env, poll_interval=0.3, **kw)
     raise AssertionError(f"no factory for source kind {kind!r}")

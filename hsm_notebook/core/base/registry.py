@@ -27,6 +27,8 @@ BUILTIN_SOURCES: dict[str, str] = {
     "local": "hsm_notebook.sources.local:LocalComputeSource",
     "ssh": "hsm_notebook.sources.ssh:SSHComputeSource",
     "slurm": "hsm_notebook.sources.slurm:SlurmComputeSource",
+    "sge": "hsm_notebook.sources.sge:SGEComputeSource",
+    "pbs": "hsm_notebook.sources.pbs:PBSComputeSource",
 }
 #: The notebook view of a sweep: ``Sweep.panel()`` calls it with the sweep.
 PANEL = "hsm_notebook.ui.panel:SweepPanel"

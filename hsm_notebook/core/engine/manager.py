@@ -29,7 +29,7 @@ import asyncio
 import concurrent.futures
 import functools
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ..base.source import ComputeSource
@@ -49,6 +49,7 @@ from .retry import Retries
 from .runstate import Key, Live, RunState
 from .submission import Dispatcher
 from .supervisor import Supervisor
+from .trials import Searcher, Trials
 
 __all__ = ["DistributedJobManager", "Key", "Live", "CANCEL_WAIT"]
 
@@ -75,7 +76,12 @@ class DistributedJobManager:
         unknown_timeout: float = 120.0,
         stall_timeout: float = 600.0,
         events: EventBus | None = None,
+        searcher: Searcher | None = None,
+        search: Mapping[str, Any] | None = None,
+        objective: Mapping[str, str] | None = None,
     ) -> None:
+        """``searcher`` (with the search's budget ``search`` and its ``objective``) makes the sweep a
+        search: trials are asked for as slots free (``core.engine.trials``)."""
         if not sources:
             raise ConfigError("give at least one compute source", "sources")
         names = [s.name for s in sources]
@@ -94,7 +100,7 @@ class DistributedJobManager:
         self.supervisor = Supervisor(self.run_state, store, self.gates, self.faults, max_failures=max_failures,
                                      stall_timeout=stall_timeout, checks=lambda: self.monitor.checking(),
                                      notify=self.notify, disable=self._disable,
-                                     pending=lambda: self.dispatcher.pending())
+                                     pending=lambda: self.dispatcher.waiting())
         self.monitor = HealthMonitor(health_interval, health_timeout, self.supervisor.spawn, self._on_health)
         self.poller = Poller(self.run_state, store, self.sources, self.gates, self.faults, self.supervisor,
                              self.retries, unknown_timeout=unknown_timeout, max_failures=max_failures,
@@ -102,6 +108,13 @@ class DistributedJobManager:
         self.dispatcher = Dispatcher(self.run_state, store, self.sources, self.gates, self.faults, self.supervisor,
                                      self.poller, self.retries, strategy=strategy, sweep_id=sweep_id,
                                      wandb_group=wandb_group, notify=self.notify)
+        self.trials: Trials | None = None
+        if searcher is not None:
+            self.trials = Trials(searcher, store, self.run_state, objective or {}, search or {},
+                                 stop_job=self._stop_task, notify=self.notify)
+            self.dispatcher.trials = self.trials
+            self.poller.on_steps = self.trials.steps
+            self.poller.steps_probe = 0.0  # a pruner decides on curves: read them from the first poll
         self._recovered = asyncio.Event()  # set once in-flight jobs are re-adopted (or run() failed)
         self.control = Control(self.run_state, store, self.sources, self.gates, self.faults, self.monitor,
                                self.supervisor, self.dispatcher, self.poller, setup=self._setup,
@@ -138,10 +151,14 @@ class DistributedJobManager:
         try:
             await self._setup_all()
             await self._recover()
+            if self.trials is not None:
+                self.trials.recover()
             self.retries.reload()
             self._recovered.set()
             while True:
                 supervisor.raise_if_stopped()
+                if self.trials is not None:
+                    self.trials.settle()
                 self.monitor.tick(self.sources, {n for n, g in self.gates.items() if g.unreachable is not None})
                 self.dispatcher.fill()
                 self.poller.start_polls()
@@ -156,6 +173,11 @@ class DistributedJobManager:
             await self._settle_orphans()
             supervisor.raise_if_stopped()
             supervisor.check_all_ended()
+            if self.trials is not None:
+                self.trials.settle()
+                if self.trials.failure is not None:
+                    raise self.trials.failure
+                self.trials.finish()
         except BaseException as exc:
             supervisor.fatal = supervisor.fatal or exc  # calls still waiting on this run (cancel) see it too
             raise
@@ -199,7 +221,7 @@ class DistributedJobManager:
             return False
         if not run.only_orphans():
             return False
-        return not self.dispatcher.pending() and self.retries.next_at is None
+        return not self.dispatcher.open() and self.retries.next_at is None
 
     # -- setup and recovery -------------------------------------------------------------
     async def _setup(self, source: ComputeSource) -> None:
@@ -259,6 +281,15 @@ class DistributedJobManager:
             source.adopt(job_id, job_name)
             with self.store.transaction() as conn:
                 steps.forget(conn, tid, attempt)
+
+    def _stop_task(self, tid: str) -> None:
+        """Stop a task's running attempts (a pruned trial); one not started yet is cancelled."""
+        keys = [k for k in self.run_state.attempts_of(tid) if not self.run_state.live[k].orphan]
+        for name, job_id in keys:
+            self.poller.cancel(self.sources[name], job_id, "stopping a pruned trial")
+        if not keys and tid not in self.run_state.submitting:
+            self.store.cancel_pending([tid])
+            self.dispatcher.drop({tid})
 
     # -- failover and health ---------------------------------------------------------------
     def _fail_over(self, tid: str, attempt: int, why: str) -> None:
@@ -330,6 +361,8 @@ class DistributedJobManager:
 
     def requeue(self) -> None:
         """Tasks were put back to PENDING in the ledger: read the queue again from the start."""
+        if self.trials is not None:
+            self.trials.reopen()
         self.dispatcher.requeue()
 
     def source_stats(self) -> list[dict[str, Any]]:

@@ -50,8 +50,11 @@ class Poller:
         self.unknown_timeout, self.max_failures, self.interval, self.notify = (
             unknown_timeout, max_failures, interval, notify)
         self.dirty: set[str] = set()  # sources to poll at once (they signalled a change)
+        #: told each poll's new intermediate values of running attempts (a search's pruner hears them)
+        self.on_steps: Callable[[list[tuple[Live, list[steps.Row]]]], None] | None = None
         self.steps_stored = 0  # intermediate metric values recorded by this run (the panel's cue to redraw)
         self._steps_seen: set[str] = set()  # sources whose running jobs have logged steps
+        self.steps_probe = _STEPS_PROBE  # seconds between looks while none were seen (0: a pruner waits on them)
         self._steps_read_at: dict[str, float] = {}
         self._polling: dict[str, asyncio.Task[Any]] = {}  # source -> its poll in flight
         self._collecting: dict[str, asyncio.Task[Any]] = {}  # source -> its collection in flight
@@ -107,13 +110,13 @@ class Poller:
 
     async def _read_steps(self, source: ComputeSource) -> None:
         """Running jobs' new intermediate metrics into the ledger: one call per source per poll once
-        the source's jobs log steps; until then at most every ``_STEPS_PROBE`` seconds (a sweep whose
+        the source's jobs log steps; until then at most every ``steps_probe`` seconds (a sweep whose
         jobs never log steps costs no extra request per poll; the last steps come with the results)."""
         running = {job_id: live for job_id, live in self.run.unended(source.name).items()
                    if live.state == JobState.RUNNING}
         now = time.monotonic()
         if not running or (source.name not in self._steps_seen
-                           and now - self._steps_read_at.get(source.name, -_STEPS_PROBE) < _STEPS_PROBE):
+                           and now - self._steps_read_at.get(source.name, -1e9) < self.steps_probe):
             return
         self._steps_read_at[source.name] = now
         try:
@@ -127,11 +130,17 @@ class Poller:
             self._store_steps(found)
 
     def _store_steps(self, chunks: list[tuple[Live, bytes]], final: bool = False) -> None:
+        new: list[tuple[Live, list[steps.Row]]] = []
         with self.store.transaction() as conn:
             for live, data in chunks:
-                added, used = steps.store(conn, live.tid, live.attempt, data, final)  # final: the job ended
+                rows: list[steps.Row] = []
+                added, used = steps.store(conn, live.tid, live.attempt, data, final, rows)  # final: the job ended
                 live.steps_at += used
                 self.steps_stored += added
+                if rows:
+                    new.append((live, rows))
+        if self.on_steps is not None and new and not final:
+            self.on_steps(new)
 
     def _collection_due(self, source: ComputeSource, waiting: int) -> bool:
         """Finished jobs come home in batches: at most once per poll interval while the source still
@@ -218,7 +227,10 @@ class Poller:
         key = (source.name, job_id)
         live = self.run.remove(key)
         tid, attempt = live.tid, live.attempt
-        if tid in self.run.cancels and outcome.state in (JobState.LOST, JobState.FAILED):
+        if tid in self.run.prunes and outcome.state in (JobState.CANCELLED, JobState.LOST, JobState.FAILED):
+            why, step = self.run.prunes[tid]  # stopped by the search's pruner: its own end
+            outcome = dataclasses.replace(outcome, state=JobState.PRUNED, error=f"pruned at step {step:g}: {why}")
+        elif tid in self.run.cancels and outcome.state in (JobState.LOST, JobState.FAILED):
             outcome = dataclasses.replace(outcome, state=JobState.CANCELLED)  # what the user asked for: no retry
         meaning = self.store.finish(tid, attempt, outcome)
         self.run.finished(source.name, live, outcome.state)

@@ -50,6 +50,7 @@ class Retries:
                 return
         if meaning in ("current", "won"):
             self.run.cancels.discard(tid)
+            self.run.prunes.pop(tid, None)
 
     def fail_over(self, tid: str, attempt: int, why: str) -> None:
         """The attempt's source is gone (disabled, or unusable at recovery): record it LOST; only the

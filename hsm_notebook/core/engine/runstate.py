@@ -83,6 +83,8 @@ class RunState:
         self.submitting: dict[str, tuple[str, int]] = {}
         #: tasks whose cancel was asked and is not recorded yet
         self.cancels: set[str] = set()
+        #: of those, the ones a search's pruner stopped: task id -> (why, at which step); they end PRUNED
+        self.prunes: dict[str, tuple[str, float]] = {}
         #: per source: job id -> the state it ended in, waiting for its files to come home
         self.uncollected: dict[str, dict[str, JobState]] = collections.defaultdict(dict)
         self.throughput: dict[str, Throughput] = collections.defaultdict(Throughput)

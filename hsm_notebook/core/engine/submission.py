@@ -24,6 +24,7 @@ from .polling import Poller
 from .retry import Retries, unreachable
 from .runstate import Live, RunState
 from .supervisor import Supervisor
+from .trials import Trials
 
 _QUEUE_CHUNK = 1000
 _LOOKAHEAD = 1000  # queued tasks examined per fill when requirements hold some back
@@ -46,6 +47,7 @@ class Dispatcher:
         self.queue: collections.deque[QueueItem] = collections.deque()
         self._cursor, self._exhausted = -1, False
         self._turn = 0
+        self.trials: Trials | None = None  # a search: new trials are asked for as slots free
 
     # -- the queue -----------------------------------------------------------------------
     def pending(self) -> bool:
@@ -63,6 +65,16 @@ class Dispatcher:
                 self.requeue()
                 return self.pending()
         return bool(self.queue)
+
+    def waiting(self) -> bool:
+        """Is work due: a task in the queue, or a search that will propose more trials?  (What the
+        stall check asks: work due that no source takes.)"""
+        return self.pending() or (self.trials is not None and self.trials.proposes and not self.trials.exhausted())
+
+    def open(self) -> bool:
+        """Does the run stay open: work due, or a searcher that may still add tasks (an executor
+        waiting for calls)?"""
+        return self.pending() or (self.trials is not None and not self.trials.exhausted())
 
     def requeue(self) -> None:
         """Tasks were put back to PENDING in the ledger: read the queue again from the start."""
@@ -83,6 +95,10 @@ class Dispatcher:
         sources = list(self.sources.values())
         open_ = [s for name, s in self.sources.items() if self.gates[name].takes_work]
         load, speed = self.run.load, self.run.average_duration
+        if self.trials is not None and not self.pending():  # no barrier: a trial for each free slot
+            free = sum(max(0, s.capacity - load(s.name)) for s in open_)
+            if free and self.trials.feed(free):
+                self._exhausted = False  # the new trials' tasks are read from the ledger
         deferred: list[QueueItem] = []
         while self.pending() and len(deferred) < _LOOKAHEAD:
             if dispatch.choose(open_, load, "least_loaded", 0, None) is None:

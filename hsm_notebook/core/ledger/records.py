@@ -111,7 +111,7 @@ def recent_sweeps(roots: Sequence[Path] | None = None, limit: int = 20) -> list[
 #: What a re-run ``Sweep(..., name=)`` must ask the same as the sweep it finds, and how to say it.
 _SAME = {"space": "its space", "job": "its command", "sources": "its sources", "function": "its function",
          "objective": "its objective", "retry": "its retry policy", "strategy": "its strategy",
-         "wandb_group": "its wandb_group", "metadata": "its metadata"}
+         "wandb_group": "its wandb_group", "metadata": "its metadata", "search": "its search"}
 
 
 def differences(stored: Mapping[str, Any], asked: Mapping[str, Any]) -> list[str]:
@@ -125,6 +125,10 @@ def differences(stored: Mapping[str, Any], asked: Mapping[str, Any]) -> list[str
         if (old or None) != (new or None):
             out.append(words)
     return out
+
+
+#: What ``differences`` says when only the space differs (a sweep that may be extended).
+SPACE_DIFFERS = _SAME["space"]
 
 
 def sweep_folder(directory: str | Path) -> Path:

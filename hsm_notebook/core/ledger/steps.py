@@ -45,6 +45,7 @@ MAX_LINE = MAX_READ
 RUN_KEY = "hsm_run"
 
 Row = tuple[int, float, str, float, float]  # (run, step, metric, value, time)
+Latest = tuple[int | float | None, float | None]  # (highest step, a metric's value there): see latest()
 
 
 @dataclass
@@ -250,11 +251,14 @@ def progress(conn, task_id: str, attempt: int) -> Progress:
     return Progress(lines, run, unreadable, first, bool(skipping))
 
 
-def store(conn, task_id: str, attempt: int, data: bytes, final: bool = False) -> tuple[int, int]:
+def store(conn, task_id: str, attempt: int, data: bytes, final: bool = False,
+          seen: list[Row] | None = None) -> tuple[int, int]:
     """New bytes of an attempt's file into the ledger (inside the caller's transaction): its rows
-    and how far it was read.  Returns (rows added, bytes taken)."""
+    and how far it was read.  Returns (rows added, bytes taken); the rows are added to ``seen``."""
     p = progress(conn, task_id, attempt)
     rows, used = parse_steps(data, progress=p, final=final)
+    if seen is not None:
+        seen.extend(rows)
     conn.execute("INSERT OR REPLACE INTO step_files VALUES (?,?,?,?,?,?,?)",
                  (task_id, attempt, p.lines, p.run, p.unreadable, p.first, int(p.skipping)))
     return insert(conn, task_id, attempt, rows), used
@@ -306,7 +310,48 @@ def frame(conn, task_id: str | Sequence[str] | None = None, metric: str | None =
     rows = [(*r[:5], _value(r[5]), r[6]) for r in _select(conn, sql, args)]
     df = pd.DataFrame.from_records(rows, columns=["task_id", "attempt", "run", "step", "metric", "value", "time"])
     df["time"] = pd.to_datetime(df["time"].astype("float64"), unit="s", utc=True)
-    return df.astype({"attempt": "int64", "run": "int64", "step": "float64", "value": "float64"})
+    return df.astype({"attempt": "int64", "run": "int64", "step": step_dtype(df["step"]), "value": "float64"})
+
+
+def step_dtype(steps: Any) -> str:
+    """``int64`` when every step is a whole number (``log_metrics(step=epoch)``, or a line's number
+    when it has no step), else ``float64``.  The ledger keeps steps as REAL (a step may be 0.5), so
+    a whole number read back is taken as the integer it was logged as."""
+    import numpy as np
+
+    values = np.asarray(steps, dtype="float64")
+    whole = values.size == 0 or bool(np.all(np.isfinite(values) & (values == np.floor(values))
+                                            & (np.abs(values) < 2.0 ** 53)))
+    return "int64" if whole else "float64"
+
+
+def step_value(step: float | None) -> int | float | None:
+    """One step as read back: an int when it is a whole number (see :func:`step_dtype`)."""
+    if step is None:
+        return None
+    return int(step) if math.isfinite(step) and step == int(step) and abs(step) < 2.0 ** 53 else step
+
+
+def latest(conn, task_ids: Sequence[str], metric: str | None = None) -> dict[str, Latest]:
+    """``{task_id: (step, value)}`` of ``task_ids`` in their current attempt (the run that counts):
+    the highest step logged (of any metric), and ``metric``'s value at its own highest step (None
+    when the task never logged it, or no ``metric`` is asked for).  What the status table shows
+    of a running task; a page's worth of ids costs two indexed queries."""
+    ids = list(task_ids)
+    if not ids:
+        return {}
+    marks = ",".join("?" * len(ids))
+    joined = (f"FROM steps s JOIN tasks t ON t.task_id = s.task_id AND t.attempt = s.attempt {_COUNTING[0]} "
+              f"WHERE s.task_id IN ({marks}) AND {_COUNTING[1]}")
+    out: dict[str, Latest] = {}
+    for tid, step in _select(conn, f"SELECT s.task_id, MAX(s.step) {joined} GROUP BY s.task_id", ids):
+        out[tid] = (step_value(step), None)
+    if metric is not None and out:
+        rows = _select(conn, f"SELECT s.task_id, s.value, MAX(s.step) {joined} AND s.metric=? GROUP BY s.task_id",
+                       (*ids, metric))
+        for tid, value, _ in rows:  # SQLite: the bare column comes from the row holding the MAX
+            out[tid] = (out[tid][0], _value(value))
+    return out
 
 
 def last_values(conn) -> dict[str, dict[str, float]]:
@@ -319,6 +364,14 @@ def last_values(conn) -> dict[str, dict[str, float]]:
     for task_id, metric, value, _ in rows:
         out.setdefault(task_id, {})[metric] = _value(value)
     return out
+
+
+def last_value(conn, task_id: str, metric: str) -> float | None:
+    """The task's ``metric`` at its highest step, in its current attempt and the run that counts."""
+    rows = _select(conn, f"SELECT s.value FROM steps s JOIN tasks t ON t.task_id = s.task_id AND t.attempt = s.attempt "
+                         f"{_COUNTING[0]} WHERE s.task_id=? AND s.metric=? AND {_COUNTING[1]} "
+                         f"ORDER BY s.step DESC LIMIT 1", (task_id, metric))
+    return _value(rows[0][0]) if rows else None
 
 
 def rows_after(conn, task_ids: Sequence[str], metric: str, after: int = 0) -> list[tuple[int, str, float, float]]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import itertools
 import json
 import sqlite3
 import time
@@ -33,7 +34,7 @@ from ..model.errors import ConfigError, StoreError
 from ..model.files import atomic_write
 from ..model.state import JobOutcome, JobState
 from ..spec.jobpaths import JobPaths
-from . import steps
+from . import steps, trials
 from .events import Event
 from .sweepdir import (
     CREATING,
@@ -49,6 +50,7 @@ from .sweepdir import (
 )
 
 _ACTIVE = tuple(s.value for s in JobState if s.is_active)
+_CHUNK = 50_000  # rows per executemany while a sweep is created (a progress report after each)
 SCHEMA_VERSION = 1
 
 _SCHEMA = """
@@ -119,8 +121,9 @@ class SweepStore:
 
     # -- creation and opening ---------------------------------------------------------
     @classmethod
-    def create(cls, directory: Path, record: Mapping[str, Any], tasks: Iterable[tuple[str, dict]],
-               requires: Callable[[dict], Any] | None = None, files: Mapping[str, bytes] | None = None) -> SweepStore:
+    def create(cls, directory: Path, record: Mapping[str, Any], tasks: Iterable[tuple[str, dict | str]],
+               requires: Callable[[dict], Any] | None = None, files: Mapping[str, bytes] | None = None,
+               progress: Callable[[int], None] | None = None, product: bool = False) -> SweepStore:
         """A new sweep folder, whole or not at all.
 
         The ledger, ``sweep.yaml`` and ``tasks/`` are built in a hidden sibling
@@ -128,14 +131,16 @@ class SweepStore:
         in progress from a crashed one) and renamed to ``directory`` at the end.  An error removes
         the sibling; a crash leaves only it, which ``open`` and ``create`` name as unfinished.
         ``directory`` may exist if it is empty.  ``files`` (name -> bytes) are written into it too
-        (a function sweep's pickled function)."""
+        (a function sweep's pickled function).  ``product``: the tasks are the recorded space's
+        combinations in order (task *i* is combination *i*), so ``status()`` reads parameters from
+        the index; any task added later ends that."""
         directory = Path(directory).absolute()
         check_new(directory)
         build = build_folder(directory)
         store = cls(build)
         try:
             store.acquire()
-            store._fill(record, tasks, requires)
+            store._fill(record, tasks, requires, progress, product)
             for name, data in (files or {}).items():
                 (build / name).write_bytes(data)
             store.close()
@@ -149,25 +154,49 @@ class SweepStore:
         store.release()
         return store
 
-    def _fill(self, record: Mapping[str, Any], tasks: Iterable[tuple[str, dict]],
-              requires: Callable[[dict], Any] | None) -> None:
-        """Write the ledger (one PENDING row per task), ``sweep.yaml`` and ``tasks/`` of a new folder."""
+    def _fill(self, record: Mapping[str, Any], tasks: Iterable[tuple[str, dict | str]],
+              requires: Callable[[dict], Any] | None, progress: Callable[[int], None] | None = None,
+              product: bool = False) -> None:
+        """Write the ledger (one PENDING row per task), ``sweep.yaml`` and ``tasks/`` of a new folder.
+        ``tasks`` gives each task's parameters as a dict or as their JSON text already made
+        (``ParameterSpace.json_rows``); rows go in by the chunk (``progress(rows so far)`` after
+        each), in one transaction."""
         conn = self.conn
         conn.executescript(_SCHEMA)
+        conn.execute("PRAGMA cache_size=-65536")  # 64 MiB while the rows go in (this connection only)
         conn.execute("BEGIN IMMEDIATE")
+        pending = JobState.PENDING.value
         count = 0
-        for count, (tid, params) in enumerate(tasks, start=1):
-            req = _requirements(requires, params) if requires is not None else None
+
+        def rows() -> Iterator[tuple[str, int, str, str, str | None]]:
+            nonlocal count
+            for tid, params in tasks:
+                req = None
+                if requires is not None:
+                    req = _requirements(requires, params if isinstance(params, dict) else json.loads(params))
+                yield tid, count, params if isinstance(params, str) else json.dumps(params), pending, req
+                count += 1
+
+        source = rows()
+        insert = "INSERT INTO tasks (task_id, idx, params, state, requires) VALUES (?, ?, ?, ?, ?)"
+        while True:
+            chunk = list(itertools.islice(source, _CHUNK))
+            if not chunk:
+                break
             try:
-                conn.execute(
-                    "INSERT INTO tasks (task_id, idx, params, state, requires) VALUES (?, ?, ?, ?, ?)",
-                    (tid, count - 1, json.dumps(params), JobState.PENDING.value, req),
-                )
+                conn.executemany(insert, chunk)
             except sqlite3.IntegrityError:
-                raise ConfigError(f"combination {params} appears twice; each must be unique", "space") from None
-        if count == 0:
+                seen = {r[0] for r in conn.execute("SELECT task_id FROM tasks")}
+                twice = next(r[2] for i, r in enumerate(chunk) if r[0] in seen or r[0] in {c[0] for c in chunk[:i]})
+                raise ConfigError(f"combination {twice} appears twice; each must be unique", "space") from None
+            if progress is not None:
+                progress(count)
+        if count == 0 and not (record.get("search") or (record.get("origin") or {}).get("executor")):
+            # a search's trials are asked for as it runs, an executor's calls submitted as it runs
             raise ConfigError("the parameter space is empty (everything filtered out?)", "space")
         conn.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        if product and count:
+            trials.set_meta(conn, "product", "1")
         conn.execute("COMMIT")
         atomic_write(self.directory / RECORD, yaml.safe_dump(dict(record), sort_keys=False))
         JobPaths.tasks_dir(self.directory).mkdir()
@@ -196,6 +225,7 @@ class SweepStore:
         if self._conn is None:
             self._conn = _connect(self.directory / LEDGER)
             steps.migrate(self._conn)
+            trials.migrate(self._conn)
         return self._conn
 
     def record(self) -> dict[str, Any]:
@@ -383,6 +413,37 @@ class SweepStore:
         with self.transaction() as conn:
             conn.execute("UPDATE tasks SET state=?, error=? WHERE task_id=?", (JobState.FAILED.value, error, task_id))
             self._event(conn, task_id, None, JobState.FAILED, detail=error)
+
+    def add_task(self, task_id: str, params: Mapping[str, Any], detail: str, trial: int | None = None) -> bool:
+        """A new PENDING task at the end of the queue while the sweep runs (a search's trial: ``trial``
+        is its number).  False when the task is there already (nothing is written)."""
+        with self.transaction() as conn:
+            if conn.execute("SELECT 1 FROM tasks WHERE task_id=?", (task_id,)).fetchone():
+                return False
+            (idx,) = conn.execute("SELECT COALESCE(MAX(idx), -1) + 1 FROM tasks").fetchone()
+            conn.execute("DELETE FROM meta WHERE key='product'")  # the tasks are no longer the space's product
+            conn.execute("INSERT INTO tasks (task_id, idx, params, state, detail) VALUES (?, ?, ?, ?, ?)",
+                         (task_id, idx, json.dumps(dict(params)),
+                          JobState.PENDING.value, detail))
+            if trial is not None:
+                trials.add(conn, task_id, trial)
+            self._event(conn, task_id, None, JobState.PENDING, detail=detail)
+        return True
+
+    def add_tasks(self, tasks: Iterable[tuple[str, Mapping[str, Any]]], detail: str) -> int:
+        """New PENDING tasks at the end of the queue, in one transaction; a task id already there is
+        skipped (it is the same combination, with its own result).  Returns how many were added."""
+        added = 0
+        with self.transaction() as conn:
+            (idx,) = conn.execute("SELECT COALESCE(MAX(idx), -1) + 1 FROM tasks").fetchone()
+            conn.execute("DELETE FROM meta WHERE key='product'")  # the tasks are no longer the space's product
+            for tid, params in tasks:
+                if conn.execute("INSERT OR IGNORE INTO tasks (task_id, idx, params, state, detail) VALUES "
+                                "(?, ?, ?, ?, ?)", (tid, idx + added, json.dumps(dict(params)),
+                                                    JobState.PENDING.value, detail)).rowcount:
+                    self._event(conn, tid, None, JobState.PENDING, detail=detail)
+                    added += 1
+        return added
 
     def requeue(self, task_id: str, detail: str, retry_at: float | None = None) -> None:
         """Put a task back in the queue (after a failure, or its source was disabled)."""

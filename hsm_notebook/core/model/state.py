@@ -17,6 +17,8 @@ class JobState(enum.StrEnum):
     between is visible on reattach; ``QUEUED`` waits in a source's queue (a
     scheduler's, or a free slot); ``LOST`` means the job's fate cannot be known
     (its host vanished, its wrapper was killed): it never counts as success.
+    ``PRUNED`` is a search's trial stopped early by its pruner (its curve was
+    not promising): ended on purpose, neither a failure nor a user's cancel.
     """
 
     PENDING = "PENDING"
@@ -27,10 +29,11 @@ class JobState(enum.StrEnum):
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
     LOST = "LOST"
+    PRUNED = "PRUNED"
 
     @property
     def is_terminal(self) -> bool:
-        """COMPLETED, FAILED, CANCELLED or LOST: nothing more will happen to this job."""
+        """COMPLETED, FAILED, CANCELLED, LOST or PRUNED: nothing more will happen to this job."""
         return self in _TERMINAL
 
     @property
@@ -39,7 +42,7 @@ class JobState(enum.StrEnum):
         return self in _ACTIVE
 
 
-_TERMINAL = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED, JobState.LOST})
+_TERMINAL = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED, JobState.LOST, JobState.PRUNED})
 _ACTIVE = frozenset({JobState.SUBMITTING, JobState.QUEUED, JobState.RUNNING})
 
 #: States after which a task is worth running again by ``Sweep.complete()``.

@@ -14,7 +14,8 @@ What is read, by the reference's key names:
 - ``distributed:``: with ``enabled: true``, this machine (``local_max_jobs`` slots, 0 for none)
   and every enabled entry of ``remotes`` (``host``, ``ssh_port``, ``ssh_key``,
   ``max_parallel_jobs``, ``conda_env`` or ``python_path``, ``remote_root``, ``gpus``; ``backend:
-  slurm`` with ``spec`` for a cluster reached over SSH) become the sweep's sources.
+  slurm|sge|pbs`` with ``spec`` (and ``flavor: pro|torque`` for pbs) for a cluster reached over
+  SSH) become the sweep's sources.
 
 Search order as in the reference: ``.hsm/config.yaml``, ``sweeps/hsm_config.yaml``,
 ``hsm_config.yaml`` of the folder.  The per-machine file's ``local:`` block lies under the
@@ -40,6 +41,9 @@ log = logging.getLogger(__name__)
 
 PROJECT_FILES = (".hsm/config.yaml", "sweeps/hsm_config.yaml", "hsm_config.yaml")
 MACHINE_FILE = "~/.hsm/config.yaml"
+#: Batch schedulers a remote may be reached through (``backend:``), each with its ``spec:`` of resources
+#: (``partition`` is the queue for sge and pbs; ``flavor: pro|torque`` for pbs).
+BATCH_BACKENDS = ("slurm", "sge", "pbs")
 _RESOURCE_KEYS = {"walltime": "walltime", "cpus_per_task": "cpus", "mem": "mem", "gpus": "gpus",
                   "gpu_type": "gpu_type", "partition": "partition", "qos": "qos", "account": "account",
                   "modules": "modules", "constraint": "constraint"}
@@ -191,7 +195,8 @@ class ProjectConfig:
         where = f"{self.path}: distributed.remotes.{alias}"
         unknown = set(remote) - {"host", "ssh_key", "ssh_port", "enabled", "backend", "max_parallel_jobs", "gpus",
                                  "conda_env", "python_path", "remote_root", "rsync_excludes", "keep_remote_on_success",
-                                 "spec", "workdir", "archive_dir", "archive_on", "qos_whitelist", "resumable"}
+                                 "spec", "workdir", "archive_dir", "archive_on", "qos_whitelist", "resumable",
+                                 "flavor"}
         if unknown:
             raise ConfigError(f"unknown keys {sorted(unknown)}", where)
         dist = self.distributed
@@ -218,16 +223,19 @@ class ProjectConfig:
         if backend == "ssh":
             ssh["gpus"] = _gpus(remote.get("gpus"), f"{where}.gpus") or None
             return ssh
-        if backend != "slurm":
-            raise ConfigError(f"backend must be ssh or slurm, got {backend!r}", where)
+        if backend not in BATCH_BACKENDS:
+            raise ConfigError(f"backend must be ssh, {', '.join(BATCH_BACKENDS)}, got {backend!r}", where)
+        if "flavor" in remote and backend != "pbs":
+            raise ConfigError(f"flavor is for backend: pbs (pro or torque), not {backend}", where)
         spec = dict(remote.get("spec") or {})
         resources = {_RESOURCE_KEYS[k]: v for k, v in spec.items() if k in _RESOURCE_KEYS}
         if set(spec) - set(_RESOURCE_KEYS):
             raise ConfigError(f"spec keys {sorted(set(spec) - set(_RESOURCE_KEYS))} are not known; "
                               f"known: {sorted(_RESOURCE_KEYS)}", where)
         login = {**ssh, "name": f"{alias}-login", "max_parallel_jobs": 1}
-        return {"type": "slurm", "name": alias, "max_parallel_jobs": int(remote.get("max_parallel_jobs", 100)),
-                "resources": resources, "login": login, "environment": environment}
+        flavor = {"flavor": str(remote.get("flavor", "pro"))} if backend == "pbs" else {}
+        return {"type": backend, "name": alias, "max_parallel_jobs": int(remote.get("max_parallel_jobs", 100)),
+                "resources": resources, "login": login, "environment": environment, **flavor}
 
     def describe(self) -> dict[str, Any]:
         """For the sweep record."""
