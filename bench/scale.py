@@ -1,5 +1,6 @@
 """Scale: a sweep of 10^5 and 10^6 tasks: creating it, ``status()``, ``results()`` and one page of
-tasks, against the code of another git revision (the baseline, default ``HEAD``) in the same run.
+tasks, against the code of another git revision (the baseline, default the last commit before issue
+23's ledger work) in the same run.
 
     python bench/scale.py [--base REV] [--rounds 3] [--sizes 100000,1000000]
 
@@ -70,7 +71,8 @@ def complete_all(directory: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", default="HEAD", help="the git revision measured as the baseline")
+    parser.add_argument("--base", default="7104fca", help="the git revision measured as the baseline (default: "
+                        "the last one before the column-by-column reads and creation)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sizes", default="100000,1000000")
     args = parser.parse_args()

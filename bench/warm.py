@@ -1,7 +1,7 @@
 """Short scikit-learn function tasks on 2 local slots: forked from a warm interpreter vs new interpreters
 vs Optuna's in-process threads.
 
-    python bench/warm.py [--rounds 3] [--slots 2]
+    python bench/warm.py [--rounds 5] [--slots 2]
 
 The work: 12 configurations of ``fit(loss, alpha)`` (loss in hinge, log_loss, modified_huber; alpha in
 1e-5..1e-2), each a 5-fold ``cross_val_score`` of scikit-learn's ``SGDClassifier(max_iter=100,
@@ -123,7 +123,7 @@ def one(way: str, slots: int, folder: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--slots", type=int, default=2)
     parser.add_argument("--one", choices=WAYS, help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)

@@ -24,17 +24,41 @@ _EVERY = 0.5  # seconds between lines
 _BEST_EVERY = 5.0  # seconds between reads of the best value (a scan of the completed tasks)
 
 
-def wanted(progress: bool | None, stream: TextIO) -> bool:
-    """Show the line?  ``progress`` as given, else only where someone reads it: a terminal, or a
-    Jupyter kernel (whose output shows ``\\r`` lines in place)."""
-    if progress is not None:
-        return bool(progress)
+def in_kernel() -> bool:
+    """Running in a Jupyter kernel (not a terminal IPython, not a script)?"""
     ipython = sys.modules.get("IPython")
     shell = ipython.get_ipython() if ipython is not None else None  # type: ignore[attr-defined]
-    if type(shell).__name__ == "ZMQInteractiveShell":  # a Jupyter kernel (not a terminal IPython)
+    return type(shell).__name__ == "ZMQInteractiveShell"
+
+
+def wanted(progress: bool | None, stream: TextIO) -> bool:
+    """Show the line?  ``progress`` as given, else only where someone reads it: a terminal, or a
+    Jupyter kernel (where it is one output updated in place, not red stderr)."""
+    if progress is not None:
+        return bool(progress)
+    if in_kernel():
         return True
     isatty = getattr(stream, "isatty", None)
     return bool(isatty and isatty())
+
+
+class _Cell:
+    """The line as one output of the running cell, updated in place (IPython's display handle)."""
+
+    def __init__(self) -> None:
+        self.handle: Any = None
+
+    def show(self, text: str) -> None:
+        from IPython.display import display
+
+        class Line:  # plain text: the notebook shows it as the cell's output, no HTML needed
+            def __repr__(self) -> str:
+                return text
+
+        if self.handle is None:
+            self.handle = display(Line(), display_id=True)
+        else:
+            self.handle.update(Line())
 
 
 class ProgressLine:
@@ -45,6 +69,7 @@ class ProgressLine:
                  stream: TextIO | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.store, self.name, self.objective = store, name, objective
         self.stream = stream if stream is not None else sys.stderr
+        self.cell = _Cell() if stream is None and in_kernel() else None
         self.clock = clock
         self._start = clock()
         self._first_ended: int | None = None
@@ -93,6 +118,9 @@ class ProgressLine:
             text = self.text(final)
         except Exception:  # noqa: BLE001 - a line that cannot be read is skipped: the wait goes on
             return
+        if self.cell is not None:
+            self.cell.show(text)
+            return
         pad = max(0, self._width - len(text))
         self._width = len(text)
         self.stream.write("\r" + text + " " * pad + ("\n" if final else ""))
@@ -126,6 +154,9 @@ def creation(name: str, total: int, stream: TextIO | None = None) -> Callable[[i
     out = stream if stream is not None else sys.stderr
     if total < _CREATION_SHOWN or not wanted(None, out):
         return None
+    if stream is None and in_kernel():
+        cell = _Cell()
+        return lambda done: cell.show(f"creating sweep {name}: {done:,}/{total:,} tasks written")
 
     def report(done: int) -> None:
         end = "\n" if done >= total else ""

@@ -240,6 +240,7 @@ def extract(read_fd: int, by_name: dict[str, Path]) -> set[tuple[str, str]]:
 
 
 _BLOCK = 512
+_SMALL = 1 << 16  # a file up to this size is written from memory in one call
 _ZERO = bytes(_BLOCK)
 
 
@@ -349,6 +350,8 @@ def _extract_members(members: Iterator[tuple[str, bytes, int, float]], stream: A
             made.add(target.parent)
         if rest == NAMES.exit_code and size < 4096:
             last = (target, _exact(stream, size), mtime)
+        elif size <= _SMALL:  # most files of most jobs: one write, no buffered file object
+            _write(target, _exact(stream, size), mtime)
         else:
             with open(target, "wb") as dst:
                 shutil.copyfileobj(_Part(stream, size), dst, 1 << 20)
@@ -368,5 +371,10 @@ def tar_why(said: str) -> str:
 
 
 def _write(target: Path, data: bytes, mtime: float) -> None:
-    target.write_bytes(data)
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    try:
+        while data:
+            data = data[os.write(fd, data):]
+    finally:
+        os.close(fd)
     os.utime(target, (mtime, mtime))

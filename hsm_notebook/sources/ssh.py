@@ -417,6 +417,7 @@ class SSHComputeSource(RemoteSideMixin, ComputeSource):
         ended (another run may re-adopt it).  Never raises for a folder it could not remove: what it
         did is in ``remote_cleanup`` and the log."""
         if self.jobs is not None:
+            self.jobs.stop_prefetch()
             sweep_root = posixpath.dirname(self.jobs.tasks_dir)
             keep = self.keep_remote if self.keep_remote is not None else self.collect is not None
             if remove_remote is False or (remove_remote is None and keep):

@@ -244,6 +244,7 @@ class SSHConnection:
         self._bulk: _Shell | None = None  # opened on first use, for transfers too big to hold up the first
         self._sftp: asyncssh.SFTPClient | None = None
         self._token = secrets.token_hex(8)
+        self.connects = 0  # connections made (one per source unless one dropped)
         self.channels_opened = 0
         self.streams_opened = 0  # of channels_opened: the shell for bulk transfers (at most one per connection)
         self.commands_run = 0
@@ -283,6 +284,7 @@ class SSHConnection:
         t = self.target
         try:
             self._conn = await self._open()
+            self.connects += 1
             self._shell = await self._open_shell("m")
             await self._start_shell()
         except asyncssh.PermissionDenied:

@@ -13,7 +13,7 @@ import posixpath
 import secrets
 import shlex
 import tarfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
 import asyncssh
@@ -54,6 +54,9 @@ log = logging.getLogger(__name__)
 
 #: Bytes of a small transfer over the persistent shell read ahead of the disk (see ``pipe_to_thread``).
 AHEAD = 32 << 20
+#: Seconds a finished job waits for others to end before their folders are fetched ahead (``prefetch``).
+PREFETCH_AFTER = 0.2
+_AHEAD_MAX = 10000  # folders fetched ahead and not yet asked for, at most
 
 #: Per job: "<name> <code> [exit code]"; X=exited, R=running (or just started), L=its wrapper is gone
 #: without an exit code, Q=not started yet, its launcher still running (a slow start), N=never
@@ -65,20 +68,20 @@ AHEAD = 32 << 20
 #: reboot emptied the remote root); a line "@setup" says what setup made is missing (see ``needs_setup``).
 #: A job to start: (name, argv, extra environment[, the text of its params.json]).
 Start = tuple[str, Sequence[str], dict[str, str]] | tuple[str, Sequence[str], dict[str, str], str]
-#: A job's starter record in the tasks dir (``STARTER`` + its name): "PID STARTTIME" of the subshell
-#: that makes its folder and launches it (see ``RemoteJobManager.start_script``).
-STARTER = ".starting."
 # No `exit` in any script: they run inside the persistent shell, which must survive them (and
 # `set -C` is always undone).
-def poll_script(check: str, tasks: str, jobs: Sequence[str], names: JobFiles = NAMES) -> str:
+def poll_script(check: str, tasks: str, jobs: Sequence[str], names: JobFiles = NAMES,
+                starters: Mapping[str, str] | None = None) -> str:
     """The poll of ``jobs`` (job names) in the tasks dir ``tasks``, after the shell test ``check``;
     every file name from ``names`` (see the codes above).  A job not started yet has two launch records:
-    its batch's starter (``STARTER``, in the tasks dir), read first, then its own launcher (``launch``,
-    which the starter writes before it ends): alive, either means a slow start."""
+    its batch's starter (``starters``: "PID:STARTTIME" by job, as the start command answered), looked
+    at first, then its own launcher (``launch``, which the starter writes before it ends): alive, either
+    means a slow start."""
     p = JobPaths.shell("j", names)
     pid, launch, cancelled = sh(p.pid), sh(p.launch), sh(p.cancelled)
-    read_rc, each = sh_read_exit_code(p), " ".join(shlex.quote(j) for j in jobs)
-    return rf"""{check}if cd {shlex.quote(tasks)} 2>/dev/null; then for j in {each}; do
+    read_rc = sh_read_exit_code(p)
+    each = " ".join(shlex.quote(f"{j}:{starters[j]}" if starters and j in starters else j) for j in jobs)
+    return rf"""{check}if cd {shlex.quote(tasks)} 2>/dev/null; then for x in {each}; do j=${{x%%:*}}
   c=""; [ -f {cancelled} ] && c=" C"
   {read_rc}
   if [ -n "$rc" ]; then echo "$j X $rc$c"
@@ -88,18 +91,21 @@ def poll_script(check: str, tasks: str, jobs: Sequence[str], names: JobFiles = N
     if kill -0 "$p" 2>/dev/null && case "$st" in *") Z "*) false;; *) true;; esac; then echo "$j R$c"
     else {read_rc}
       if [ -n "$rc" ]; then echo "$j X $rc$c"; else echo "$j L$c"; fi; fi; fi
-  else a=""; for f in "{STARTER}$j" {launch}; do l=""; s=""; st=""; [ -f "$f" ] && read l s < "$f"
-    if [ -n "$l" ] && kill -0 "$l" 2>/dev/null; then a=y
-      [ -r "/proc/$l/stat" ] && read st < "/proc/$l/stat" 2>/dev/null
-      case "$st" in *") Z "*) a="";; *")"*) set -- ${{st##*) }}; [ -z "$s" ] || [ "${{20}}" = "$s" ] || a="";; esac; fi
-    [ -z "$a" ] || break; done
+  else a=""; k=${{x#"$j"}}; k=${{k#:}}
+    for f in starter {launch}; do l=""; s=""; st=""
+      if [ "$f" = starter ]; then l=${{k%%:*}}; [ -z "$k" ] || s=${{k#*:}}; elif [ -f "$f" ]; then read l s < "$f"; fi
+      if [ -n "$l" ] && kill -0 "$l" 2>/dev/null; then a=y
+        [ -r "/proc/$l/stat" ] && read st < "/proc/$l/stat" 2>/dev/null
+        case "$st" in *") Z "*) a="";; *")"*) set -- ${{st##*) }}; [ -z "$s" ] || [ "${{20}}" = "$s" ] || a=""
+        esac; fi
+      [ -z "$a" ] || break; done
     if [ -n "$a" ]; then if [ -f {pid} ]; then echo "$j R$c"; else echo "$j Q$c"; fi
     elif [ -f {pid} ]; then {read_rc}
       if [ -n "$rc" ]; then echo "$j X $rc$c"; elif [ -s {pid} ]; then echo "$j R$c"; else echo "$j E$c"; fi
     else [ -d "$j" ] || mkdir -p "$j" 2>/dev/null
       if {sh_claim(p)}; then echo "$j N$c"; elif [ -f {pid} ]; then echo "$j R$c"; else echo "$j E$c"; fi; fi
   fi
-done; else for j in {each}; do echo "$j G"; done; fi"""
+done; else for x in {each}; do echo "${{x%%:*}} G"; done; fi"""
 
 
 def stop_script(job_dir: str, cancel_grace: float, names: JobFiles = NAMES) -> str:
@@ -131,6 +137,13 @@ class RemoteJobManager:
         #: copy, the helper lib: a reboot emptied the remote root); the source sets it up again.
         self.needs_setup = False
         self.events = posixpath.join(posixpath.dirname(tasks_dir), "events")
+        #: "PID:STARTTIME" of the starter of each job whose start it answered (see ``start_script``)
+        self.starters: dict[str, str] = {}
+        # fetching ahead (``prefetch``): ended jobs waiting, being fetched, fetched (gone, left)
+        self._waiting: dict[str, Path] = {}
+        self._inflight: dict[str, asyncio.Future[None]] = {}
+        self._ahead: dict[str, tuple[str | None, str | None]] = {}
+        self._prefetcher: asyncio.Task[None] | None = None
 
     def paths(self, job_name: str) -> JobPaths[PurePosixPath]:
         """A job's folder and files on the host."""
@@ -138,12 +151,12 @@ class RemoteJobManager:
 
     def start_script(self, jobs: Sequence[Start]) -> str:
         """One script that starts every job in ``jobs`` ((name, argv, env[, params.json text]), ...)
-        detached.  The shell only forks the batch's *starter* and records it per job (``STARTER``: its
-        pid and start time), so it answers at once and the next command need not wait for the
-        launches; the starter makes the jobs' folders (with params.json), launches each job and writes
-        its ``launch`` record, then ends (its jobs outlive it).  A poll tells a slow start (either
-        record alive) from a job that never started (both gone: claimed, see ``poll_script``); a
-        folder that cannot be made is "E" there."""
+        detached.  The shell only forks the batch's *starter* and answers with its pid and start time
+        ("starter PID STARTTIME", kept in ``starters`` for the polls), so the next command need not wait
+        for the launches; the starter makes the jobs' folders (with params.json), launches each job and
+        writes its ``launch`` record, then ends (its jobs outlive it).  A poll tells a slow start (either
+        alive) from a job that never started (both gone: claimed, see ``poll_script``); a folder that
+        cannot be made is "E" there."""
         paths = [self.paths(job[0]) for job in jobs]
         dirs = [str(p.folder) for p in paths]
         q = shlex.quote
@@ -162,10 +175,8 @@ class RemoteJobManager:
             lines.append(f"{self.setsid} env {assigns} /bin/sh -c {q(WRAPPER)} hsm-job {q(d)} {join(argv)} "
                          f">/dev/null 2>&1 </dev/null & p=$!; st=''; read st 2>/dev/null < /proc/$p/stat; "
                          f"set -- ${{st##*) }}; echo \"$p ${{20:-}}\" 2>/dev/null > {q(str(p.launch))}")
-        names = " ".join(q(job[0]) for job in jobs)
-        lines.append(f") >/dev/null 2>&1 </dev/null & p=$!; st=''; read st 2>/dev/null < /proc/$p/stat; "
-                     f"set -- ${{st##*) }}; s=\"$p ${{20:-}}\"; for j in {names}; do "
-                     f"echo \"$s\" 2>/dev/null > {tasks}/{STARTER}\"$j\"; done")
+        lines.append(") >/dev/null 2>&1 </dev/null & p=$!; st=''; read st 2>/dev/null < /proc/$p/stat; "
+                     "set -- ${st##*) }; echo \"starter $p ${20:-}\"")
         lines.append("echo started; fi")
         return "\n".join(lines)
 
@@ -185,6 +196,9 @@ class RemoteJobManager:
                 raise SubmitError(f"could not start {names} on {self.conn.target.label}: "
                                   f"{result.stdout.strip()[-300:] or f'exit code {result.exit_code}'}",
                                   self.conn.source)
+            words = next((line.split()[1:] for line in result.stdout.splitlines() if line.startswith("starter ")), [])
+            if len(words) == 2 and all(w.isdigit() for w in words):
+                self.starters.update((job[0], ":".join(words)) for job in jobs)
 
         checked = asyncio.ensure_future(check())
         checked.add_done_callback(lambda f: f.cancelled() or f.exception())  # told to the submissions
@@ -194,7 +208,7 @@ class RemoteJobManager:
         """One remote command for all jobs: ``{name: (code, exit code, cancelled)}``."""
         check = (f"[ -d {shlex.quote(self.workdir)} ] && [ -f {shlex.quote(self.pythonpath)}/hsm_notebook/metrics.py ]"
                  " || echo @setup; ")
-        script = poll_script(check, self.tasks_dir, job_names)
+        script = poll_script(check, self.tasks_dir, job_names, starters=self.starters)
         out = (await self.conn.run(script)).stdout
         lines = out.splitlines()
         if "@setup" in lines or any(line.endswith(" G") for line in lines):
@@ -206,6 +220,8 @@ class RemoteJobManager:
                 cancelled = parts[-1] == "C"
                 rc = read_exit_code(parts[2]) if parts[1] == "X" and len(parts) > 2 else None
                 states[parts[0]] = (parts[1], rc, cancelled)
+                if parts[1] not in ("Q",):  # its wrapper claimed it, it ended or it never will start
+                    self.starters.pop(parts[0], None)
         return states
 
     async def stop(self, job_name: str) -> bool:
@@ -218,18 +234,69 @@ class RemoteJobManager:
     async def fetch(self, job_names: Sequence[str], local_dirs: Sequence[Path],
                     patterns: Sequence[str] | None = None) -> Fetched:
         """Bring the given job dirs home, file by file straight to disk: one ``tar`` stream per batch
-        on a channel of its own (the persistent shell stays free for polls and starts), extracted
-        as it arrives; SFTP where the host has no tar.  ``patterns`` (None: every file; see
-        :func:`pattern_regex`) choose what comes back besides the product's own files.  Returns the
-        jobs whose folder is not there and the chosen files that did not come back (both in words;
-        the others are fetched all the same); raises only when the transfer itself fails (a lost
-        connection), so the batch is tried again."""
+        through the persistent shell (a large one over a second shell, so polls and starts need not
+        wait for it), extracted as it arrives; SFTP where the host has no tar.  ``patterns`` (None:
+        every file; see :func:`pattern_regex`) choose what comes back besides the product's own files.
+        Returns the jobs whose folder is not there and the chosen files that did not come back (both
+        in words; the others are fetched all the same); raises only when the transfer itself fails (a
+        lost connection), so the batch is tried again.  Folders fetched ahead (``prefetch``) are not
+        fetched again."""
         by_name = dict(zip(job_names, local_dirs, strict=True))
+        if self._inflight and self._inflight.keys() & by_name.keys():
+            await asyncio.shield(asyncio.gather(*{self._inflight[n] for n in by_name if n in self._inflight},
+                                                return_exceptions=True))
+        got = Fetched()
+        for name in list(by_name):
+            self._waiting.pop(name, None)
+            if name in self._ahead:
+                gone, left = self._ahead.pop(name)
+                got.gone.update({name: gone} if gone else {})
+                got.left.update({name: left} if left else {})
+                del by_name[name]
+        if by_name:
+            now = await self._fetch(by_name, patterns)
+            got.gone.update(now.gone)
+            got.left.update(now.left)
+        return got
+
+    async def _fetch(self, by_name: dict[str, Path], patterns: Sequence[str] | None) -> Fetched:
         if not by_name:
             return Fetched()
         if self.tar:
             return await self._fetch_tar(by_name, selector(patterns))
         return await self._fetch_sftp(by_name, selector(patterns))
+
+    def prefetch(self, job_name: str, local_dir: Path, patterns: Sequence[str] | None) -> None:
+        """A job ended (the watcher said so): its folder comes home ahead of the collection that will
+        ask for it, with the others that end within ``PREFETCH_AFTER`` seconds, so that collection (the
+        sweep's last above all) finds it here.  A failure only leaves it to that collection."""
+        if job_name in self._ahead or job_name in self._inflight or len(self._ahead) >= _AHEAD_MAX:
+            return
+        self._waiting[job_name] = local_dir
+        if self._prefetcher is None or self._prefetcher.done():
+            self._prefetcher = asyncio.get_running_loop().create_task(self._prefetch(patterns))
+
+    async def _prefetch(self, patterns: Sequence[str] | None) -> None:
+        loop = asyncio.get_running_loop()
+        while self._waiting:
+            await asyncio.sleep(PREFETCH_AFTER)
+            batch, self._waiting = self._waiting, {}
+            done: asyncio.Future[None] = loop.create_future()
+            self._inflight.update(dict.fromkeys(batch, done))
+            try:
+                got = await self._fetch(batch, patterns)
+                self._ahead.update({name: (got.gone.get(name), got.left.get(name)) for name in batch})
+            except Exception as exc:  # noqa: BLE001 - the collection fetches them, and says what failed
+                log.debug("%s: fetching %d finished job(s) ahead failed: %s", self.conn.source, len(batch), exc)
+            finally:
+                for name in batch:
+                    self._inflight.pop(name, None)
+                done.set_result(None)
+
+    def stop_prefetch(self) -> None:
+        if self._prefetcher is not None:
+            self._prefetcher.cancel()
+            self._prefetcher = None
 
     async def _fetch_tar(self, by_name: dict[str, Path], want: Callable[[str], bool]) -> Fetched:
         """Two commands in the persistent shell (no channel, no login shell): the listing, then the chosen

@@ -81,6 +81,7 @@ class RemoteSideMixin(_SourceBase):
     sync_delete: bool
     cancel_grace: float
     jobs: RemoteJobManager | None
+    collect: list[str] | None
     events: str | None
     remote_cleanup: str | None
     _watcher: asyncio.Task[None] | None
@@ -216,6 +217,11 @@ class RemoteSideMixin(_SourceBase):
             self.ended_pushed[words[0]] = (rc, words[2:3] == ["C"])
             while len(self.ended_pushed) > 10000:
                 del self.ended_pushed[next(iter(self.ended_pushed))]
+            if self.jobs is not None and self.sweep_dir is not None:
+                try:
+                    self.jobs.prefetch(words[0], self.job_dir(words[0]), self.collect)
+                except ConfigError:  # not a job's name
+                    pass
 
     async def _upload_helpers(self, template: JobTemplate) -> str:
         """Put ``hsm_notebook.metrics`` (stdlib only) on the remote, so jobs can ``log_metrics``

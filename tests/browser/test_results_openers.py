@@ -29,7 +29,7 @@ CELLS = [
 ]
 
 #: Per data row of the grid: its vertical extent and task id, and per opener button its centre.
-OPENERS = ".hsm-openers button, button.hsm-opener"  # the › buttons, wherever the grid puts them
+OPENERS = ".hsm-results-table button.hsm-opener"  # the Results grid's › buttons (the Status grid has its own)
 _GEOMETRY_JS = """() => {
   // rows as a person sees them: a table's <tr>s, or a grid's rows (the cells carrying data-row)
   const grid = document.querySelector('.hsm-results-table');

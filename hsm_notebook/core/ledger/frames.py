@@ -97,7 +97,11 @@ def status_frame(store: SweepStore, state: str | None = None, columns: list[str]
     if want("job_name"):  # every attempt's job is named <task id>-<attempt>
         head["job_name"] = job_names
     if same_id is not None and job_names is not None:
-        data["job_id"][same_id == 1] = job_names[same_id == 1]
+        if isinstance(job_names, pd.arrays.ArrowStringArray) and not (same_id == 2).any():
+            data["job_id"] = job_names.copy()  # every job id is its job's name (this machine's jobs)
+            data["job_id"][same_id == 0] = None
+        else:
+            data["job_id"][same_id == 1] = np.asarray(job_names, dtype=object)[same_id == 1]
     if "source" in data:
         head["source"] = data["source"]
     head["state"] = pd.Categorical.from_codes(codes, dtype=_STATES)
@@ -155,14 +159,23 @@ def _task_ids(joined: str, n: int) -> Any:
 
 
 def _job_names(task_ids: Any, attempts: Any) -> Any:
-    """``<task id>-<attempt>`` where a task has an attempt, else None."""
+    """``<task id>-<attempt>`` where a task has an attempt, else None (joined by Arrow, in C, when
+    the ids are an Arrow array)."""
     import numpy as np
 
-    out = np.full(len(attempts), None, dtype=object)
     started = attempts > 0
-    if started.any():
-        ids = np.asarray(task_ids, dtype=object)[started].astype(str)
-        out[started] = np.char.add(np.char.add(ids, "-"), attempts[started].astype(str)).astype(object)
+    if isinstance(task_ids, pd.arrays.ArrowStringArray):
+        import pyarrow as pa  # type: ignore[import-untyped]
+        import pyarrow.compute as pc  # type: ignore[import-untyped]
+
+        ids = pa.array(task_ids).cast(pa.string())  # (__arrow_array__: no copy to Python objects)
+        joined = pc.binary_join_element_wise(ids, pa.array(attempts.astype(str), type=pa.string()), "-")
+        joined = pc.if_else(pa.array(started), joined, pa.scalar(None, pa.string()))
+        return pd.arrays.ArrowStringArray(joined)  # no Python str per task
+    out = np.full(len(attempts), None, dtype=object)
+    ids = np.asarray(task_ids, dtype=object)
+    for i in np.flatnonzero(started):  # only the tasks that ran
+        out[i] = f"{ids[i]}-{attempts[i]}"
     return out
 
 

@@ -18,6 +18,7 @@ the writer.
 from __future__ import annotations
 
 import contextlib
+import copy
 import glob
 import itertools
 import json
@@ -118,6 +119,7 @@ class SweepStore:
         self._lock_fd: int | None = None
         self.on_event: Callable[[Event], None] | None = None
         self._unpublished: list[Event] = []  # events of the open transaction, sent after its commit
+        self._record_cache: tuple[tuple[int, int, int], dict[str, Any]] | None = None
 
     # -- creation and opening ---------------------------------------------------------
     @classmethod
@@ -229,8 +231,13 @@ class SweepStore:
         return self._conn
 
     def record(self) -> dict[str, Any]:
-        """What ``sweep.yaml`` says."""
-        return yaml.safe_load((self.directory / RECORD).read_text())
+        """What ``sweep.yaml`` says (parsed again only when the file changed: a copy each time)."""
+        path = self.directory / RECORD
+        stat = path.stat()
+        key = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        if self._record_cache is None or self._record_cache[0] != key:
+            self._record_cache = (key, yaml.safe_load(path.read_text()))
+        return copy.deepcopy(self._record_cache[1])
 
     def update_record(self, **changes: Any) -> None:
         """Change keys of ``sweep.yaml`` (atomically)."""
