@@ -4,13 +4,14 @@
 
 Starts its own loopback sshd (the test suite's fixture code, 127.0.0.8) and an
 SSHComputeSource set up on it.  A job folder holding a ``--mb`` MB stdout.log (random
-bytes) is collected by ``collect_results`` (a tar stream on its own channel, written to
-disk as it arrives) and, as the baseline, its stdout.log is copied by a fresh
-``ssh HOST cat FILE > FILE``; rounds alternate between the two and medians are printed,
-with the controller's peak RSS growth while collecting (VmHWM reset before each round);
+bytes) is collected by ``collect_results`` (a tar stream over the source's second shell, the one
+for large transfers, written to disk as it arrives) and, as the baseline, its stdout.log is
+copied by a fresh ``ssh HOST cat FILE > FILE``; rounds alternate between the two and medians are
+printed, with the controller's peak RSS growth while collecting (VmHWM reset before each round);
 first, once, onto a simulated slow disk (the stream must then wait, not pile up in memory).
 Then ``--small`` small job folders (6 files each) in one ``collect_results`` call, by the
-tar stream and by the SFTP fallback (hosts without tar), with the channels each opened.
+tar stream (through the persistent shell: no channel, no login shell) and by the SFTP fallback
+(hosts without tar), with the channels each opened.
 """
 
 from __future__ import annotations

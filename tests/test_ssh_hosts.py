@@ -119,23 +119,22 @@ def _rc_runs(h) -> int:
 
 
 def test_a_slow_rc_file_runs_once_per_channel_and_channels_are_few(workdir, slow_rc_host):
-    """Setup opens the persistent shell and, for the project sync, one SFTP channel: nothing else
-    starts a login shell (the wake-up watcher runs in the persistent shell)."""
+    """Setup opens the persistent shell and, for the project sync, one SFTP channel (Debian's external
+    sftp-server starts the login shell): nothing else starts one (the wake-up watcher and every
+    collection batch run in the persistent shell)."""
     h = slow_rc_host
     before = _rc_runs(h)
     source = ssh_source(h, "slow", 1)
     assert job_sweep(workdir, [source]).run().counts() == {"COMPLETED": 1}
-    streams = source.conn.streams_opened  # one per collection batch, on a channel of its own
-    assert streams >= 1 and source.conn.channels_opened - streams == 2
-    assert _rc_runs(h) - before == 2 + streams
+    assert source.conn.channels_opened == 2 and source.conn.streams_opened == 0
+    assert _rc_runs(h) - before == 2
     before = _rc_runs(h)
     source = ssh_source(h, "slow", 1, sync=False)  # no project: the job runs without job.py
     sweep = Sweep(ParameterSpace(grid={"x": [2]}), ["python", "-c", "pass"], [source], workdir=workdir,
                   poll_interval=0.2)
     assert sweep.run().counts() == {"COMPLETED": 1}
-    streams = source.conn.streams_opened
-    assert source.conn.channels_opened - streams == 1
-    assert _rc_runs(h) - before == 1 + streams
+    assert source.conn.channels_opened == 1 and source.conn.streams_opened == 0
+    assert _rc_runs(h) - before == 1
 
 
 # -- host keys ------------------------------------------------------------------------------------
@@ -281,6 +280,6 @@ def test_the_wake_up_watcher_needs_no_channel_of_its_own(workdir, ssh_server, pl
     sweeps.append(sweep)
     sweep.start().wait(timeout=120)  # raises TimeoutError, in words, if a job's end woke nothing
     assert sweep.counts() == {"COMPLETED": 2}
-    # the shell and SFTP for the sync, besides one channel per collection batch
-    assert source.conn.channels_opened - source.conn.streams_opened == 2
+    # the shell and SFTP for the sync (collection runs in the shell)
+    assert source.conn.channels_opened == 2
     until(lambda: not tails(), timeout=10, what="no watcher left on the host after the sweep")

@@ -2,9 +2,9 @@
 
 ``collect=`` patterns follow one glob grammar, anchored at the job's folder (:func:`pattern_regex`);
 the product's own files (``core.jobpaths.NAMES.product``) always come back.  The remote lists the
-folders' files NUL-separated, the controller chooses with that grammar and sends the choice back,
-and one tar stream carries the files, written to disk as they arrive.  A chosen file that did not
-come back is named (:class:`Fetched`).
+folders' files NUL-separated (with the sizes they exceed), the controller chooses with that grammar
+and sends the choice back, and one tar stream carries the files, read by a small tar reader and
+written to disk as they arrive.  A chosen file that did not come back is named (:class:`Fetched`).
 """
 
 from __future__ import annotations

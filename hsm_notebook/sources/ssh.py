@@ -3,8 +3,10 @@
 Nothing is installed on the remote: jobs run under the same ``sh`` wrapper as on
 the local source, started detached (``setsid``) so they outlive the connection
 and the kernel.  All commands of a polling round, a submission or a cancel go to
-one persistent remote shell (see ``ssh_connection``): one round trip, no new
-channel, no login-shell start.  Finished jobs' folders come back as tar streams
+one persistent remote shell (see ``ssh_connection``): no new channel, no login-shell
+start.  A job's end is pushed by a watcher in that shell with its exit code, so a poll right after
+needs no command (``_from_pushed``); the host is asked about every job at least every ``FRESH``
+seconds of polling.  Finished jobs' folders come back as tar streams through the same shell
 (``ssh_jobs.fetch``).  What is made and removed on the remote side lives in ``ssh_remote``.
 """
 

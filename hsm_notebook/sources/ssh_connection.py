@@ -1,10 +1,14 @@
 """One SSH connection per source, with one persistent remote ``sh`` for commands.
 
-Every command of a source goes to the same long-lived ``/bin/sh`` over one SSH
-channel, so the user's login shell and its rc files (``~/.bashrc`` with
-``conda init`` costs ~200 ms) start once per connection, not once per job or poll.
-Files travel over one SFTP channel.  Keepalive detects a hung host; the owner
-decides when to reconnect.
+sshd starts every channel's command through the user's login shell, and Debian's bash reads
+``~/.bashrc`` for commands sent over SSH (``SSH_CLIENT`` set, not nested): a channel per command
+pays the rc file (``conda init``: hundreds of ms) each time.  So every command of a source goes to
+the same long-lived ``/bin/sh`` over one channel, binary and pipelined (each command is written at
+once; its output, up to a marker line with its exit status, is read after those written before
+it): starts, polls, step reads and collection's tar streams alike, so the rc file runs once per
+connection.  A transfer too large to hold up the others goes over a second shell, opened on first
+use and kept.  Files are uploaded over one SFTP channel (OpenSSH's ``internal-sftp`` starts no
+shell).  Keepalive detects a hung host; the owner decides when to reconnect.
 
 rc files: what the login shell prints before the first command is skipped by the
 persistent shell and noted (``clean_channels``, ``rc_note``): it would corrupt SFTP
@@ -74,13 +78,15 @@ class ShellOutput:
     """What one command of a persistent shell prints, read as it comes (binary: a tar stream may
     travel this way): ``read(n)`` returns ``b""`` at the command's end, ``exit_code`` is then set.
     Commands are pipelined: each is written at once and its output read after the outputs of those
-    written before it.  ``idle``: seconds without a byte before it is a timeout; ``deadline`` (loop
-    time): for the whole, waiting for the earlier outputs included."""
+    written before it (each of which has its own time limit).  ``idle``: seconds without a byte before
+    it is a timeout; ``timeout``: seconds for the whole output, counted once the earlier ones are read
+    (as if the command had waited for the shell, then run)."""
 
     def __init__(self, conn: SSHConnection, shell: _Shell, end: bytes, prev: asyncio.Future[None] | None,
-                 mine: asyncio.Future[None], idle: float | None, deadline: float | None, script: str):
+                 mine: asyncio.Future[None], idle: float | None, timeout: float | None, script: str):
         self.conn, self.shell, self.end, self.prev, self.mine = conn, shell, end, prev, mine
-        self.idle, self.deadline, self.script = idle, deadline, script
+        self.idle, self.timeout, self.script = idle, timeout, script
+        self.deadline: float | None = None  # loop time, set when its turn comes
         self.exit_code: int | None = None
         self.done = False
 
@@ -98,7 +104,7 @@ class ShellOutput:
             return await self._read(n)
         except TimeoutError:  # before OSError: since Python 3.11 a timeout IS an OSError
             await self.fail()
-            raise CommandTimeout([self.script], self.idle if self.deadline is None else None, self.conn.target.label,
+            raise CommandTimeout([self.script], self.timeout or self.idle, self.conn.target.label,
                                  self.conn.source) from None
         except (_Ended, asyncssh.Error, OSError) as exc:
             await self.fail()
@@ -111,8 +117,10 @@ class ShellOutput:
     async def _read(self, n: int) -> bytes:
         if self.prev is not None:  # the outputs written before this command's come first
             if not self.prev.done():
-                await asyncio.wait_for(asyncio.shield(self.prev), self._wait())
+                await asyncio.shield(self.prev)  # each has its own limit; a failed one closes the shell
             self.prev = None
+        if self.deadline is None and self.timeout is not None:
+            self.deadline = asyncio.get_running_loop().time() + self.timeout
         buf, end = self.shell.buf, self.end
         while not self.done:
             i = buf.find(end)
@@ -156,7 +164,7 @@ class ShellOutput:
             return
 
         async def skip() -> None:
-            self.deadline = asyncio.get_running_loop().time() + _SKIP_TIMEOUT
+            self.timeout, self.deadline = _SKIP_TIMEOUT, None
             try:
                 while await self._read(1 << 20):
                     pass
@@ -185,6 +193,8 @@ class ShellOutput:
         return b"".join(chunks)
 
 
+#: asyncssh's default channel window: what one read of a shell's output takes at most.
+_WINDOW = 2 << 20
 #: Seconds the output of a command whose reader was cancelled may take to be read past.
 _SKIP_TIMEOUT = 600.0
 
@@ -213,7 +223,7 @@ class _Shell:
         return not self.proc.stdout.at_eof() and not self.proc.is_closing()
 
     def send(self, conn: SSHConnection, script: str, *, raw: bool = False, stderr: str = "2>&1",
-             idle: float | None = None, deadline: float | None = None) -> ShellOutput:
+             idle: float | None = None, timeout: float | None = None) -> ShellOutput:
         """Write ``script`` (in braces, stdin from /dev/null, stderr as ``stderr`` says, unless ``raw``)
         and the printf of its end marker; its output is read from the result."""
         marker = f"__HSM_{self.token}{self.name}_{next(self.counter)}__"
@@ -221,10 +231,13 @@ class _Shell:
         body = script if raw else f"{{\n{script}\n}} </dev/null {stderr}"
         self.proc.stdin.write(f"{body}\nprintf '\\n%s %d\\n' {marker} \"$?\"\n".encode("utf-8", "surrogateescape"))
         prev, self.tail = self.tail, asyncio.get_running_loop().create_future()
-        return ShellOutput(conn, self, f"\n{marker} ".encode(), prev, self.tail, idle, deadline, script)
+        return ShellOutput(conn, self, f"\n{marker} ".encode(), prev, self.tail, idle, timeout, script)
 
     async def fill(self, timeout: float | None) -> None:
-        chunk = await asyncio.wait_for(self.proc.stdout.read(1 << 16), timeout)
+        # what asyncssh holds, up to a channel window at once: reading it in small pieces makes it pause
+        # and resume the channel at each, granting the sender a window each time, and a slow reader
+        # then piles up the whole stream in memory (measured: 110 MB of 100 MB with 64 KiB reads)
+        chunk = await asyncio.wait_for(self.proc.stdout.read(_WINDOW), timeout)
         if not chunk:
             raise _Ended(bytes(self.buf))
         self.buf += chunk
@@ -435,7 +448,7 @@ class SSHConnection:
             raise NotConnected(f"not connected to {self.target.label}", self.source)
         loop = asyncio.get_running_loop()
         try:
-            out = self._shell.send(self, script, deadline=None if timeout is None else loop.time() + timeout)
+            out = self._shell.send(self, script, timeout=timeout)
         except (asyncssh.Error, OSError) as exc:
             raise NotConnected(f"not connected to {self.target.label}: {exc}", self.source) from None
 
@@ -462,9 +475,8 @@ class SSHConnection:
         ended it.  A TimeoutError is left to the caller."""
         shell = shell or self._shell
         assert shell is not None
-        loop = asyncio.get_running_loop()
         try:
-            out = shell.send(self, script, raw=raw, deadline=None if timeout is None else loop.time() + timeout)
+            out = shell.send(self, script, raw=raw, timeout=timeout)
         except (asyncssh.Error, OSError) as exc:  # BrokenPipeError: the channel closed under us
             if first:
                 raise await self._shell_ended("", shell) from None

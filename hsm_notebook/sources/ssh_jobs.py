@@ -1,8 +1,9 @@
 """``RemoteJobManager``: detached jobs on one SSH host, driven through its persistent shell.
 
-Every method is one remote command whatever the number of jobs: start a batch, poll all,
-stop one; ``fetch`` of many is one tar stream on a channel of its own (one SFTP batch
-without tar), written to disk as it arrives.
+Every method is one remote command in the persistent shell whatever the number of jobs: start a
+batch (answered at once: a starter subshell launches it), poll all, stop one; ``fetch`` of many is
+a listing and one tar stream (one SFTP batch without tar), written to disk as it arrives; jobs the
+watcher saw end are fetched ahead (``prefetch``), so the collection that asks for them finds them.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ log = logging.getLogger(__name__)
 
 #: Bytes of a small transfer over the persistent shell read ahead of the disk (see ``pipe_to_thread``).
 AHEAD = 32 << 20
+_WRAPPER = shlex.quote(WRAPPER)  # in every start command
 #: Seconds a finished job waits for others to end before their folders are fetched ahead (``prefetch``).
 PREFETCH_AFTER = 0.2
 _AHEAD_MAX = 10000  # folders fetched ahead and not yet asked for, at most
@@ -172,7 +174,7 @@ class RemoteJobManager:
             # the launcher's pid and start time go to `launch`, so a poll can tell a slow start from a job
             # that never started.  The job's variables are set by `env` after setsid: a job's PATH never
             # hides the launcher (setsid and env exec without forking, so the pid stays the wrapper's)
-            lines.append(f"{self.setsid} env {assigns} /bin/sh -c {q(WRAPPER)} hsm-job {q(d)} {join(argv)} "
+            lines.append(f"{self.setsid} env {assigns} /bin/sh -c {_WRAPPER} hsm-job {q(d)} {join(argv)} "
                          f">/dev/null 2>&1 </dev/null & p=$!; st=''; read st 2>/dev/null < /proc/$p/stat; "
                          f"set -- ${{st##*) }}; echo \"$p ${{20:-}}\" 2>/dev/null > {q(str(p.launch))}")
         lines.append(") >/dev/null 2>&1 </dev/null & p=$!; st=''; read st 2>/dev/null < /proc/$p/stat; "
