@@ -234,10 +234,6 @@ class Trials:
             values.append(number)
         return values, None
 
-    def done(self) -> bool:
-        """No trial will be asked for again and every ended one was told."""
-        return self.exhausted()
-
     def finish(self) -> None:
         """The run ended with every task ended: record why the search is over (``Sweep.done``)."""
         with self.store.transaction() as conn:
