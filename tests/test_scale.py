@@ -64,6 +64,7 @@ def test_the_index_path_reads_what_the_json_path_reads(tmp_path, space):
     assert first["job_id"] == first["job_name"] == first["task_id"] + "-1"
     never = fast_status.iloc[2]  # a task that never ran has no times, no duration, no exit code
     assert never["state"] == "PENDING" and pd.isna(never["end_time"]) and pd.isna(never["submit_time"])
+    assert pd.isna(never["job_name"]) and pd.isna(never["job_id"])  # NaN as before (not NA: `x or y` works)
     assert pd.isna(never["duration"]) and pd.isna(never["exit_code"]) and never["attempt"] == 0
 
 

@@ -273,3 +273,13 @@ def test_the_panel_adds_a_grid_engine_cluster_and_launches_on_it(workdir, sge, t
         assert panel.sweep.counts() == {"COMPLETED": 4}
     finally:
         panel.close()
+
+
+def test_qstat_xml_with_values_grid_engine_left_unescaped_is_still_read():
+    from hsm_notebook.sources.sge_tasks import _xml
+
+    printed = ("<?xml version='1.0'?>\n<detailed_job_info><djob_info><element><JB_job_number>7</JB_job_number>"
+               "<VA_value>a&b x<3 \x1b[0m</VA_value></element></djob_info></detailed_job_info>")
+    root = _xml(printed, "qstat -j -xml")  # Grid Engine prints a job's environment as it is
+    assert root.find(".//JB_job_number").text == "7"
+    assert root.find(".//VA_value").text == "a&b x<3 [0m"

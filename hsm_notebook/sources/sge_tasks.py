@@ -11,6 +11,7 @@ user's own), ``failed 37`` a limit the master enforced (``h_rt``, ``h_vmem``).
 
 from __future__ import annotations
 
+import re
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -68,9 +69,18 @@ def task_range(text: str) -> Iterator[int]:
         yield from range(int(first), int(last or first) + 1, int(step or 1))
 
 
+#: What Grid Engine's XML printer leaves unescaped in values (a job's environment, its arguments):
+#: a bare ``&``, a ``<`` that opens no tag, and control characters XML 1.0 forbids.
+_BARE = re.compile(r"&(?!(?:amp|lt|gt|quot|apos|#\d+|#x[0-9a-fA-F]+);)|<(?![A-Za-z_/?!])|[\x00-\x08\x0b\x0c\x0e-\x1f]")
+
+
 def _xml(text: str, command: str) -> ET.Element:
     try:
         return ET.fromstring(text)
+    except ET.ParseError:
+        pass
+    try:  # escaped as the printer should have: the records are read, not skipped
+        return ET.fromstring(_BARE.sub(lambda m: {"&": "&amp;", "<": "&lt;"}.get(m.group(), ""), text))
     except ET.ParseError as exc:
         raise SourceError(f"{command} printed what is not XML ({exc}): {text[:200]!r}") from None
 

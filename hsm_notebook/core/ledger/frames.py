@@ -97,11 +97,7 @@ def status_frame(store: SweepStore, state: str | None = None, columns: list[str]
     if want("job_name"):  # every attempt's job is named <task id>-<attempt>
         head["job_name"] = job_names
     if same_id is not None and job_names is not None:
-        if isinstance(job_names, pd.arrays.ArrowStringArray) and not (same_id == 2).any():
-            data["job_id"] = job_names.copy()  # every job id is its job's name (this machine's jobs)
-            data["job_id"][same_id == 0] = None
-        else:
-            data["job_id"][same_id == 1] = np.asarray(job_names, dtype=object)[same_id == 1]
+        data["job_id"][same_id == 1] = job_names[same_id == 1]  # the same str objects: no copy per task
     if "source" in data:
         head["source"] = data["source"]
     head["state"] = pd.Categorical.from_codes(codes, dtype=_STATES)
@@ -171,7 +167,7 @@ def _job_names(task_ids: Any, attempts: Any) -> Any:
         ids = pa.array(task_ids).cast(pa.string())  # (__arrow_array__: no copy to Python objects)
         joined = pc.binary_join_element_wise(ids, pa.array(attempts.astype(str), type=pa.string()), "-")
         joined = pc.if_else(pa.array(started), joined, pa.scalar(None, pa.string()))
-        return pd.arrays.ArrowStringArray(joined)  # no Python str per task
+        return np.asarray(joined.to_numpy(zero_copy_only=False), dtype=object)  # None where no attempt
     out = np.full(len(attempts), None, dtype=object)
     ids = np.asarray(task_ids, dtype=object)
     for i in np.flatnonzero(started):  # only the tasks that ran
